@@ -1,0 +1,34 @@
+# Two entry points: `make run` opens the workbench, `make test` runs the whole suite headless.
+# Each creates .venv when it is missing. torch is installed first from its pinned version so that
+# pip takes the local CPU wheel and never pulls CUDA packages.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test env lint benchmarks clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+run: $(STAMP)
+	$(PY) app.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
