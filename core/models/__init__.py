@@ -1,0 +1,40 @@
+"""Multimodal VAEs. Every model registers itself; ``available()`` lists them and ``build_model``
+or ``load`` rebuilds one by name, which is how the command line and the GUI create models."""
+
+from core.models._shared.annealing import TrainingProgress
+from core.models._shared.outputs import LossOutput, ModelOutput
+from core.models.base import IncompleteDataError, MultimodalVAE, TrainingStage, load_bundle, save_bundle
+from core.models.config import (
+    BaseMultiVAEConfig,
+    ConfigError,
+    config_from_dict,
+    config_schema,
+    config_to_dict,
+)
+from core.models.mvae import MVAE, MVAEConfig
+from core.models.registry import available, build_model, get_model_class, register_model
+
+load = load_bundle
+
+__all__ = [
+    "MVAE",
+    "BaseMultiVAEConfig",
+    "ConfigError",
+    "IncompleteDataError",
+    "LossOutput",
+    "MVAEConfig",
+    "ModelOutput",
+    "MultimodalVAE",
+    "TrainingProgress",
+    "TrainingStage",
+    "available",
+    "build_model",
+    "config_from_dict",
+    "config_schema",
+    "config_to_dict",
+    "get_model_class",
+    "load",
+    "load_bundle",
+    "register_model",
+    "save_bundle",
+]

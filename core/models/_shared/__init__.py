@@ -1,0 +1,2 @@
+"""Machinery every model shares, written once: Gaussians, product of experts, likelihoods, subsets,
+annealing, masking and typed outputs."""

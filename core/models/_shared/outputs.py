@@ -1,0 +1,45 @@
+"""Typed outputs shared by every model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["ModelOutput", "LossOutput"]
+
+
+class ModelOutput(dict):
+    """A dict with attribute access, returned by ``encode``, ``decode``, ``predict`` and generation."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+
+@dataclass
+class LossOutput:
+    """What ``forward`` returns: the loss to minimise and the named terms that make it up.
+
+    Attributes:
+        loss: scalar tensor, the per-sample mean of the objective over the batch (what the optimiser sees).
+        terms: named scalar tensors for monitoring (detached); the names are fixed per model, so plots
+            and CSV columns are stable across epochs.
+        batch_size: number of samples the loss was averaged over, to weight epoch means correctly.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    batch_size: int = 1
+
+    def metrics(self) -> dict[str, float]:
+        """Every term (and the loss) as plain floats."""
+        out = {"loss": float(self.loss.detach())}
+        out.update({k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in self.terms.items()})
+        return out

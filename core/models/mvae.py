@@ -1,0 +1,190 @@
+r"""MVAE: product-of-experts multimodal VAE with sub-sampled ELBOs (Wu & Goodman, 2018).
+
+The joint posterior of any subset S of modalities is a product of Gaussian experts with the prior:
+
+    q(z | x_S) \propto p(z) \prod_{m \in S} q_m(z | x_m)
+
+and each ELBO reconstructs the modalities of its own subset:
+
+    ELBO_S(X) = E_{q(z|x_S)} [ \sum_{m \in S} \lambda_m \log p(x_m | z) ] - \beta_t KL(q(z|x_S) || p(z))
+
+The objective sums ELBO_S over the joint set, every single modality (``use_subsampling``) and ``k``
+random subsets of size 2..M-1 (training only, M > 2). On incomplete data only the observed experts
+enter each product and only observed modalities are reconstructed; a subset is averaged over the
+samples that observe at least one of its modalities.
+
+References:
+    Wu & Goodman, "Multimodal Generative Models for Scalable Weakly-Supervised Learning", NeurIPS 2018.
+    https://arxiv.org/abs/1802.05335
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
+from torch import nn
+
+from core.data.dataset import DatasetOutput
+from core.models._shared.annealing import TrainingProgress, linear_warmup_per_step
+from core.models._shared.gaussian import kl_standard_normal, log_normal
+from core.models._shared.outputs import LossOutput, ModelOutput
+from core.models._shared.poe import product_of_experts
+from core.models._shared.subsets import random_subsets, subset_name
+from core.models.base import MultimodalVAE, sample_latent
+from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, advanced
+from core.models.registry import register_model
+
+__all__ = ["MVAEConfig", "MVAE"]
+
+
+@dataclass(config=MODEL_CONFIG_DICT)
+class MVAEConfig(BaseMultiVAEConfig):
+    """Config of :class:`MVAE` (seed: ``multivae.models.MVAEConfig``)."""
+
+    use_subsampling: bool = Field(
+        True, description="Add the unimodal ELBOs and k random subset ELBOs to the joint ELBO."
+    )
+    k: int = Field(0, ge=0, **advanced("Number of random subsets (size 2..M-1) per batch; only used when M > 2."))
+    warmup: int = Field(10, ge=0, description="Epochs over which the KL weight rises linearly from 0 to beta.")
+    beta: float = Field(1.0, ge=0, description="Weight of the KL divergence.")
+
+    @model_validator(mode="after")
+    def _check_k(self) -> MVAEConfig:
+        m = self.n_modalities
+        n_middle = 2**m - 2 - m if m > 2 else 0
+        if self.k > n_middle and m > 2:
+            raise ValueError(f"k = {self.k} but only {n_middle} subsets of size 2..{m - 1} exist for {m} modalities.")
+        return self
+
+
+@register_model
+class MVAE(MultimodalVAE):
+    """The multimodal VAE with a product-of-experts posterior; trains on incomplete data."""
+
+    name = "MVAE"
+    config_class = MVAEConfig
+    supports_incomplete_data = True
+    summary = "Product of experts with the prior expert; sub-sampled ELBOs; learns from incomplete data."
+
+    def __init__(
+        self,
+        model_config: MVAEConfig,
+        encoders: Mapping[str, nn.Module] | None = None,
+        decoders: Mapping[str, nn.Module] | None = None,
+    ) -> None:
+        super().__init__(model_config, encoders, decoders)
+        self.k = model_config.k if len(self.modalities) > 2 else 0
+        self._subset_rng = np.random.default_rng()
+
+    @property
+    def start_keep_best_epoch(self) -> int:
+        return self.model_config.warmup + 1
+
+    # ------------------------------------------------------------------ inference
+    def compute_mu_log_var_subset(
+        self, inputs: Any, subset: Sequence[str], experts: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameters of q(z | x_S): PoE of the observed experts of ``subset`` and the prior."""
+        batch = inputs if isinstance(inputs, DatasetOutput) else self.prepare_batch(inputs)
+        if experts is None:
+            experts = {m: self.encoder_gaussian(m, batch.data[m]) for m in subset}
+        mus = torch.stack([experts[m][0] for m in subset])
+        logvars = torch.stack([experts[m][1] for m in subset])
+        present = torch.stack([batch.masks[m] for m in subset])
+        return product_of_experts(mus, logvars, present, with_prior=True)
+
+    def encode(
+        self,
+        inputs: Any,
+        cond_mod: str | Sequence[str] = "all",
+        N: int = 1,
+        return_mean: bool = False,
+        flatten: bool = False,
+        ignore_incomplete: bool = False,
+        **kwargs: Any,
+    ) -> ModelOutput:
+        """z ~ q(z | x_cond): ``(B, D)`` for N = 1, ``(N, B, D)`` otherwise (``(N*B, D)`` if flatten)."""
+        cond = self.resolve_modalities(cond_mod)
+        batch = self.prepare_batch(inputs)
+        self.check_observed(batch, cond, ignore_incomplete)
+        mu, logvar = self.compute_mu_log_var_subset(batch, cond)
+        return ModelOutput(z=sample_latent(mu, logvar, N, return_mean, flatten), one_latent_space=True)
+
+    # ------------------------------------------------------------------ objective
+    def subsets_for_step(self) -> list[tuple[str, ...]]:
+        """The joint set, the singletons and (training only) k random subsets."""
+        subsets = [tuple(self.modalities)]
+        if self.model_config.use_subsampling:
+            subsets += [(m,) for m in self.modalities if len(self.modalities) > 1]
+            if self.training and self.k > 0:
+                subsets += random_subsets(self.modalities, self.k, self._subset_rng)
+        return subsets
+
+    def subset_elbo_terms(
+        self, batch: DatasetOutput, subset: Sequence[str], experts: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample reconstruction log-likelihood and KL of ELBO_S, and which samples it covers."""
+        mu, logvar = self.compute_mu_log_var_subset(batch, subset, experts)
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+        recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in subset)
+        kl = kl_standard_normal(mu, logvar)
+        covered = torch.stack([batch.masks[m] for m in subset]).any(0)
+        return recon, kl, covered
+
+    def forward(self, inputs: Any, progress: TrainingProgress | None = None) -> LossOutput:
+        batch = self.prepare_batch(inputs)
+        beta = linear_warmup_per_step(progress, self.model_config.warmup, self.model_config.beta)
+        experts = {m: self.encoder_gaussian(m, batch.data[m]) for m in self.modalities}
+        loss = torch.zeros((), device=self.device)
+        terms: dict[str, torch.Tensor] = {}
+        total_recon = torch.zeros((), device=self.device)
+        total_kl = torch.zeros((), device=self.device)
+        random_elbo = torch.zeros((), device=self.device)
+        n_joint_and_singletons = 1 + (len(self.modalities) if self.model_config.use_subsampling and len(self.modalities) > 1 else 0)
+        for index, subset in enumerate(self.subsets_for_step()):
+            recon, kl, covered = self.subset_elbo_terms(batch, subset, experts)
+            n_covered = covered.sum()
+            if int(n_covered) == 0:
+                continue
+            weight = covered.float() / n_covered
+            neg_recon = -(recon * weight).sum()
+            kl_mean = (kl * weight).sum()
+            subset_loss = neg_recon + beta * kl_mean
+            loss = loss + subset_loss
+            total_recon = total_recon + neg_recon.detach()
+            total_kl = total_kl + kl_mean.detach()
+            if index < n_joint_and_singletons:
+                terms[f"elbo[{subset_name(subset)}]"] = subset_loss.detach()
+            else:
+                random_elbo = random_elbo + subset_loss.detach()
+        if self.training and self.k > 0:
+            terms["elbo[random subsets]"] = random_elbo
+        terms.update(recon=total_recon, kl=total_kl, beta=torch.tensor(beta))
+        return LossOutput(loss=loss, terms=terms, batch_size=batch.batch_size)
+
+    # ------------------------------------------------------------------ likelihood
+    @torch.no_grad()
+    def compute_joint_nll(self, inputs: Any, K: int = 1000, batch_size_K: int = 100) -> torch.Tensor:
+        """-sum_i log p(X_i) by importance sampling with q(z | X_i) as proposal (rescaling not applied).
+
+        For an incomplete sample the estimate is of the marginal likelihood of its observed modalities.
+        """
+        batch = self.prepare_batch(inputs)
+        mu, logvar = self.compute_mu_log_var_subset(batch, self.modalities)
+        chunks = []
+        for start in range(0, K, batch_size_K):
+            k = min(batch_size_K, K - start)
+            z = sample_latent(mu, logvar, k, return_mean=False, flatten=False).reshape(k, *mu.shape)
+            log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar)
+            for m in self.modalities:
+                log_w = log_w + self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z), rescale=False)
+            chunks.append(log_w)
+        log_w = torch.cat(chunks)  # (K, B)
+        log_px = torch.logsumexp(log_w, dim=0) - math.log(K)
+        return -log_px.sum()

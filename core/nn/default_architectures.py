@@ -1,0 +1,158 @@
+"""Default encoders and decoders, picked from each modality's per-sample shape.
+
+* ``(d,)`` or any 1-2 dim shape: MLP.
+* ``(C, H, W)``: strided 2D convolutions.
+* ``(C, X, Y, Z)``: strided 3D convolutions.
+
+Convolutional nets halve the grid ``n_down`` times (chosen so the coarsest grid keeps about 4 voxels
+per axis), and the decoder mirrors them, then crops to the exact input shape, so odd sizes such as
+96x112x96 work. Decoders end without any squashing: a normal decoder predicts the mean and a bernoulli
+decoder predicts logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from core.nn.base import BaseDecoder, BaseEncoder, DecoderOutput, EncoderOutput
+
+__all__ = [
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "default_encoder",
+    "default_decoder",
+    "mlp",
+]
+
+
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    """Linear layers with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(BaseEncoder):
+    """Flatten, two hidden layers, then mean and log-variance heads."""
+
+    def __init__(self, input_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (512, 512)) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.body = nn.Sequential(mlp([math.prod(self.input_shape), *hidden]), nn.SiLU())
+        self.mean = nn.Linear(hidden[-1], latent_dim)
+        self.logvar = nn.Linear(hidden[-1], latent_dim)
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        h = self.body(x.flatten(start_dim=x.dim() - len(self.input_shape)))
+        return EncoderOutput(embedding=self.mean(h), log_covariance=self.logvar(h))
+
+
+class MLPDecoder(BaseDecoder):
+    """Two hidden layers then a linear output reshaped to the modality's shape; any leading dims."""
+
+    def __init__(self, latent_dim: int, output_shape: Sequence[int], hidden: Sequence[int] = (512, 512)) -> None:
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        self.net = mlp([latent_dim, *hidden, math.prod(self.output_shape)])
+
+    def forward(self, z: torch.Tensor) -> DecoderOutput:
+        return DecoderOutput(reconstruction=self.net(z).reshape(*z.shape[:-1], *self.output_shape))
+
+
+def _n_down(spatial: Sequence[int]) -> int:
+    return int(max(1, min(5, math.floor(math.log2(max(1, min(spatial)) / 4)))))
+
+
+def _conv_stack(dims: int, channels: Sequence[int], transpose: bool) -> nn.Sequential:
+    conv = {(2, False): nn.Conv2d, (3, False): nn.Conv3d, (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[
+        (dims, transpose)
+    ]
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        layers += [conv(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU()]
+    return nn.Sequential(*layers)
+
+
+def _channels(n_down: int, base: int, max_channels: int) -> list[int]:
+    return [min(base * 2**i, max_channels) for i in range(n_down)]
+
+
+class ConvEncoder(BaseEncoder):
+    """Strided convolutions (2D or 3D from the input rank), then mean and log-variance heads."""
+
+    def __init__(self, input_shape: Sequence[int], latent_dim: int, base_channels: int = 16, max_channels: int = 128) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        channels, *spatial = self.input_shape
+        dims = len(spatial)
+        n_down = _n_down(spatial)
+        widths = _channels(n_down, base_channels, max_channels)
+        self.features = _conv_stack(dims, [channels, *widths], transpose=False)
+        coarse = list(spatial)
+        for _ in range(n_down):  # output size of Conv(k=4, s=2, p=1)
+            coarse = [(s + 2 - 4) // 2 + 1 for s in coarse]
+        n_features = widths[-1] * math.prod(coarse)
+        self.mean = nn.Linear(n_features, latent_dim)
+        self.logvar = nn.Linear(n_features, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        lead = x.shape[: x.dim() - len(self.input_shape)]
+        h = self.features(x.reshape(-1, *self.input_shape)).flatten(1)
+        return EncoderOutput(
+            embedding=self.mean(h).reshape(*lead, -1), log_covariance=self.logvar(h).reshape(*lead, -1)
+        )
+
+
+class ConvDecoder(BaseDecoder):
+    """Linear to a coarse grid, transposed convolutions doubling it, crop to the exact output shape."""
+
+    def __init__(self, latent_dim: int, output_shape: Sequence[int], base_channels: int = 16, max_channels: int = 128) -> None:
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        channels, *spatial = self.output_shape
+        dims = len(spatial)
+        n_down = _n_down(spatial)
+        widths = _channels(n_down, base_channels, max_channels)[::-1]
+        self.coarse = [math.ceil(s / 2**n_down) for s in spatial]
+        self.widths = widths
+        self.project = nn.Sequential(nn.Linear(latent_dim, widths[0] * math.prod(self.coarse)), nn.SiLU())
+        self.upsample = _conv_stack(dims, [*widths, widths[-1]], transpose=True)
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        self.head = conv(widths[-1], channels, kernel_size=3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> DecoderOutput:
+        lead = z.shape[:-1]
+        h = self.project(z.reshape(-1, z.shape[-1])).reshape(-1, self.widths[0], *self.coarse)
+        x = self.head(self.upsample(h))
+        crop = tuple(slice(0, s) for s in self.output_shape[1:])
+        x = x[(slice(None), slice(None), *crop)]
+        return DecoderOutput(reconstruction=x.reshape(*lead, *self.output_shape))
+
+
+def default_encoder(input_shape: Sequence[int], latent_dim: int) -> BaseEncoder:
+    """The default encoder for a modality of per-sample shape ``input_shape``."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) in (3, 4):
+        return ConvEncoder(shape, latent_dim)
+    if len(shape) in (1, 2):
+        return MLPEncoder(shape, latent_dim)
+    raise ValueError(f"No default encoder for input shape {shape}: use (d,), (C, H, W) or (C, X, Y, Z), or pass your own encoder.")
+
+
+def default_decoder(latent_dim: int, output_shape: Sequence[int]) -> BaseDecoder:
+    """The default decoder producing a modality of per-sample shape ``output_shape``."""
+    shape = tuple(int(s) for s in output_shape)
+    if len(shape) in (3, 4):
+        return ConvDecoder(latent_dim, shape)
+    if len(shape) in (1, 2):
+        return MLPDecoder(latent_dim, shape)
+    raise ValueError(f"No default decoder for output shape {shape}: use (d,), (C, H, W) or (C, X, Y, Z), or pass your own decoder.")
