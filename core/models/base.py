@@ -123,6 +123,21 @@ class MultimodalVAE(nn.Module):
         """Training stages; one unless the model is trained in phases."""
         return [TrainingStage("train", 1)]
 
+    def stage_at(self, epoch: int) -> TrainingStage:
+        """The stage that 1-based ``epoch`` belongs to."""
+        current = self.stages[0]
+        for stage in self.stages:
+            if epoch >= stage.first_epoch:
+                current = stage
+        return current
+
+    def parameters_for_stage(self, stage: TrainingStage) -> list[nn.Parameter]:
+        """Parameters the optimizer updates during ``stage`` (all of them unless the model is staged)."""
+        return list(self.parameters())
+
+    def enter_stage(self, stage: TrainingStage) -> None:
+        """Called by the trainer when ``stage`` starts (and on resume); staged models freeze parts here."""
+
     @property
     def start_keep_best_epoch(self) -> int:
         """Until this epoch the trainer always keeps the latest weights (KL annealing would bias the choice)."""
