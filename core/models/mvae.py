@@ -80,7 +80,6 @@ class MVAE(MultimodalVAE):
     ) -> None:
         super().__init__(model_config, encoders, decoders)
         self.k = model_config.k if len(self.modalities) > 2 else 0
-        self._subset_rng = np.random.default_rng()
 
     @property
     def start_keep_best_epoch(self) -> int:
@@ -123,7 +122,9 @@ class MVAE(MultimodalVAE):
         if self.model_config.use_subsampling:
             subsets += [(m,) for m in self.modalities if len(self.modalities) > 1]
             if self.training and self.k > 0:
-                subsets += random_subsets(self.modalities, self.k, self._subset_rng)
+                # Drawn from torch's RNG so that checkpoints (which save it) make resumes exact.
+                generator = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+                subsets += random_subsets(self.modalities, self.k, generator)
         return subsets
 
     def subset_elbo_terms(

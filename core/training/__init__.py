@@ -1,0 +1,21 @@
+"""Training: the trainer loop, its callbacks and control flags, checkpoints."""
+
+from core.training.callbacks import BatchProgress, Callback, EpochRecord, TqdmProgress, format_seconds
+from core.training.config import TrainerConfig
+from core.training.control import TrainingControl
+from core.training.trainer import Trainer, TrainingDiverged, TrainingResult, latest_checkpoint, select_device
+
+__all__ = [
+    "BatchProgress",
+    "Callback",
+    "EpochRecord",
+    "TqdmProgress",
+    "Trainer",
+    "TrainerConfig",
+    "TrainingControl",
+    "TrainingDiverged",
+    "TrainingResult",
+    "format_seconds",
+    "latest_checkpoint",
+    "select_device",
+]

@@ -1,0 +1,590 @@
+"""The training loop: explicit, resumable, cancellable, and honest about what it is doing.
+
+One epoch = the training steps over a seeded permutation of the subjects, then a validation pass.
+After each epoch the trainer keeps the best weights (validation loss), steps the LR schedule, checks
+early stopping, appends to ``metrics.csv`` and writes a checkpoint. Control flags (pause, stop-and-keep,
+cancel) are read between steps. Training order depends only on (seed, epoch), and the RNG states are
+saved with every checkpoint, so a resumed run gives the same result as an uninterrupted one.
+
+Run folder written here (when ``run_dir`` is given)::
+
+    metrics.csv              one row per epoch, train/<term> and val/<term> columns
+    status.json              running | completed | early_stopped | stopped | cancelled | failed
+    checkpoints/epoch-0007/  model + best weights + optimizer/scheduler/RNG/trainer state
+    checkpoints/latest       name of the newest complete checkpoint
+    final_model/             the bundle to use (best weights when keep_best): core.models.load()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+
+from core.data.dataset import collate_multimodal
+from core.models._shared.annealing import TrainingProgress
+from core.models.base import MultimodalVAE, TrainingStage, atomic_save_tensors, save_bundle
+from core.training.callbacks import BatchProgress, Callback, EpochRecord
+from core.training.config import TrainerConfig
+from core.training.control import TrainingControl
+from core.training.serialization import atomic_write_text, load_state, replace_directory, save_state
+
+__all__ = ["Trainer", "TrainingResult", "TrainingDiverged", "select_device", "latest_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["running", "completed", "early_stopped", "stopped", "cancelled", "failed"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainingResult:
+    status: Status
+    epochs_completed: int
+    best_epoch: int | None
+    best_validation_loss: float | None
+    history: list[EpochRecord] = field(default_factory=list)
+    message: str = ""
+    run_dir: Path | None = None
+    seconds: float = 0.0
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was requested but torch cannot use a CUDA GPU here; use 'auto' or 'cpu'.")
+    return device
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    folder = Path(run_dir) / "checkpoints"
+    pointer = folder / "latest"
+    if pointer.is_file():
+        candidate = folder / pointer.read_text().strip()
+        if (candidate / "trainer_state.json").is_file():
+            return candidate
+    complete = sorted(p for p in folder.glob("epoch-*") if (p / "trainer_state.json").is_file())
+    return complete[-1] if complete else None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state()[1].astype(np.int64).tolist(),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _MeanAccumulator:
+    """Sample-weighted means of named metrics over an epoch."""
+
+    def __init__(self, sums: dict[str, float] | None = None, count: int = 0) -> None:
+        self.sums = dict(sums or {})
+        self.count = count
+
+    def add(self, metrics: dict[str, float], n: int) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value * n
+        self.count += n
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+
+
+class Trainer:
+    """Trains a :class:`MultimodalVAE` on a dataset of :class:`DatasetOutput` samples.
+
+    Args:
+        model: the model to train (moved to the selected device).
+        train_dataset, eval_dataset: torch Datasets of samples (``core.data`` datasets or the HDF5 cache).
+        config: a :class:`TrainerConfig`.
+        callbacks: observers of the training events.
+        run_dir: where checkpoints, metrics and the final model go; ``None`` keeps everything in memory.
+        control: pause / stop / cancel flags shared with another thread.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalVAE,
+        train_dataset: Dataset,
+        eval_dataset: Dataset | None = None,
+        config: TrainerConfig | None = None,
+        callbacks: Iterable[Callback] = (),
+        run_dir: str | Path | None = None,
+        control: TrainingControl | None = None,
+    ) -> None:
+        self.config = config or TrainerConfig()
+        if len(train_dataset) == 0:
+            raise ValueError("The training set is empty; check the data split.")
+        self.model = model
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset if eval_dataset is not None and len(eval_dataset) > 0 else None
+        self.callbacks = list(callbacks)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.control = control or TrainingControl()
+        self.device = select_device(self.config.device)
+        self.should_stop = False
+        self.stop_reason = ""
+        # Progress state (all of it goes into checkpoints).
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.stage: TrainingStage = model.stage_at(1)
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epochs_without_improvement = 0
+        self.history: list[EpochRecord] = []
+        self._partial_train = _MeanAccumulator()
+        self._step_seconds: float | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self._scaler: torch.amp.GradScaler | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _build_optimizer(self) -> None:
+        cfg = self.config
+        params = [p for p in self.model.parameters_for_stage(self.stage) if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"Stage '{self.stage.name}' of {self.model.name} has no trainable parameters.")
+        self.optimizer = getattr(torch.optim, cfg.optimizer)(params, lr=cfg.learning_rate, **cfg.optimizer_params)
+        self.scheduler = (
+            getattr(torch.optim.lr_scheduler, cfg.scheduler)(self.optimizer, **cfg.scheduler_arguments())
+            if cfg.scheduler
+            else None
+        )
+        use_fp16 = cfg.mixed_precision == "fp16" and self.device.type == "cuda"
+        self._scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.config.mixed_precision != "no":
+            dtype = torch.bfloat16 if self.config.mixed_precision == "bf16" else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _loader(self, dataset: Dataset, batches: Sequence[Sequence[int]]) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate_multimodal,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def _train_batches(self, epoch: int) -> list[list[int]]:
+        """Seeded per epoch, so the order never depends on RNG state (resume-safe)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
+        size = self.config.batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if len(batches) > 1 and len(batches[-1]) == 1:  # a 1-sample step is noisy and breaks GroupNorm stats
+            batches[-2].extend(batches.pop())
+        return batches
+
+    def _eval_batches(self) -> list[list[int]]:
+        if self.eval_dataset is None:
+            return []
+        size = self.config.eval_batch_size or self.config.batch_size
+        n = len(self.eval_dataset)
+        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def _heartbeat(self, epoch: int, phase: str, batch: int, num_batches: int, loss: float, started: float) -> None:
+        n_train = math.ceil(len(self.train_dataset) / self.config.batch_size)
+        n_eval = len(self._eval_batches())
+        per_epoch = n_train + n_eval
+        done_in_epoch = batch if phase == "train" else n_train + batch
+        done = (epoch - 1) * per_epoch + done_in_epoch
+        total = self.config.num_epochs * per_epoch
+        eta = self._step_seconds * (total - done) if self._step_seconds is not None else None
+        self._emit(
+            "on_batch_end",
+            BatchProgress(
+                epoch=epoch,
+                num_epochs=self.config.num_epochs,
+                stage=self.stage.name,
+                phase=phase,
+                batch=batch,
+                num_batches=num_batches,
+                loss=loss,
+                elapsed_seconds=time.monotonic() - started,
+                eta_seconds=eta,
+                overall_fraction=min(1.0, done / total),
+            ),
+        )
+
+    def _time_step(self, seconds: float) -> None:
+        self._step_seconds = seconds if self._step_seconds is None else 0.8 * self._step_seconds + 0.2 * seconds
+
+    # ------------------------------------------------------------------ one epoch
+    def _train_epoch(self, epoch: int, started: float) -> str | None:
+        """Run the remaining training steps of ``epoch``; returns 'stopped'/'cancelled' if interrupted."""
+        self.model.train()
+        batches = self._train_batches(epoch)
+        start_step = self.step_in_epoch
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for step, batch in enumerate(self._loader(self.train_dataset, batches[start_step:]), start=start_step):
+            interrupted = self._check_control()
+            if interrupted:
+                return interrupted
+            tick = time.monotonic()
+            progress = TrainingProgress(epoch=epoch, batch_ratio=step / len(batches))
+            with self._autocast():
+                output = self.model(batch.to(self.device, non_blocking=True), progress=progress)
+            loss = output.loss
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"The loss became {float(loss)} at epoch {epoch}, step {step + 1} (subjects {batch.ids[:4]}). "
+                    "Lower the learning rate, set grad_clip_norm, or check these subjects' data for extreme values. "
+                    f"{self._last_good_message()}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            if self._scaler is not None:
+                self._scaler.scale(loss).backward()
+                self._scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            max_norm = self.config.grad_clip_norm if self.config.grad_clip_norm is not None else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if self._scaler is not None:
+                self._scaler.step(self.optimizer)
+                self._scaler.update()
+            elif not torch.isfinite(grad_norm):
+                raise TrainingDiverged(
+                    f"Gradients became {float(grad_norm)} at epoch {epoch}, step {step + 1}. Lower the learning rate or set "
+                    f"grad_clip_norm. {self._last_good_message()}"
+                )
+            else:
+                self.optimizer.step()
+            metrics = output.metrics()
+            metrics["grad_norm"] = float(grad_norm)
+            self._partial_train.add(metrics, output.batch_size)
+            self.step_in_epoch = step + 1
+            self._time_step(time.monotonic() - tick)
+            self._heartbeat(epoch, "train", step + 1, len(batches), metrics["loss"], started)
+        return None
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int, started: float | None = None) -> dict[str, float]:
+        """Mean validation loss and terms at ``epoch`` (empty without a validation set)."""
+        if self.eval_dataset is None:
+            return {}
+        self.model.eval()
+        accumulator = _MeanAccumulator()
+        batches = self._eval_batches()
+        for index, batch in enumerate(self._loader(self.eval_dataset, batches)):
+            tick = time.monotonic()
+            with self._autocast():
+                output = self.model(batch.to(self.device), progress=TrainingProgress(epoch=epoch))
+            accumulator.add(output.metrics(), output.batch_size)
+            self._time_step(time.monotonic() - tick)
+            if started is not None:
+                self._heartbeat(epoch, "validation", index + 1, len(batches), float(output.loss), started)
+        self.model.train()
+        return accumulator.means()
+
+    def _check_control(self) -> str | None:
+        if self.control.paused:
+            self._emit("on_pause", True)
+            self.control.wait_while_paused()
+            self._emit("on_pause", False)
+        if self.control.cancel_requested:
+            return "cancelled"
+        if self.control.stop_requested:
+            return "stopped"
+        return None
+
+    def _update_best(self, epoch: int, monitored: float) -> bool:
+        improved = monitored < self.best_loss - self.config.early_stopping_min_delta
+        if epoch <= self.model.start_keep_best_epoch or improved:
+            self.best_loss = monitored
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            if epoch > self.model.start_keep_best_epoch:
+                self.epochs_without_improvement = 0
+            return True
+        self.epochs_without_improvement += 1
+        return False
+
+    def _enter_stage(self, stage: TrainingStage) -> None:
+        """Stage boundary: continue from the best weights of the previous stage with a fresh optimizer."""
+        if self.config.keep_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.stage = stage
+        self.model.enter_stage(stage)
+        self._build_optimizer()
+        self.best_loss = math.inf
+        self.best_state = None
+        self.best_epoch = None
+        self.epochs_without_improvement = 0
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume_from: str | Path | None = None) -> TrainingResult:
+        """Train to ``num_epochs`` (or until stopped); resume from a checkpoint folder or run folder."""
+        started = time.monotonic()
+        self.model.to(self.device)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        else:
+            _seed_everything(self.config.seed)
+            self.model.enter_stage(self.stage)
+            self._build_optimizer()
+        self._write_status("running", "")
+        self._emit("on_train_start")
+        status: Status = "completed"
+        message = ""
+        try:
+            for epoch in range(self.epoch + 1, self.config.num_epochs + 1):
+                stage = self.model.stage_at(epoch)
+                if stage != self.stage:
+                    self._enter_stage(stage)
+                if self.step_in_epoch == 0:
+                    self._partial_train = _MeanAccumulator()
+                self._emit("on_epoch_start", epoch, stage.name)
+                epoch_started = time.monotonic()
+                interrupted = self._train_epoch(epoch, started)
+                if interrupted == "stopped":
+                    self.save_checkpoint(tag=f"epoch-{epoch - 1:04d}-step-{self.step_in_epoch:05d}")
+                    status, message = "stopped", f"Stopped during epoch {epoch}; resume to continue."
+                    break
+                if interrupted == "cancelled":
+                    status, message = "cancelled", f"Cancelled during epoch {epoch}; the last checkpoint is kept."
+                    break
+                train_metrics = self._partial_train.means()
+                validation = self.evaluate(epoch, started)
+                monitored = validation.get("loss", train_metrics.get("loss", math.inf))
+                if self.scheduler is not None:
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        self.scheduler.step(monitored)
+                    else:
+                        self.scheduler.step()
+                is_best = self._update_best(epoch, monitored)
+                record = EpochRecord(
+                    epoch=epoch,
+                    stage=stage.name,
+                    train=train_metrics,
+                    validation=validation,
+                    learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+                    seconds=time.monotonic() - epoch_started,
+                    is_best=is_best,
+                )
+                self.history.append(record)
+                self.epoch, self.step_in_epoch = epoch, 0
+                self._partial_train = _MeanAccumulator()
+                patience = self.config.early_stopping_patience
+                if patience is not None and self.epochs_without_improvement >= patience:
+                    self.should_stop = True
+                    self.stop_reason = (
+                        f"Early stopping: no validation improvement for {patience} epochs (best epoch {self.best_epoch})."
+                    )
+                self._write_metrics()
+                self._emit("on_epoch_end", record)
+                if epoch % self.config.checkpoint_every == 0 or epoch == self.config.num_epochs or self.should_stop:
+                    self.save_checkpoint()
+                if self.should_stop:
+                    status, message = "early_stopped", self.stop_reason
+                    break
+                if self.control.stop_requested:
+                    if epoch % self.config.checkpoint_every != 0:
+                        self.save_checkpoint()
+                    status, message = "stopped", f"Stopped after epoch {epoch}; resume to continue."
+                    break
+                if self.control.cancel_requested:
+                    status, message = "cancelled", f"Cancelled after epoch {epoch}."
+                    break
+        except BaseException as error:
+            message = str(error)
+            self._write_status("failed", message)
+            self._emit("on_error", error)
+            raise
+        if status in ("completed", "early_stopped", "stopped"):
+            self._finalize_model()
+        result = TrainingResult(
+            status=status,
+            epochs_completed=self.epoch,
+            best_epoch=self.best_epoch,
+            best_validation_loss=self.best_loss if math.isfinite(self.best_loss) else None,
+            history=list(self.history),
+            message=message,
+            run_dir=self.run_dir,
+            seconds=time.monotonic() - started,
+        )
+        self._write_status(status, message)
+        self._emit("on_train_end", result)
+        return result
+
+    def _last_good_message(self) -> str:
+        if self.run_dir is None:
+            return ""
+        last = latest_checkpoint(self.run_dir)
+        return f"The last good checkpoint is kept at {last}." if last else "No checkpoint had been written yet."
+
+    # ------------------------------------------------------------------ persistence
+    def _finalize_model(self) -> None:
+        """Write ``final_model/`` (best weights with keep_best) and leave the model holding them."""
+        if self.config.keep_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        if self.run_dir is not None:
+            staging = self.run_dir / ".final_model.staging"
+            shutil.rmtree(staging, ignore_errors=True)
+            save_bundle(self.model, staging, {"best_epoch": self.best_epoch, "epochs": self.epoch})
+            replace_directory(staging, self.run_dir / "final_model")
+
+    def save_checkpoint(self, tag: str | None = None) -> Path | None:
+        """Write everything needed to resume, atomically (staging folder, then rename)."""
+        if self.run_dir is None:
+            return None
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = tag or f"epoch-{self.epoch:04d}"
+        staging = folder / f".{name}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_bundle(self.model, staging)
+        if self.best_state is not None:
+            atomic_save_tensors(self.best_state, staging / "best.safetensors")
+        save_state({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                    "scaler": self._scaler.state_dict() if self._scaler else None}, staging, "optimizer")
+        save_state(_rng_state(), staging, "rng")
+        trainer_state = {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "stage": self.stage.name,
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "partial_train": {"sums": self._partial_train.sums, "count": self._partial_train.count},
+            "history": [r.__dict__ for r in self.history],
+            "callbacks": [c.state_dict() for c in self.callbacks],
+            "config_seed": self.config.seed,
+            "saved_at": datetime.now(timezone.utc).isoformat(),
+        }
+        (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        target = folder / name
+        replace_directory(staging, target)
+        atomic_write_text(folder / "latest", name + "\n")
+        self._prune_checkpoints(keep={name})
+        self._emit("on_checkpoint", str(target))
+        return target
+
+    def _prune_checkpoints(self, keep: set[str], n_keep: int = 2) -> None:
+        folder = self.run_dir / "checkpoints"
+        complete = sorted(p for p in folder.glob("epoch-*") if p.is_dir())
+        for old in complete[:-n_keep]:
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore model, optimizer, scheduler, RNG and counters from a checkpoint (or a run folder)."""
+        path = Path(path)
+        if not (path / "trainer_state.json").is_file():
+            found = latest_checkpoint(path)
+            if found is None:
+                raise FileNotFoundError(f"No complete checkpoint in {path}; nothing to resume.")
+            path = found
+        state = json.loads((path / "trainer_state.json").read_text())
+        weights = load_file(str(path / "model.safetensors"), device=str(self.device))
+        self.model.load_state_dict(weights)
+        stages = {s.name: s for s in self.model.stages}
+        if state["stage"] not in stages:
+            raise ValueError(f"Checkpoint stage '{state['stage']}' is not a stage of {self.model.name}.")
+        self.stage = stages[state["stage"]]
+        self.model.enter_stage(self.stage)
+        self._build_optimizer()
+        optim_state = load_state(path, "optimizer")
+        self.optimizer.load_state_dict(optim_state["optimizer"])
+        if self.scheduler is not None and optim_state["scheduler"] is not None:
+            self.scheduler.load_state_dict(optim_state["scheduler"])
+        if self._scaler is not None and optim_state.get("scaler"):
+            self._scaler.load_state_dict(optim_state["scaler"])
+        best_path = path / "best.safetensors"
+        self.best_state = load_file(str(best_path)) if best_path.is_file() else None
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.best_loss = state["best_loss"] if state["best_loss"] is not None else math.inf
+        self.best_epoch = state["best_epoch"]
+        self.epochs_without_improvement = int(state["epochs_without_improvement"])
+        self._partial_train = _MeanAccumulator(state["partial_train"]["sums"], state["partial_train"]["count"])
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        for callback, cb_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
+            callback.load_state_dict(cb_state)
+        _restore_rng(load_state(path, "rng"))
+
+    def _write_metrics(self) -> None:
+        if self.run_dir is None:
+            return
+        rows = [r.flat() for r in self.history]
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+
+    def _write_status(self, status: Status, message: str) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "status": status,
+            "message": message,
+            "model": self.model.name,
+            "epochs_completed": self.epoch,
+            "num_epochs": self.config.num_epochs,
+            "best_epoch": self.best_epoch,
+            "best_validation_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "updated": datetime.now(timezone.utc).isoformat(),
+        }
+        atomic_write_text(self.run_dir / "status.json", json.dumps(payload, indent=2) + "\n")
