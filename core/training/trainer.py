@@ -207,10 +207,14 @@ class Trainer:
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
-    def _loader(self, dataset: Dataset, batches: Sequence[Sequence[int]]) -> DataLoader:
+    def _loader(self, dataset: Dataset, batches: Sequence[Sequence[int]], epoch: int) -> DataLoader:
+        # A private generator: creating an iterator must not draw from the global RNG, or a run resumed
+        # mid-epoch would sample different latents than an uninterrupted one.
+        generator = torch.Generator().manual_seed(self.config.seed * 7_919 + epoch)
         return DataLoader(
             dataset,
             batch_sampler=batches,
+            generator=generator,
             collate_fn=collate_multimodal,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -273,7 +277,7 @@ class Trainer:
         batches = self._train_batches(epoch)
         start_step = self.step_in_epoch
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for step, batch in enumerate(self._loader(self.train_dataset, batches[start_step:]), start=start_step):
+        for step, batch in enumerate(self._loader(self.train_dataset, batches[start_step:], epoch), start=start_step):
             interrupted = self._check_control()
             if interrupted:
                 return interrupted
@@ -284,7 +288,7 @@ class Trainer:
             loss = output.loss
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"The loss became {float(loss)} at epoch {epoch}, step {step + 1} (subjects {batch.ids[:4]}). "
+                    f"The loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} (subjects {batch.ids[:4]}). "
                     "Lower the learning rate, set grad_clip_norm, or check these subjects' data for extreme values. "
                     f"{self._last_good_message()}"
                 )
@@ -322,7 +326,7 @@ class Trainer:
         self.model.eval()
         accumulator = _MeanAccumulator()
         batches = self._eval_batches()
-        for index, batch in enumerate(self._loader(self.eval_dataset, batches)):
+        for index, batch in enumerate(self._loader(self.eval_dataset, batches, epoch)):
             tick = time.monotonic()
             with self._autocast():
                 output = self.model(batch.to(self.device), progress=TrainingProgress(epoch=epoch))
@@ -428,6 +432,7 @@ class Trainer:
                         f"Early stopping: no validation improvement for {patience} epochs (best epoch {self.best_epoch})."
                     )
                 self._write_metrics()
+                self._write_status("running", f"epoch {epoch} of {self.config.num_epochs}")
                 self._emit("on_epoch_end", record)
                 if epoch % self.config.checkpoint_every == 0 or epoch == self.config.num_epochs or self.should_stop:
                     self.save_checkpoint()

@@ -1,0 +1,23 @@
+"""Suite-wide hygiene: no test reads or writes the user's cache or settings, and Qt runs offscreen."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Demo cohorts and caches go to a per-session temporary folder, never to ~/.cache."""
+    root = tmp_path_factory.getbasetemp() / "mmvae-cache"
+    monkeypatch.setenv("MMVAE_CACHE_DIR", str(root))
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
