@@ -1,0 +1,126 @@
+"""Progress reporting and cancellation for long-running ``core`` functions.
+
+Every long function in ``core`` takes two optional plain callables:
+
+* ``progress(done, total, message)``: called after each unit of work (a subject, a file);
+* ``cancel() -> bool``: polled between units; when it returns True the function stops, cleans up what
+  it started (temporary files) and raises :class:`Cancelled`.
+
+:class:`ProgressReporter` is a ready-made ``progress`` callable that draws a tqdm bar in a terminal and/or
+forwards each event to listeners (the workbench forwards them as Qt signals). :class:`CancelToken` is a
+ready-made ``cancel`` callable with a thread-safe ``cancel()`` method.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Cancelled",
+    "CancelToken",
+    "ProgressEvent",
+    "ProgressFn",
+    "CancelFn",
+    "ProgressReporter",
+    "report_progress",
+    "raise_if_cancelled",
+]
+
+ProgressFn = Callable[[int, int, str], None]
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised by a long ``core`` function when its ``cancel()`` callable returned True.
+
+    Whatever the function was writing has been removed; files that existed before it started are untouched.
+    """
+
+
+class CancelToken:
+    """A ``cancel`` callable: ``token.cancel()`` from any thread, the worker polls ``token()``."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    done: int
+    total: int
+    message: str
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+class ProgressReporter:
+    """A ``progress(done, total, message)`` callable with a terminal bar and GUI listeners.
+
+    Args:
+        description: label shown left of the bar.
+        bar: draw a tqdm bar (stderr). Use False in the GUI and in tests.
+        listeners: callables receiving a :class:`ProgressEvent` for each call.
+    """
+
+    def __init__(self, description: str = "", *, bar: bool = True, listeners: list[Callable[[ProgressEvent], Any]] | None = None) -> None:
+        self.description = description
+        self.bar = bar
+        self.listeners = list(listeners or [])
+        self.events: list[ProgressEvent] = []
+        self._tqdm: Any = None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        event = ProgressEvent(int(done), int(total), str(message))
+        self.events.append(event)
+        if self.bar:
+            if self._tqdm is None:
+                from tqdm.auto import tqdm
+
+                self._tqdm = tqdm(total=event.total, desc=self.description, unit="item", leave=True)
+            if self._tqdm.total != event.total:
+                self._tqdm.total = event.total
+            self._tqdm.n = event.done
+            self._tqdm.set_postfix_str(event.message[-60:], refresh=False)
+            self._tqdm.refresh()
+            if event.done >= event.total:
+                self.close()
+        for listener in self.listeners:
+            listener(event)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+
+    def __enter__(self) -> ProgressReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def report_progress(progress: ProgressFn | None, done: int, total: int, message: str = "") -> None:
+    """Call ``progress`` if one was given."""
+    if progress is not None:
+        progress(done, total, message)
+
+
+def raise_if_cancelled(cancel: CancelFn | None, what: str = "operation") -> None:
+    """Raise :class:`Cancelled` if ``cancel()`` says so."""
+    if cancel is not None and cancel():
+        raise Cancelled(f"{what} was cancelled.")
