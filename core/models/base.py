@@ -87,10 +87,25 @@ class MultimodalVAE(nn.Module):
         )
         self.modalities = self._resolve_modality_names(encoders, decoders)
         self.latent_dim = model_config.latent_dim
-        self.encoders = self._modules_or_default("encoders", encoders, lambda m, shape: default_encoder(shape, self.latent_dim))
-        self.decoders = self._modules_or_default("decoders", decoders, lambda m, shape: default_decoder(self.latent_dim, shape))
+        self.encoders = self._modules_or_default("encoders", encoders, self.build_default_encoder)
+        self.decoders = self._modules_or_default("decoders", decoders, self.build_default_decoder)
 
     # ------------------------------------------------------------------ construction helpers
+    def build_default_encoder(self, modality: str, shape: tuple[int, ...]) -> nn.Module:
+        """The encoder built when none is given: q(z | x_m) over ``latent_dim``. Models override it."""
+        return default_encoder(shape, self.latent_dim)
+
+    def build_default_decoder(self, modality: str, shape: tuple[int, ...]) -> nn.Module:
+        """The decoder built when none is given: p(x_m | z) from ``latent_dim``. Models override it."""
+        return default_decoder(self.latent_dim, shape)
+
+    def record_custom_architectures(self, **modules: Any) -> None:
+        """Add to ``custom_architectures`` the names of the modules the user passed (not None)."""
+        given = {name for name, value in modules.items() if value is not None}
+        if given:
+            names = sorted(set(self.model_config.custom_architectures) | given)
+            self.model_config = replace(self.model_config, custom_architectures=names)
+
     def _resolve_modality_names(self, *module_dicts: Mapping[str, nn.Module] | None) -> list[str]:
         names = self.model_config.modalities
         for modules in module_dicts:
