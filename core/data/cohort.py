@@ -724,8 +724,9 @@ def cohort_report(
             if fr.error is None:
                 headers[(e.subject, e.modality, role)] = info
         except ImagingError as exc:
-            fr.error = str(exc)
-            issues.append(Issue("error", str(exc), e.subject, e.modality, str(path)))
+            fr.error = exc.problem
+            issue = exc.to_issue(e.subject, e.modality)
+            issues.append(Issue(issue.level, issue.message, e.subject, e.modality, str(path), issue.fix))
         files.append(fr)
         report_progress(progress, k + 1, len(jobs), f"{e.subject} {e.modality}")
     issues += _consistency_issues(cohort, headers, spacing_tolerance)
@@ -737,8 +738,8 @@ def _check_voxels(path: Path, e: FileEntry, issues: list[Issue]) -> str | None:
     try:
         vol = read_volume(path)
     except ImageReadError as exc:
-        issues.append(Issue("error", str(exc), e.subject, e.modality, str(path)))
-        return str(exc)
+        issues.append(exc.to_issue(e.subject, e.modality))
+        return exc.problem
     for i in vol.issues:
         if "NaN" in i.message:
             issues.append(Issue(i.level, i.message, e.subject, e.modality, str(path), i.fix))

@@ -72,7 +72,23 @@ XFORM_TOLERANCE_MM = 1e-3
 
 
 class ImagingError(ValueError):
-    """Base class for imaging input/output errors; messages name the file and the fix."""
+    """Base class for imaging input/output errors; messages name the file and the fix.
+
+    ``path``, ``problem`` and ``fix`` hold the parts separately when the raiser knew them.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None, problem: str | None = None,
+                 fix: str | None = None) -> None:
+        super().__init__(message)
+        self.path = str(path) if path is not None else None
+        self.problem = problem or message
+        self.fix = fix
+
+    def to_issue(self, subject: str | None = None, modality: str | None = None, *, suffix: str = "") -> Issue:
+        """This error as an error-level :class:`Issue` (for reports that go on after a bad file)."""
+        name = Path(self.path).name if self.path else None
+        message = (f"cannot read {name}: {self.problem}" if name and self.problem != str(self) else self.problem) + suffix
+        return Issue("error", message, subject, modality, self.path, self.fix)
 
 
 class ImageReadError(ImagingError):
@@ -377,7 +393,7 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 
 def _read_error(path: Path, what: str, fix: str) -> ImageReadError:
-    return ImageReadError(f"Cannot read {path}: {what}. Fix: {fix}")
+    return ImageReadError(f"Cannot read {path}: {what}. Fix: {fix}", path=path, problem=what, fix=fix)
 
 
 _CORRUPT_FIX = "re-export or re-copy the file (it may be truncated or not an image), or remove it from the cohort"

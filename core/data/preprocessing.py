@@ -541,7 +541,7 @@ def preprocess_subject(
         try:
             vol = read_volume(e.path)
         except ImagingError as exc:
-            issues.append(Issue("error", f"{exc} -> {m} is treated as missing", subject, m, str(e.path)))
+            issues.append(exc.to_issue(subject, m, suffix=f"; {m} is treated as missing for this subject"))
             return None
         issues.extend(_volume_issue(vol, subject, m))
         if vol.meta.get("n_nonfinite", 0) == vol.array.size:
@@ -687,6 +687,10 @@ def _reference_header(cohort: Cohort, subject: str, ref: str, order: Sequence[st
     return None
 
 
+def _modality_of(cohort: Cohort, subject: str, header: HeaderInfo) -> str | None:
+    return next((m for m, e in cohort.subject_entries(subject).items() if e.path == header.path), None)
+
+
 def plan_preprocessing(cohort: Cohort, config: PreprocessingConfig) -> PreprocessingPlan:
     """Resolve modalities, the reference modality and the target shape from headers only."""
     issues: list[Issue] = []
@@ -712,17 +716,27 @@ def plan_preprocessing(cohort: Cohort, config: PreprocessingConfig) -> Preproces
             f"reference_modality {ref!r} is not one of the modalities {modalities}. Fix: choose one of them."
         )
     subjects = [s for s in cohort.subjects if any(cohort.entry(s, m) for m in modalities)]
+    ref_headers = {s: h for s in subjects if (h := _reference_header(cohort, s, ref, modalities)) is not None}
+    if config.target_spacing is None and len(ref_headers) >= 2:
+        spacings = {s: np.asarray(h.geometry.canonical().spacing) for s, h in ref_headers.items()}
+        median = np.median(np.stack(list(spacings.values())), axis=0)
+        for s, sp in spacings.items():
+            rel = float((np.abs(sp - median) / median).max())
+            if rel > config.spacing_tolerance:
+                issues.append(Issue(
+                    "warning", f"reference grid spacing {tuple(round(float(v), 3) for v in sp)} mm differs from the "
+                    f"cohort median {tuple(round(float(v), 3) for v in median)} mm by {100 * rel:.0f}%, so its voxels "
+                    "cover a different physical size", s, _modality_of(cohort, s, ref_headers[s]), str(ref_headers[s].path),
+                    "set target_spacing so that every subject is resampled to one voxel size"))
     if config.target_shape is not None:
         shape = tuple(config.target_shape)
     else:
         shapes: Counter[tuple[int, int, int]] = Counter()
-        for s in subjects:
-            h = _reference_header(cohort, s, ref, modalities)
-            if h is not None:
-                grid = h.geometry.canonical()
-                if config.target_spacing is not None:
-                    grid = grid.with_spacing(config.target_spacing)
-                shapes[grid.shape] += 1
+        for h in ref_headers.values():
+            grid = h.geometry.canonical()
+            if config.target_spacing is not None:
+                grid = grid.with_spacing(config.target_spacing)
+            shapes[grid.shape] += 1
         if not shapes:
             raise PreprocessingError("No subject has a readable image. Fix: run cohort_report to see why.")
         shape = shapes.most_common(1)[0][0]

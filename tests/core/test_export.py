@@ -17,7 +17,7 @@ from core.data.io import Geometry, write_volume
 from core.data.loading import load_cohort_dataset
 from core.data.preprocessing import PreprocessingConfig
 from core.export import ExportError, Provenance, export_cohort, sidecar_path, write_synthesized
-from core.progress import CancelToken, Cancelled, ProgressReporter
+from core.progress import Cancelled, CancelToken, ProgressReporter
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 
