@@ -42,6 +42,7 @@ from core.data.io import (
     ImageReadError,
     ImagingError,
     Issue,
+    has_dicom_preamble,
     is_image_path,
     read_header,
     read_volume,
@@ -336,13 +337,14 @@ def _iter_images(folder: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
-        dicom_here = [f for f in filenames if f.lower().endswith(".dcm")]
+        dicom_here = [f for f in filenames if f.lower().endswith(".dcm")
+                      or ("." not in f and has_dicom_preamble(here / f))]
         if dicom_here and here != folder:
             out.append(here)
             dirnames[:] = []
             continue
         for f in sorted(filenames):
-            if f.startswith(".") or f.lower().endswith(".dcm"):
+            if f.startswith(".") or f in dicom_here:
                 continue
             p = here / f
             if is_image_path(p) and not f.lower().endswith((".raw", ".zraw")):

@@ -51,6 +51,7 @@ __all__ = [
     "image_format",
     "is_image_path",
     "strip_image_suffix",
+    "has_dicom_preamble",
     "read_header",
     "read_volume",
     "write_nifti",
@@ -376,14 +377,14 @@ def strip_image_suffix(name: str) -> str:
 def _looks_like_dicom_dir(path: Path) -> bool:
     try:
         for child in path.iterdir():
-            if child.is_file() and (child.suffix.lower() == ".dcm" or _has_dicom_preamble(child)):
+            if child.is_file() and (child.suffix.lower() == ".dcm" or has_dicom_preamble(child)):
                 return True
     except OSError:
         return False
     return False
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(132)

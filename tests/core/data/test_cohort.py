@@ -288,3 +288,47 @@ def test_report_on_itk_files_and_mask_grids(tmp_path):
     f = r.file("s1", "US")
     assert f.format == "itk" and f.orientation == "LPS" and f.spacing == (1.0, 1.0, 2.0)
     assert any("mask grid" in i.message and i.level == "info" for i in r.issues)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DICOM series inside a cohort
+# ---------------------------------------------------------------------------------------------------------
+
+
+def write_series(folder: Path, shape=(8, 8, 5), extension=".dcm") -> None:
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    img = sitk.GetImageFromArray((np.arange(np.prod(shape)).reshape(shape[::-1]) % 500 + 1).astype(np.int16))
+    img.SetSpacing((0.8, 0.8, 2.0))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(shape[2]):
+        s = img[:, :, k]
+        s.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
+        s.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        s.SetMetaData("0020|0032", "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, k)))))
+        s.SetMetaData("0020|0013", str(k + 1))
+        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
+        writer.Execute(s)
+        if extension != ".dcm":
+            (folder / f"IM{k:04d}.dcm").rename(folder / f"IM{k:04d}{extension}")
+
+
+def test_dicom_series_folders_are_one_file_each(tmp_path):
+    from core.data.loading import load_cohort_dataset
+    from core.data.preprocessing import PreprocessingConfig
+
+    root = tmp_path / "dicom"
+    write_series(root / "p1" / "T1")
+    write_series(root / "p1" / "flair", extension="")  # extensionless files, found by their DICM preamble
+    write_series(root / "p2" / "T1")
+    c = discover_cohort(root)
+    assert c.modalities == ["T1", "FLAIR"] and c.presence().tolist() == [[True, True], [True, False]]
+    assert c.entry("p1", "FLAIR").path == root / "p1" / "flair"
+    r = cohort_report(c)
+    assert r.file("p1", "T1").format == "dicom" and r.file("p1", "T1").shape == (8, 8, 5)
+    ds, records = load_cohort_dataset(root, PreprocessingConfig())
+    assert ds.input_dims["T1"] == (1, 8, 8, 5) and records["p1"].modalities["FLAIR"].format == "dicom"
+    write_manifest(tmp_path / "m.csv", [["p1", "T1", str(root / "p1" / "T1"), ""]])
+    assert read_manifest(tmp_path / "m.csv").entry("p1", "T1").path.is_dir()
