@@ -515,7 +515,9 @@ class PreprocessedSubject:
 
 
 def _volume_issue(vol: Volume, subject: str, modality: str) -> list[Issue]:
-    return [Issue(i.level, i.message, subject, modality, i.path, i.fix) for i in vol.issues]
+    suffix = f"; {modality} is treated as missing for this subject"
+    return [Issue(i.level, i.message + (suffix if i.level == "error" else ""), subject, modality, i.path, i.fix)
+            for i in vol.issues]
 
 
 def preprocess_subject(
@@ -535,8 +537,15 @@ def preprocess_subject(
     order = list(modalities or entries)
     issues: list[Issue] = []
     volumes: dict[str, Volume] = {}
+    failed: set[str] = set()
 
     def load(m: str) -> Volume | None:
+        vol = _load(m)
+        if vol is None:
+            failed.add(m)
+        return vol
+
+    def _load(m: str) -> Volume | None:
         e = entries[m]
         try:
             vol = read_volume(e.path)
@@ -548,7 +557,7 @@ def preprocess_subject(
             return None
         finite = vol.array[np.isfinite(vol.array)]
         if float(finite.max()) == float(finite.min()):
-            issues.append(Issue("error", f"the volume is constant ({float(finite.min()):g}); {m} is treated as missing",
+            issues.append(Issue("error", f"the volume is constant ({float(finite.min()):g}); {m} is treated as missing for this subject",
                                 subject, m, str(e.path), "re-export it or remove it from the cohort"))
             return None
         return vol
@@ -578,7 +587,7 @@ def preprocess_subject(
     record = SubjectRecord(subject, ref_mod, grid, {}, issues)
     data: dict[str, np.ndarray] = {}
     observation: dict[str, np.ndarray] = {}
-    for m in [x for x in order if x in entries]:
+    for m in [x for x in order if x in entries and x not in failed]:
         vol = volumes.get(m) or load(m)
         if vol is None:
             continue

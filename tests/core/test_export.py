@@ -236,3 +236,38 @@ def test_cancelled_batch_export_leaves_no_file(loaded, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(ExportError, match="No preprocessing record"):
         export_cohort({"nobody": {"T2": np.zeros(3)}}, records, out, provenance=PROV)
+
+
+def _nibabel_test_file(name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("nibabel")
+    path = Path(spec.origin).parent / "tests" / "data" / name
+    if not path.exists():
+        pytest.skip(f"nibabel's bundled {name} is not installed")
+    return path
+
+
+def test_export_on_real_oblique_and_las_files_from_nibabel(tmp_path):
+    """Real headers: anatomical.nii (LAS, big-endian int16, codes 2/2) and the first volume of the oblique
+    example4d.nii.gz (about 9 degrees, codes 1/1)."""
+    anat = _nibabel_test_file("anatomical.nii")
+    epi4d = nib.load(_nibabel_test_file("example4d.nii.gz"))
+    epi = epi4d.slicer[..., 0]
+    nib.save(epi, tmp_path / "epi_t1.nii.gz")
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["subject", "modality", "path"], ["anat", "T1", str(anat)], ["epi", "T1", "epi_t1.nii.gz"]])
+    ds, records = load_cohort_dataset(tmp_path / "manifest.csv", PreprocessingConfig(target_shape=(48, 48, 32)))
+    for s in ("anat", "epi"):
+        rec = records[s]
+        out = write_synthesized(ds[ds.ids.index(s)].data["T1"], rec, "T2", tmp_path / f"{s}_T2.nii.gz",
+                                provenance=PROV, records=records)
+        src, img = nib.load(rec.modalities["T1"].path), nib.load(out.image)
+        assert img.shape == src.shape[:3]
+        assert np.allclose(img.affine, src.affine, atol=1e-5)
+        assert nib.aff2axcodes(img.affine) == nib.aff2axcodes(src.affine)
+        for form in ("qform_code", "sform_code"):
+            assert int(img.header[form]) == int(src.header[form])
+    assert nib.aff2axcodes(nib.load(anat).affine) == ("L", "A", "S")
+    assert records["epi"].modalities["T1"].source_geometry.is_oblique
