@@ -13,6 +13,10 @@ Run folder written here (when ``run_dir`` is given)::
     checkpoints/epoch-0007/  model + best weights + optimizer/scheduler/RNG/trainer state
     checkpoints/latest       name of the newest complete checkpoint
     final_model/             the bundle to use (best weights when keep_best): core.models.load()
+
+Under ``torchrun`` (WORLD_SIZE > 1) the same loop runs data-parallel with DistributedDataParallel:
+``batch_size`` is the global batch, sharded equally over the ranks, metrics are reduced over ranks,
+and only rank 0 writes the run folder and runs the callbacks (see :mod:`core.training.distributed`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from core.data.dataset import collate_multimodal
@@ -43,6 +48,16 @@ from core.models.base import MultimodalVAE, TrainingStage, atomic_save_tensors, 
 from core.training.callbacks import BatchProgress, Callback, EpochRecord
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
+from core.training.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    all_reduce_flags,
+    barrier,
+    init_distributed,
+    shard_batch,
+    shard_indices,
+    shutdown_distributed,
+)
 from core.training.serialization import atomic_write_text, load_state, replace_directory, save_state
 
 __all__ = ["Trainer", "TrainingResult", "TrainingDiverged", "select_device", "latest_checkpoint"]
@@ -94,6 +109,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+_RANK_SEED_STRIDE = 1_000_003
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -135,6 +153,17 @@ class _MeanAccumulator:
 
     def means(self) -> dict[str, float]:
         return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+
+    def reduced(self, context: DistributedContext) -> _MeanAccumulator:
+        """Sums and counts of every rank added up (itself when not distributed)."""
+        if not context.enabled:
+            return self
+        total = _MeanAccumulator()
+        for sums, count in all_gather_objects(context, (self.sums, self.count)):
+            for key, value in sums.items():
+                total.sums[key] = total.sums.get(key, 0.0) + value
+            total.count += count
+        return total
 
 
 class Trainer:
@@ -185,8 +214,38 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._scaler: torch.amp.GradScaler | None = None
+        # Data parallelism (set up in train(); single-process defaults until then).
+        self.dist = DistributedContext()
+        self._owns_process_group = False
+        self._forward_module: torch.nn.Module = model
+
+    @property
+    def is_main_process(self) -> bool:
+        """Rank 0 (or a single-process run): the process that writes files and runs the callbacks."""
+        return self.dist.is_main
 
     # ------------------------------------------------------------------ setup
+    def _setup_distributed(self) -> None:
+        self.dist, self._owns_process_group = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.enabled and self.config.batch_size < self.dist.world_size:
+            raise ValueError(
+                f"batch_size {self.config.batch_size} is the global batch and must be at least the number of processes "
+                f"({self.dist.world_size})."
+            )
+
+    def _wrap_for_training(self) -> None:
+        """DDP around the model for the training forward (re-done when a stage changes the trainable set)."""
+        if not self.dist.enabled:
+            self._forward_module = self.model
+            return
+        # Models may leave parameters out of a step (random subsets, dropped messages, frozen stages);
+        # a model whose every trainable parameter is always used can set this class attribute to False.
+        find_unused = bool(getattr(self.model, "ddp_find_unused_parameters", True))
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self._forward_module = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=find_unused)
+
     def _build_optimizer(self) -> None:
         cfg = self.config
         params = [p for p in self.model.parameters_for_stage(self.stage) if p.requires_grad]
@@ -200,6 +259,7 @@ class Trainer:
         )
         use_fp16 = cfg.mixed_precision == "fp16" and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
+        self._wrap_for_training()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda" and self.config.mixed_precision != "no":
@@ -235,11 +295,13 @@ class Trainer:
         if self.eval_dataset is None:
             return []
         size = self.config.eval_batch_size or self.config.batch_size
-        n = len(self.eval_dataset)
-        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        indices = shard_indices(len(self.eval_dataset), self.dist.rank, self.dist.world_size)
+        return [indices[i : i + size] for i in range(0, len(indices), size)]
 
     # ------------------------------------------------------------------ events
     def _emit(self, event: str, *args: Any) -> None:
+        if not self.dist.is_main:
+            return
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
 
@@ -273,20 +335,24 @@ class Trainer:
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int, started: float) -> str | None:
         """Run the remaining training steps of ``epoch``; returns 'stopped'/'cancelled' if interrupted."""
-        self.model.train()
+        self._forward_module.train()
         batches = self._train_batches(epoch)
-        start_step = self.step_in_epoch
+        # This rank's share of each remaining global batch (all of it when not distributed).
+        steps = [(step, shard_batch(b, self.dist.rank, self.dist.world_size)) for step, b in enumerate(batches)]
+        steps = [(step, local) for step, local in steps[self.step_in_epoch :] if local]
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for step, batch in enumerate(self._loader(self.train_dataset, batches[start_step:], epoch), start=start_step):
+        loader = self._loader(self.train_dataset, [local for _, local in steps], epoch)
+        for (step, _), batch in zip(steps, loader, strict=True):
             interrupted = self._check_control()
             if interrupted:
                 return interrupted
             tick = time.monotonic()
             progress = TrainingProgress(epoch=epoch, batch_ratio=step / len(batches))
             with self._autocast():
-                output = self.model(batch.to(self.device, non_blocking=True), progress=progress)
+                output = self._forward_module(batch.to(self.device, non_blocking=True), progress=progress)
             loss = output.loss
-            if not torch.isfinite(loss):
+            (nonfinite,) = all_reduce_flags(self.dist, not bool(torch.isfinite(loss)))
+            if nonfinite:
                 raise TrainingDiverged(
                     f"The loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} (subjects {batch.ids[:4]}). "
                     "Lower the learning rate, set grad_clip_norm, or check these subjects' data for extreme values. "
@@ -325,8 +391,8 @@ class Trainer:
             return {}
         self.model.eval()
         accumulator = _MeanAccumulator()
-        batches = self._eval_batches()
-        for index, batch in enumerate(self._loader(self.eval_dataset, batches, epoch)):
+        batches = [b for b in self._eval_batches() if b]
+        for index, batch in enumerate(self._loader(self.eval_dataset, batches, epoch) if batches else []):
             tick = time.monotonic()
             with self._autocast():
                 output = self.model(batch.to(self.device), progress=TrainingProgress(epoch=epoch))
@@ -335,16 +401,22 @@ class Trainer:
             if started is not None:
                 self._heartbeat(epoch, "validation", index + 1, len(batches), float(output.loss), started)
         self.model.train()
-        return accumulator.means()
+        return accumulator.reduced(self.dist).means()
+
+    def _control_requests(self) -> tuple[bool, bool]:
+        """(stop, cancel) requested in any process, so that every rank ends at the same step."""
+        stop, cancel = all_reduce_flags(self.dist, self.control.stop_requested, self.control.cancel_requested)
+        return stop, cancel
 
     def _check_control(self) -> str | None:
         if self.control.paused:
             self._emit("on_pause", True)
             self.control.wait_while_paused()
             self._emit("on_pause", False)
-        if self.control.cancel_requested:
+        stop, cancel = self._control_requests()
+        if cancel:
             return "cancelled"
-        if self.control.stop_requested:
+        if stop:
             return "stopped"
         return None
 
@@ -376,11 +448,22 @@ class Trainer:
     def train(self, resume_from: str | Path | None = None) -> TrainingResult:
         """Train to ``num_epochs`` (or until stopped); resume from a checkpoint folder or run folder."""
         started = time.monotonic()
+        self._setup_distributed()
+        try:
+            return self._train(started, resume_from)
+        finally:
+            if self._owns_process_group:
+                shutdown_distributed()
+                self.dist, self._owns_process_group = DistributedContext(), False
+                self._forward_module = self.model
+
+    def _train(self, started: float, resume_from: str | Path | None) -> TrainingResult:
         self.model.to(self.device)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         else:
-            _seed_everything(self.config.seed)
+            # Each rank draws its own latent noise; rank 0 uses the same seed as a single-process run.
+            _seed_everything(self.config.seed + self.dist.rank * _RANK_SEED_STRIDE)
             self.model.enter_stage(self.stage)
             self._build_optimizer()
         self._write_status("running", "")
@@ -404,7 +487,7 @@ class Trainer:
                 if interrupted == "cancelled":
                     status, message = "cancelled", f"Cancelled during epoch {epoch}; the last checkpoint is kept."
                     break
-                train_metrics = self._partial_train.means()
+                train_metrics = self._partial_train.reduced(self.dist).means()
                 validation = self.evaluate(epoch, started)
                 monitored = validation.get("loss", train_metrics.get("loss", math.inf))
                 if self.scheduler is not None:
@@ -434,17 +517,19 @@ class Trainer:
                 self._write_metrics()
                 self._write_status("running", f"epoch {epoch} of {self.config.num_epochs}")
                 self._emit("on_epoch_end", record)
+                (self.should_stop,) = all_reduce_flags(self.dist, self.should_stop)  # a rank-0 callback may ask
                 if epoch % self.config.checkpoint_every == 0 or epoch == self.config.num_epochs or self.should_stop:
                     self.save_checkpoint()
                 if self.should_stop:
                     status, message = "early_stopped", self.stop_reason
                     break
-                if self.control.stop_requested:
+                stop_requested, cancel_requested = self._control_requests()
+                if stop_requested:
                     if epoch % self.config.checkpoint_every != 0:
                         self.save_checkpoint()
                     status, message = "stopped", f"Stopped after epoch {epoch}; resume to continue."
                     break
-                if self.control.cancel_requested:
+                if cancel_requested:
                     status, message = "cancelled", f"Cancelled after epoch {epoch}."
                     break
         except BaseException as error:
@@ -479,19 +564,30 @@ class Trainer:
         """Write ``final_model/`` (best weights with keep_best) and leave the model holding them."""
         if self.config.keep_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.dist.is_main:
             staging = self.run_dir / ".final_model.staging"
             shutil.rmtree(staging, ignore_errors=True)
             save_bundle(self.model, staging, {"best_epoch": self.best_epoch, "epochs": self.epoch})
             replace_directory(staging, self.run_dir / "final_model")
+        barrier(self.dist)
 
     def save_checkpoint(self, tag: str | None = None) -> Path | None:
-        """Write everything needed to resume, atomically (staging folder, then rename)."""
+        """Write everything needed to resume, atomically (staging folder, then rename); rank 0 writes."""
         if self.run_dir is None:
             return None
+        # Collectives first, on every rank: the epoch's partial metrics and each rank's RNG state.
+        partial = self._partial_train.reduced(self.dist)
+        rng_states = all_gather_objects(self.dist, _rng_state())
+        name = tag or f"epoch-{self.epoch:04d}"
+        target = self.run_dir / "checkpoints" / name
+        if self.dist.is_main:
+            self._write_checkpoint(name, partial, rng_states)
+        barrier(self.dist)
+        return target
+
+    def _write_checkpoint(self, name: str, partial: _MeanAccumulator, rng_states: list[dict[str, Any]]) -> None:
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
-        name = tag or f"epoch-{self.epoch:04d}"
         staging = folder / f".{name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
         save_bundle(self.model, staging)
@@ -499,7 +595,9 @@ class Trainer:
             atomic_save_tensors(self.best_state, staging / "best.safetensors")
         save_state({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                     "scaler": self._scaler.state_dict() if self._scaler else None}, staging, "optimizer")
-        save_state(_rng_state(), staging, "rng")
+        save_state(rng_states[0], staging, "rng")
+        for rank, state in enumerate(rng_states[1:], start=1):
+            save_state(state, staging, f"rng-rank{rank}")
         trainer_state = {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -507,7 +605,8 @@ class Trainer:
             "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
             "best_epoch": self.best_epoch,
             "epochs_without_improvement": self.epochs_without_improvement,
-            "partial_train": {"sums": self._partial_train.sums, "count": self._partial_train.count},
+            "partial_train": {"sums": partial.sums, "count": partial.count},
+            "world_size": self.dist.world_size,
             "history": [r.__dict__ for r in self.history],
             "callbacks": [c.state_dict() for c in self.callbacks],
             "config_seed": self.config.seed,
@@ -519,7 +618,6 @@ class Trainer:
         atomic_write_text(folder / "latest", name + "\n")
         self._prune_checkpoints(keep={name})
         self._emit("on_checkpoint", str(target))
-        return target
 
     def _prune_checkpoints(self, keep: set[str], n_keep: int = 2) -> None:
         folder = self.run_dir / "checkpoints"
@@ -558,14 +656,22 @@ class Trainer:
         self.best_loss = state["best_loss"] if state["best_loss"] is not None else math.inf
         self.best_epoch = state["best_epoch"]
         self.epochs_without_improvement = int(state["epochs_without_improvement"])
-        self._partial_train = _MeanAccumulator(state["partial_train"]["sums"], state["partial_train"]["count"])
+        # The saved partial sums are global: only rank 0 carries them on, so the reduction counts them once.
+        if self.dist.is_main:
+            self._partial_train = _MeanAccumulator(state["partial_train"]["sums"], state["partial_train"]["count"])
+        else:
+            self._partial_train = _MeanAccumulator()
         self.history = [EpochRecord(**r) for r in state["history"]]
         for callback, cb_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
             callback.load_state_dict(cb_state)
-        _restore_rng(load_state(path, "rng"))
+        own = "rng" if self.dist.rank == 0 else f"rng-rank{self.dist.rank}"
+        if (path / f"{own}.json").is_file():
+            _restore_rng(load_state(path, own))
+        else:  # resumed on more processes than were saved: a fresh, seeded stream for this rank
+            _seed_everything(self.config.seed + self.dist.rank * _RANK_SEED_STRIDE + 7_919 * self.epoch)
 
     def _write_metrics(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.dist.is_main:
             return
         rows = [r.flat() for r in self.history]
         columns: list[str] = []
@@ -579,7 +685,7 @@ class Trainer:
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
 
     def _write_status(self, status: Status, message: str) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.dist.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         payload = {
