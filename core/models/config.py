@@ -119,16 +119,22 @@ class BaseMultiVAEConfig:
         return max(sizes.values()) / sizes[modality]
 
 
+def _field_names(cls: type) -> list[str]:
+    if hasattr(cls, "model_fields"):  # pydantic BaseModel
+        return list(cls.model_fields)
+    return [f.name for f in fields(cls)]
+
+
 def _format_validation_error(cls: type, error: ValidationError) -> str:
-    names = [f.name for f in fields(cls)]
+    names = _field_names(cls)
     lines = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item.get("loc", ()) if p != "__root__")
-        if item.get("type") == "unexpected_keyword_argument":
+        if item.get("type") in ("unexpected_keyword_argument", "extra_forbidden"):
             hint = difflib.get_close_matches(loc, names, n=1)
             suggestion = f" Did you mean '{hint[0]}'?" if hint else f" Valid keys: {', '.join(names)}."
             lines.append(f"'{loc}' is not a parameter of {cls.__name__}.{suggestion}")
-        elif item.get("type") == "missing_argument":
+        elif item.get("type") in ("missing_argument", "missing"):
             lines.append(f"'{loc}' is required by {cls.__name__}.")
         else:
             where = f"'{loc}': " if loc else ""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.data import IncompleteDataset, MultimodalBaseDataset
-from core.models import TrainingProgress, available, build_model, config_to_dict, get_model_class, load
+from core.models import IncompleteDataError, TrainingProgress, available, build_model, config_to_dict, get_model_class, load
 from core.models.config import config_schema
 
 INPUT_DIMS = {"a": (6,), "b": (1, 8, 8), "c": (4,)}
@@ -88,12 +88,14 @@ def test_eval_mode_is_deterministic_given_the_seed(model_name):
     assert torch.equal(first, model(batch).loss)
 
 
-def test_missing_modality_values_do_not_matter(model_name):
+def test_missing_modality_values_do_not_matter_or_incomplete_data_is_refused(model_name):
     model = small_model(model_name)
-    if not model.supports_incomplete_data:
-        pytest.skip(f"{model_name} does not accept incomplete data (tested to raise in its own tests)")
     model.eval()
     batch = incomplete_batch()
+    if not model.supports_incomplete_data:
+        with pytest.raises(IncompleteDataError, match="missing"):
+            model(batch)
+        return
     changed = dict(batch)
     changed["data"] = {**batch.data, "b": batch.data["b"] + 100 * (~batch.masks["b"]).float().view(-1, 1, 1, 1)}
     torch.manual_seed(2)

@@ -1,0 +1,199 @@
+"""The ``mmvae`` command line: everything the workbench does, headless.
+
+    mmvae demo-data OUT                      write the demo MR/US cohort (NIfTI + manifest)
+    mmvae train CONFIG.yaml [--out RUN]      train a model described by a run YAML
+    mmvae resume RUN [--epochs N]            continue a stopped or crashed run
+    mmvae impute RUN DATA --out OUT          fill every subject's missing modalities (NIfTI)
+    mmvae models                             list the registered models
+    mmvae info DATA                          summarise a cohort and its missingness
+
+Ctrl-C during training stops after the current step and saves a checkpoint (resume later);
+a second Ctrl-C cancels at once, keeping the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from core.data import demo
+
+    demo.run_from_args(args)
+    return EXIT_OK
+
+
+def _install_interrupt_handler(control: object) -> None:
+    presses = {"n": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        presses["n"] += 1
+        if presses["n"] == 1:
+            print("\nStopping after this step and saving a checkpoint (Ctrl-C again to cancel)...", file=sys.stderr)
+            control.request_stop()
+        else:
+            print("\nCancelling; the last checkpoint is kept.", file=sys.stderr)
+            control.request_cancel()
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _report(result: object) -> int:
+    print(f"{result.status}: {result.epochs_completed} epochs" + (f", best validation loss {result.best_validation_loss:.5g} (epoch {result.best_epoch})" if result.best_validation_loss is not None else ""))
+    if result.message:
+        print(result.message)
+    if result.run_dir is not None:
+        print(f"run folder: {result.run_dir}")
+    return EXIT_OK if result.status in ("completed", "early_stopped", "stopped") else EXIT_FAILED
+
+
+def _training_callbacks(quiet: bool) -> list:
+    from core.training import TqdmProgress
+
+    return [TqdmProgress(disable=quiet)]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from core.runs import default_run_dir, load_run_config, train_run
+    from core.training import TrainingControl
+
+    config = load_run_config(args.config)
+    if args.epochs is not None:
+        config.training.num_epochs = args.epochs
+    if args.device is not None:
+        config.training.device = args.device
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    control = TrainingControl()
+    _install_interrupt_handler(control)
+    print(f"training {config.model_name} -> {run_dir}")
+    return _report(train_run(config, run_dir, _training_callbacks(args.quiet), control))
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from core.runs import resume_run
+    from core.training import TrainingControl
+
+    control = TrainingControl()
+    _install_interrupt_handler(control)
+    return _report(resume_run(args.run, _training_callbacks(args.quiet), control, num_epochs=args.epochs))
+
+
+def _cmd_impute(args: argparse.Namespace) -> int:
+    from core.impute import impute_run
+    from core.progress import ProgressReporter
+
+    written = impute_run(
+        args.run,
+        args.data,
+        args.out,
+        n_samples=args.samples,
+        uncertainty=args.uncertainty,
+        device=args.device,
+        progress=ProgressReporter(description="imputing", bar=not args.quiet),
+    )
+    print(f"wrote {len(written)} synthesized volumes to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from core.models import available, get_model_class
+
+    for name in available():
+        cls = get_model_class(name)
+        incomplete = "incomplete data: yes" if cls.supports_incomplete_data else "incomplete data: no"
+        print(f"{name:<8} {incomplete:<20} {cls.summary}")
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from core.data.dataset import missingness_summary
+    from core.data.sources import DataConfig, load_data
+
+    loaded = load_data(DataConfig(source=args.data))
+    print(loaded.dataset)
+    print(missingness_summary(loaded.dataset))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmvae", description="Multimodal VAEs on partially observed medical images.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo_parser = commands.add_parser("demo-data", help="write the demo MR/US cohort")
+    from core.data import demo
+
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(func=_cmd_demo_data)
+
+    train = commands.add_parser("train", help="train a model from a run YAML")
+    train.add_argument("config", help="run YAML (data, model, training)")
+    train.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    train.add_argument("--epochs", type=int, help="override training.num_epochs")
+    train.add_argument("--device", help="override training.device (auto, cpu, cuda, mps)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    resume = commands.add_parser("resume", help="continue a stopped or crashed run")
+    resume.add_argument("run", help="run folder")
+    resume.add_argument("--epochs", type=int, help="train up to this many epochs in total")
+    resume.add_argument("--quiet", action="store_true")
+    resume.set_defaults(func=_cmd_resume)
+
+    impute = commands.add_parser("impute", help="synthesize every subject's missing modalities")
+    impute.add_argument("run", help="run folder (its final_model is used)")
+    impute.add_argument("data", help="cohort folder, manifest CSV or HDF5 cache")
+    impute.add_argument("--out", required=True, help="output folder for NIfTI volumes and sidecars")
+    impute.add_argument("--samples", type=int, default=1, help="posterior samples averaged per volume (default 1)")
+    impute.add_argument("--uncertainty", action="store_true", help="also write the voxel-wise std over the samples")
+    impute.add_argument("--device", default="auto")
+    impute.add_argument("--quiet", action="store_true")
+    impute.set_defaults(func=_cmd_impute)
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.set_defaults(func=_cmd_models)
+
+    info = commands.add_parser("info", help="summarise a cohort")
+    info.add_argument("data")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def _version() -> str:
+    import core
+
+    return f"mmvae-workbench {core.__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as error:
+        if args.debug:
+            raise
+        from core.models.config import ConfigError
+
+        kind = "configuration error" if isinstance(error, ConfigError) else "error"
+        print(f"{kind}: {error}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Runs: one YAML describes data, model and training; one folder holds everything a run produced.
+
+The YAML (what ``mmvae train`` takes and the GUI saves)::
+
+    name: demo-mvae
+    data:
+      source: demo                 # or a folder, BIDS dataset, manifest.csv or .h5 cache
+      demo: {n_subjects: 48, shape: [32, 32, 32]}
+      modalities: [T1, T2]         # optional: a subset of the cohort's modalities
+      split: {fractions: [0.7, 0.15, 0.15], seed: 0}
+    model:
+      name: MVAE                   # any name in core.models.available()
+      latent_dim: 16               # the model's config; n_modalities and input_dims come from the data
+    training:
+      num_epochs: 10               # core.training.TrainerConfig
+
+The run folder: ``config.yaml`` (fully resolved), ``command.txt`` (the command line that reproduces it
+headless), ``split.json`` (subject ids per split), ``environment.json``, plus what the trainer writes
+(``metrics.csv``, ``status.json``, ``checkpoints/``, ``final_model/``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import core
+from core.data.dataset import MultimodalBaseDataset, split_by_subject
+from core.data.sources import DataConfig, LoadedData, load_data, resolved_preprocessing
+from core.models.base import MultimodalVAE
+from core.models.config import ConfigError, config_from_dict, config_to_dict
+from core.models.registry import get_model_class
+from core.training.callbacks import Callback
+from core.training.config import TrainerConfig
+from core.training.control import TrainingControl
+from core.training.serialization import atomic_write_text
+from core.training.trainer import Trainer, TrainingResult, latest_checkpoint
+
+__all__ = [
+    "RunConfig",
+    "RunSummary",
+    "load_run_config",
+    "parse_run_config",
+    "run_config_to_dict",
+    "build_model",
+    "split_dataset",
+    "train_run",
+    "resume_run",
+    "list_runs",
+    "read_run_summary",
+    "default_run_dir",
+]
+
+
+@dataclass
+class RunConfig:
+    """A validated run description (see the module docstring)."""
+
+    name: str
+    data: DataConfig
+    model_name: str
+    model_params: dict[str, Any]
+    training: TrainerConfig
+
+
+def _section(values: Mapping[str, Any], key: str, required: bool = True) -> dict[str, Any]:
+    section = values.get(key)
+    if section is None:
+        if required:
+            raise ConfigError(f"The run config needs a '{key}' section.")
+        return {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"'{key}' must be a mapping of settings, got {type(section).__name__}.")
+    return dict(section)
+
+
+def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
+    """Validate a run description; errors name the section and key (``model.warmpu``)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError("A run config must be a YAML mapping with data, model and training sections.")
+    unknown = sorted(set(values) - {"name", "data", "model", "training"})
+    if unknown:
+        raise ConfigError(f"Unknown top-level keys {unknown}; a run config has name, data, model and training.")
+    name = str(values.get("name") or "run")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ConfigError(f"name '{name}' may only contain letters, digits, '.', '_' and '-'.")
+    try:
+        data = config_from_dict(DataConfig, _section(values, "data"))
+    except ConfigError as error:
+        raise ConfigError(f"data: {error}") from None
+    model_section = _section(values, "model")
+    model_name = model_section.pop("name", None)
+    if not model_name:
+        raise ConfigError("model.name is required (one of the registered models, e.g. MVAE).")
+    cls = get_model_class(str(model_name))
+    for filled in ("n_modalities", "input_dims"):
+        if filled in model_section:
+            raise ConfigError(f"model.{filled} is set from the data; remove it from the config.")
+    probe = {"n_modalities": 1, "input_dims": None, **model_section}
+    try:
+        config_from_dict(cls.config_class, probe)
+    except ConfigError as error:
+        text = str(error)
+        if "modalities" not in text:  # per-modality keys are checked again once the data is known
+            raise ConfigError(f"model: {error}") from None
+    try:
+        training = config_from_dict(TrainerConfig, _section(values, "training", required=False))
+    except ConfigError as error:
+        raise ConfigError(f"training: {error}") from None
+    return RunConfig(name=name, data=data, model_name=cls.name, model_params=model_section, training=training)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a run YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_run_config(values or {})
+
+
+def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "data": config_to_dict(config.data),
+        "model": {"name": config.model_name, **config.model_params},
+        "training": config_to_dict(config.training),
+    }
+
+
+def build_model(config: RunConfig, dataset: MultimodalBaseDataset) -> MultimodalVAE:
+    """The model the config asks for, sized from the data (n_modalities, input_dims)."""
+    cls = get_model_class(config.model_name)
+    params = {"n_modalities": len(dataset.modalities), "input_dims": dataset.input_dims, **config.model_params}
+    try:
+        model_config = config_from_dict(cls.config_class, params)
+    except ConfigError as error:
+        raise ConfigError(f"model: {error}") from None
+    torch.manual_seed(config.training.seed)
+    return cls(model_config)
+
+
+def split_dataset(config: RunConfig, dataset: MultimodalBaseDataset) -> tuple[MultimodalBaseDataset, ...]:
+    split = config.data.split
+    return split_by_subject(dataset, split.fractions, seed=split.seed)
+
+
+def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{config.name}-{stamp}"
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "software_version": core.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cuda_available": torch.cuda.is_available(),
+        "created": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _write_run_files(run_dir: Path, config: RunConfig, loaded: LoadedData, parts: tuple[MultimodalBaseDataset, ...]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = run_config_to_dict(config)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    command = f"mmvae train {shlex.quote(str(run_dir / 'config.yaml'))} --out {shlex.quote(str(run_dir))}"
+    atomic_write_text(
+        run_dir / "command.txt",
+        "# Reproduce this run headless (same data, same seed, same result):\n" + command + "\n"
+        "# Resume it after a stop or a crash:\n" + f"mmvae resume {shlex.quote(str(run_dir))}\n",
+    )
+    names = ("train", "validation", "test")
+    split = {names[i]: part.ids for i, part in enumerate(parts)}
+    split["source"] = str(loaded.source)
+    atomic_write_text(run_dir / "split.json", json.dumps(split, indent=1) + "\n")
+    atomic_write_text(run_dir / "environment.json", json.dumps(_environment(), indent=2) + "\n")
+
+
+def _subset_by_ids(dataset: MultimodalBaseDataset, ids: Iterable[str]) -> MultimodalBaseDataset:
+    position = {subject: i for i, subject in enumerate(dataset.ids)}
+    missing = [s for s in ids if s not in position]
+    if missing:
+        raise ValueError(f"Subjects {missing[:5]} of the run's split are no longer in the data; the data changed since the run started.")
+    return dataset.subset([position[s] for s in ids])
+
+
+def train_run(
+    config: RunConfig,
+    run_dir: str | Path,
+    callbacks: Iterable[Callback] = (),
+    control: TrainingControl | None = None,
+    loaded: LoadedData | None = None,
+) -> TrainingResult:
+    """Load the data, build the model, write the run folder and train."""
+    run_dir = Path(run_dir)
+    if latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds a run; resume it (mmvae resume {run_dir}) or choose another folder.")
+    loaded = loaded or load_data(config.data)
+    config.data = config_from_dict(DataConfig, {**config_to_dict(config.data), "preprocessing": resolved_preprocessing(loaded)})
+    parts = split_dataset(config, loaded.dataset)
+    model = build_model(config, loaded.dataset)
+    _write_run_files(run_dir, config, loaded, parts)
+    trainer = Trainer(model, parts[0], parts[1] if len(parts) > 1 else None, config.training, callbacks, run_dir, control)
+    return trainer.train()
+
+
+def resume_run(
+    run_dir: str | Path,
+    callbacks: Iterable[Callback] = (),
+    control: TrainingControl | None = None,
+    num_epochs: int | None = None,
+    loaded: LoadedData | None = None,
+) -> TrainingResult:
+    """Continue a stopped, cancelled or crashed run from its latest checkpoint, on the same split."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir / "config.yaml")
+    if num_epochs is not None:
+        config.training = config_from_dict(TrainerConfig, {**config_to_dict(config.training), "num_epochs": num_epochs})
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
+    if latest_checkpoint(run_dir) is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from.")
+    loaded = loaded or load_data(config.data)
+    split = json.loads((run_dir / "split.json").read_text())
+    train = _subset_by_ids(loaded.dataset, split["train"])
+    validation = _subset_by_ids(loaded.dataset, split["validation"]) if split.get("validation") else None
+    model = build_model(config, loaded.dataset)
+    trainer = Trainer(model, train, validation, config.training, callbacks, run_dir, control)
+    return trainer.train(resume_from=run_dir)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of the runs list."""
+
+    path: Path
+    name: str
+    model: str
+    status: str
+    epochs_completed: int
+    num_epochs: int
+    best_validation_loss: float | None
+    updated: str
+
+
+def read_run_summary(run_dir: str | Path) -> RunSummary | None:
+    run_dir = Path(run_dir)
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    state = status.get("status", "unknown")
+    if state == "running" and not _recently_updated(status.get("updated", "")):
+        state = "interrupted"
+    return RunSummary(
+        path=run_dir,
+        name=str(config.get("name", run_dir.name)),
+        model=str(status.get("model", config.get("model", {}).get("name", "?"))),
+        status=state,
+        epochs_completed=int(status.get("epochs_completed", 0)),
+        num_epochs=int(status.get("num_epochs", 0)),
+        best_validation_loss=status.get("best_validation_loss"),
+        updated=status.get("updated", ""),
+    )
+
+
+def _recently_updated(stamp: str, seconds: float = 600) -> bool:
+    try:
+        when = datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return (datetime.now(timezone.utc) - when).total_seconds() < seconds
+
+
+def list_runs(root: str | Path) -> list[RunSummary]:
+    """Every run folder under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    summaries = [s for p in root.iterdir() if p.is_dir() and (s := read_run_summary(p)) is not None]
+    return sorted(summaries, key=lambda s: s.updated, reverse=True)
