@@ -1,0 +1,148 @@
+"""Plumbing shared by the metrics: batches from any dataset, seeding, progress, subsets, labels."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from core.data.dataset import DatasetOutput, MultimodalBaseDataset, collate_multimodal
+from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
+
+__all__ = [
+    "MetricError",
+    "Steps",
+    "seeded",
+    "batches_of",
+    "masks_of",
+    "labels_of",
+    "default_subsets",
+    "subset_name",
+    "spatial_dims",
+    "downsample",
+]
+
+
+class MetricError(ValueError):
+    """A metric cannot be computed as asked (no labels, no observed sample, an unknown modality)."""
+
+
+class Steps:
+    """Counts units of work, polls ``cancel`` before each and reports ``progress`` after each."""
+
+    def __init__(self, total: int, progress: ProgressFn | None, cancel: CancelFn | None, what: str) -> None:
+        self.total = max(int(total), 1)
+        self.done = 0
+        self.progress = progress
+        self.cancel = cancel
+        self.what = what
+
+    def check(self) -> None:
+        raise_if_cancelled(self.cancel, self.what)
+
+    def advance(self, message: str = "") -> None:
+        self.done = min(self.done + 1, self.total)
+        report_progress(self.progress, self.done, self.total, message)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block with torch's RNG seeded to ``seed``; the caller's RNG state is restored afterwards."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def masks_of(dataset: Dataset) -> dict[str, torch.Tensor]:
+    """Per-modality observed flags ``(n,)`` of any dataset of :class:`DatasetOutput` samples."""
+    masks = getattr(dataset, "masks", None)
+    if isinstance(masks, Mapping) and masks:
+        return {m: torch.as_tensor(v).bool() for m, v in masks.items()}
+    items = [dataset[i] for i in range(len(dataset))]
+    return {m: torch.tensor([bool(item["masks"][m]) for item in items]) for m in items[0]["masks"]}
+
+
+def batches_of(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[list[int], DatasetOutput]]:
+    """``(indices, batch)`` chunks of ``indices`` in order (no shuffling: metrics are order-free)."""
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        if isinstance(dataset, MultimodalBaseDataset):
+            index = torch.as_tensor(chunk, dtype=torch.long)
+            batch = DatasetOutput(
+                data={m: x[index] for m, x in dataset.data.items()},
+                masks={m: v[index] for m, v in dataset.masks.items()},
+                labels=None,
+                ids=[dataset.ids[i] for i in chunk],
+                observation_masks={m: v[index] for m, v in dataset.observation_masks.items()},
+            )
+        else:
+            batch = collate_multimodal([dataset[i] for i in chunk])
+        yield chunk, batch
+
+
+def labels_of(dataset: Dataset, label: str | None = None) -> np.ndarray:
+    """Integer class labels ``(n,)`` of a dataset; ``label`` names one when the dataset holds several."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise MetricError("The dataset has no labels; coherence, clustering and probes need class labels.")
+    if isinstance(labels, Mapping):
+        if label is None:
+            if len(labels) != 1:
+                raise MetricError(f"The dataset has several labels {sorted(labels)}; choose one with label=...")
+            label = next(iter(labels))
+        if label not in labels:
+            raise MetricError(f"Unknown label '{label}'; the dataset has {sorted(labels)}.")
+        labels = labels[label]
+    values = torch.as_tensor(labels)
+    if values.dim() != 1:
+        raise MetricError(f"Class labels must be one value per subject; got shape {tuple(values.shape)}.")
+    if values.is_floating_point():
+        if not bool(torch.all(values == values.round())):
+            raise MetricError("The labels are continuous; coherence and clustering need integer class labels.")
+    return values.long().numpy()
+
+
+def subset_name(subset: Sequence[str]) -> str:
+    return "+".join(subset)
+
+
+def default_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Conditioning subsets evaluated by default: every non-empty subset for up to 4 modalities;
+    otherwise the singletons, the leave-one-out subsets and the full set."""
+    modalities = list(modalities)
+    if len(modalities) <= 4:
+        return [s for r in range(1, len(modalities) + 1) for s in itertools.combinations(modalities, r)]
+    singles = [(m,) for m in modalities]
+    leave_one_out = [tuple(x for x in modalities if x != m) for m in modalities]
+    return singles + leave_one_out + [tuple(modalities)]
+
+
+def spatial_dims(shape: Sequence[int]) -> int:
+    """2 for an image ``(C, H, W)``, 3 for a volume ``(C, X, Y, Z)``, 0 for anything else."""
+    return {3: 2, 4: 3}.get(len(shape), 0)
+
+
+def downsample(x: torch.Tensor, size: int, observed: torch.Tensor | None = None) -> torch.Tensor:
+    """Flattened features ``(B, F)``: images and volumes average-pooled to at most ``size`` per axis
+    (only over observed voxels when ``observed`` is given), vectors kept as they are."""
+    x = x.float()
+    dims = spatial_dims(x.shape[1:])
+    if dims == 0:
+        if observed is not None:
+            x = torch.where(observed, x, torch.zeros((), dtype=x.dtype))
+        return x.flatten(1)
+    pool = torch.nn.functional.adaptive_avg_pool2d if dims == 2 else torch.nn.functional.adaptive_avg_pool3d
+    target = tuple(min(s, size) for s in x.shape[2:])
+    if observed is None:
+        return pool(x, target).flatten(1)
+    weight = observed.float()
+    num = pool(x * weight, target)
+    den = pool(weight, target)
+    return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros((), dtype=x.dtype)).flatten(1)
