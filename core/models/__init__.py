@@ -11,12 +11,15 @@ from core.models.config import (
     config_schema,
     config_to_dict,
 )
+from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.mvae import MVAE, MVAEConfig
 from core.models.registry import available, build_model, get_model_class, register_model
 
 load = load_bundle
 
 __all__ = [
+    "JMVAE",
+    "JMVAEConfig",
     "MVAE",
     "BaseMultiVAEConfig",
     "ConfigError",
