@@ -12,6 +12,7 @@ from core.models.config import (
     config_to_dict,
 )
 from core.models.jmvae import JMVAE, JMVAEConfig
+from core.models.jnf import JNF, JNFConfig
 from core.models.mvae import MVAE, MVAEConfig
 from core.models.registry import available, build_model, get_model_class, register_model
 
@@ -20,6 +21,8 @@ load = load_bundle
 __all__ = [
     "JMVAE",
     "JMVAEConfig",
+    "JNF",
+    "JNFConfig",
     "MVAE",
     "BaseMultiVAEConfig",
     "ConfigError",

@@ -1,0 +1,124 @@
+r"""Normalizing flows on the latent space, for the flow posteriors of JNF.
+
+JNF models a unimodal posterior as a Gaussian "base" encoder followed by a bijection ``f_m`` that maps
+a latent code to the base space, ``z -> u = f_m(z)``. By the change of variables
+
+    log q_m(z | x_m) = log N(f_m(z); mu_m(x_m), sigma_m(x_m)^2) + log |det df_m(z)/dz|
+
+and a sample is ``z = f_m^{-1}(u)`` with ``u ~ N(mu_m, sigma_m^2)``.
+
+The interface a flow must follow is :class:`LatentFlow`:
+
+* ``forward(z)`` with ``z`` of shape ``(*, D)`` returns ``(u, ladj)``: ``u`` of shape ``(*, D)`` and
+  ``ladj = log |det df/dz|`` of shape ``(*,)``;
+* ``inverse(u)`` returns ``z = f^{-1}(u)`` of shape ``(*, D)``.
+
+:func:`as_latent_flow` also accepts a zuko flow (``zuko.flows.MAF(D)``, any ``zuko.lazy.Flow``: only its
+transform is used, its base distribution is replaced by the encoder's Gaussian) or a zuko lazy
+transform, and wraps them in :class:`ZukoFlow`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import zuko
+from torch import nn
+
+__all__ = ["LatentFlow", "ZukoFlow", "default_flow", "as_latent_flow"]
+
+
+class LatentFlow(nn.Module):
+    """A bijection ``f: z -> u`` of the latent space with a tractable log-Jacobian determinant."""
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - interface
+        """``(u, log|det df/dz|)`` for ``z`` of shape ``(*, D)``; shapes ``(*, D)`` and ``(*,)``."""
+        raise NotImplementedError
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """``f^{-1}(u)`` for ``u`` of shape ``(*, D)``."""
+        raise NotImplementedError
+
+
+class ZukoFlow(LatentFlow):
+    """A zuko (unconditional) lazy transform used as a :class:`LatentFlow`.
+
+    Args:
+        transform: a ``zuko.lazy.LazyTransform`` mapping data to base space (for a ``zuko.lazy.Flow``,
+            its ``.transform``).
+    """
+
+    def __init__(self, transform: zuko.lazy.LazyTransform) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform().call_and_ladj(z)
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        return self.transform().inv(u)
+
+
+def default_flow(
+    latent_dim: int, transforms: int = 2, hidden_features: Sequence[int] = (128, 128, 128)
+) -> ZukoFlow:
+    r"""The default flow posterior: a masked autoregressive flow (zuko ``MAF``).
+
+    Two autoregressive transforms with three hidden layers of 128 units and alternating feature
+    orders, as pythae's MAF defaults that MultiVae uses (``n_made_blocks=2``, ``n_hidden_in_made=3``,
+    ``hidden_size=128``). The inverse (sampling) direction is sequential over the D latent dimensions.
+
+    References:
+        Papamakarios et al., "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+        https://arxiv.org/abs/1705.07057
+    """
+    maf = zuko.flows.MAF(latent_dim, transforms=transforms, hidden_features=tuple(hidden_features))
+    return ZukoFlow(maf.transform)
+
+
+def as_latent_flow(flow: Any, latent_dim: int, name: str = "flow") -> LatentFlow:
+    """Wrap ``flow`` as a :class:`LatentFlow` and check it on a dummy batch.
+
+    Accepts a :class:`LatentFlow`, any ``nn.Module`` with ``forward(z) -> (u, ladj)`` and ``inverse(u)``,
+    a ``zuko.lazy.Flow`` (its transform is used) or a ``zuko.lazy.LazyTransform``. ``name`` is used in
+    error messages (e.g. ``"flows['T1']"``).
+    """
+    if isinstance(flow, zuko.lazy.Flow):
+        flow = ZukoFlow(flow.transform)
+    elif isinstance(flow, zuko.lazy.LazyTransform):
+        flow = ZukoFlow(flow)
+    if not isinstance(flow, nn.Module) or not callable(getattr(flow, "inverse", None)):
+        raise TypeError(
+            f"{name} must be a zuko flow or transform, or an nn.Module with forward(z) -> (u, log_det) and "
+            f"inverse(u) -> z; got {type(flow).__name__}."
+        )
+    _check_flow(flow, latent_dim, name)
+    return flow
+
+
+def _check_flow(flow: nn.Module, latent_dim: int, name: str) -> None:
+    was_training = flow.training
+    flow.eval()
+    try:
+        with torch.no_grad():
+            param = next(flow.parameters(), None)
+            z = torch.zeros(2, latent_dim, device=param.device if param is not None else None)
+            try:
+                out = flow(z)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise ValueError(f"{name} fails on a latent of shape (2, {latent_dim}): {exc}. Is it built for latent_dim={latent_dim}?") from exc
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise TypeError(f"{name}(z) must return (u, log_det); got {type(out).__name__}.")
+            u, ladj = out
+            if tuple(u.shape) != (2, latent_dim) or tuple(ladj.shape) != (2,):
+                raise ValueError(
+                    f"{name} maps z of shape (2, {latent_dim}) to u {tuple(u.shape)} and log_det {tuple(ladj.shape)}; "
+                    f"expected (2, {latent_dim}) and (2,). Is the flow built for latent_dim={latent_dim}?"
+                )
+            back = flow.inverse(u)
+            if tuple(back.shape) != (2, latent_dim):
+                raise ValueError(f"{name}.inverse returns shape {tuple(back.shape)}; expected (2, {latent_dim}).")
+    finally:
+        flow.train(was_training)
