@@ -14,6 +14,7 @@ from core.models.config import (
 from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
 from core.models.mvae import MVAE, MVAEConfig
+from core.models.nexus import Nexus, NexusConfig
 from core.models.registry import available, build_model, get_model_class, register_model
 
 load = load_bundle
@@ -31,6 +32,8 @@ __all__ = [
     "MVAEConfig",
     "ModelOutput",
     "MultimodalVAE",
+    "Nexus",
+    "NexusConfig",
     "TrainingProgress",
     "TrainingStage",
     "available",
