@@ -13,6 +13,7 @@ from core.models.config import (
 )
 from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
+from core.models.mhvae import MHVAE, MHVAEConfig
 from core.models.mvae import MVAE, MVAEConfig
 from core.models.nexus import Nexus, NexusConfig
 from core.models.registry import available, build_model, get_model_class, register_model
@@ -24,6 +25,8 @@ __all__ = [
     "JMVAEConfig",
     "JNF",
     "JNFConfig",
+    "MHVAE",
+    "MHVAEConfig",
     "MVAE",
     "BaseMultiVAEConfig",
     "ConfigError",

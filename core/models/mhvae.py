@@ -1,0 +1,516 @@
+r"""MHVAE: multimodal hierarchical VAE with a product of experts at every level (Dorent et al., 2023).
+
+The latent variable is split into L = ``n_latent`` groups, z_1 (next to the data) ... z_L (deepest, a
+vector of size ``latent_dim``); z_1..z_{L-1} may be feature maps. The generative model is
+
+    p(z) = p(z_L) \prod_{l<L} p(z_l | z_{l+1}),    p(z_L) = N(0, I),    p(x_m | z_1) per modality,
+
+with p(z_l | z_{l+1}) = N(PRIOR_l(h_l)) and h_l = TD_l(z_{l+1}) (top-down path). For a subset S of the
+modalities the posterior is a product of experts with the prior at every level:
+
+    q(z_L | x_S)          \propto p(z_L) \prod_{m in S} q_m(z_L | x_m)
+    q(z_l | x_S, z_{l+1}) \propto p(z_l | z_{l+1}) \prod_{m in S} q_m(z_l | x_m, z_{l+1}),
+
+q_m(z_L | x_m) from the bottom-up path of m and q_m(z_l | x_m, z_{l+1}) = N(POST_l^m([h_l, d_m^(l)])),
+where d_m^(l) are the bottom-up features ("skips"). The objective averages the negative ELBO over
+every non-empty subset S (each reconstructing all the modalities from z_1):
+
+    L_S(X) = - E_q [ \sum_m \lambda_m log p(x_m | z_1) ] + \beta [ KL(q(z_L|x_S) || p(z_L))
+             + \sum_{l<L} E_q KL(q(z_l | x_S, z_{l+1}) || p(z_l | z_{l+1})) ],
+    L(X)   = mean over S of L_S(X),
+
+with closed-form KLs at one reparameterised sample of the levels above, averaged over the batch
+(MultiVae sums over the batch, which ties the learning rate to the batch size).
+
+Partially observed data: only the observed modalities are experts and only they are reconstructed.
+A subset S none of whose modalities is observed in a sample carries no information about it: its
+posterior is the prior and L_S would be a prior-predictive term ("reconstruct the sample from a prior
+draw") that the complete-data objective does not contain. Such (S, sample) pairs are skipped, so a
+sample's loss is the mean of L_S over the subsets holding at least one of its modalities (on complete
+data, all of them). A sample with no observed modality adds nothing.
+
+Generation from the prior runs the prior chain z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}), and ``decode``
+works on its output (the decoders read z_1). The adversarial loss of the paper is not implemented.
+
+References:
+    Dorent, Haouchine, Kögl, Joutard, Juvekar, Torio, Golby, Ourselin, Frisken, Vercauteren, Kapur &
+    Wells, "Unified Brain MR-Ultrasound Synthesis using Multi-Modal Hierarchical Representations",
+    MICCAI 2023. https://arxiv.org/abs/2309.08747
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from torch import nn
+
+from core.data.dataset import DatasetOutput
+from core.models._shared.annealing import TrainingProgress
+from core.models._shared.gaussian import kl_normal, kl_standard_normal, log_normal, rsample
+from core.models._shared.outputs import LossOutput, ModelOutput
+from core.models._shared.poe import product_of_experts
+from core.models._shared.subsets import all_subsets
+from core.models.base import MultimodalVAE
+from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, ConfigError
+from core.models.registry import register_model
+from core.nn.base import as_gaussian, as_reconstruction
+from core.nn.hierarchical import default_mhvae_blocks
+
+__all__ = ["MHVAEConfig", "MHVAE"]
+
+BLOCK_NAMES = ("bottom_up_blocks", "top_down_blocks", "posterior_blocks", "prior_blocks")
+
+
+@dataclass(config=MODEL_CONFIG_DICT)
+class MHVAEConfig(BaseMultiVAEConfig):
+    """Config of :class:`MHVAE` (MultiVae's ``MHVAEConfig``); ``latent_dim`` is the size of z_L."""
+
+    n_latent: int = Field(3, ge=2, le=16, description="Number of latent levels L (z_1 next to the data, z_L deepest).")
+    beta: float = Field(1.0, ge=0, description="Weight of the KL divergences.")
+
+
+def _as_block_list(value: Any, what: str, n: int) -> list[nn.Module]:
+    if isinstance(value, nn.Module) and not isinstance(value, (nn.ModuleList, nn.Sequential)):
+        raise ConfigError(f"{what} must be a list of {n} modules, got a single {type(value).__name__}.")
+    if not isinstance(value, (Sequence, nn.ModuleList)) or isinstance(value, str):
+        raise ConfigError(f"{what} must be a list of {n} modules, got {type(value).__name__}.")
+    blocks = list(value)
+    if len(blocks) != n:
+        raise ConfigError(f"{what} has {len(blocks)} blocks; with n_latent = {n + 1} it needs n_latent - 1 = {n}.")
+    for i, block in enumerate(blocks):
+        if not isinstance(block, nn.Module):
+            raise ConfigError(f"{what}[{i}] must be a torch.nn.Module, got {type(block).__name__}.")
+    return blocks
+
+
+@register_model
+class MHVAE(MultimodalVAE):
+    """Multimodal hierarchical VAE; every block optional (defaults for vectors, images and volumes).
+
+    Block indexing: for level l in 1..L-1, ``top_down_blocks[l-1]``, ``prior_blocks[l-1]`` and
+    ``posterior_blocks[l-1]`` (or ``posterior_blocks[m][l-1]``) act at level l, and
+    ``bottom_up_blocks[m][j-1]`` maps d_m^(j) to d_m^(j+1), the last one giving q_m(z_L | x_m).
+
+    Args:
+        model_config: an :class:`MHVAEConfig`.
+        encoders: modality -> first feature extractor, x_m -> d_m^(1) (a tensor, or an encoder output whose
+            ``embedding`` is used).
+        decoders: modality -> decoder p(x_m | z_1).
+        bottom_up_blocks: modality -> list of L-1 modules; the first L-2 map d^(j) -> d^(j+1), the last
+            returns the mean and log-variance of z_L (shape ``(B, latent_dim)``). Modalities may share
+            module objects.
+        top_down_blocks: list of L-1 modules, ``top_down_blocks[l-1]``: z_{l+1} -> h_l, shared by all
+            modalities. h_l must have the shape of every d_m^(l) except on dim 1.
+        posterior_blocks: list of L-1 modules (shared by the modalities) or modality -> list of L-1;
+            ``[h_l, d_m^(l)]`` (concatenated on dim 1) -> mean and log-variance of q_m(z_l | x_m, z_{l+1}).
+        prior_blocks: list of L-1 modules, h_l -> mean and log-variance of p(z_l | z_{l+1}).
+
+    Any block left out is taken from :func:`core.nn.hierarchical.default_mhvae_blocks` (which needs
+    ``input_dims``); blocks of your own must fit the shapes of the default ones they meet, which the
+    construction checks with a dry run.
+    """
+
+    name = "MHVAE"
+    config_class = MHVAEConfig
+    supports_incomplete_data = True
+    summary = "Hierarchical latents with a product of experts and the prior at every level; learns from incomplete data."
+
+    def __init__(
+        self,
+        model_config: MHVAEConfig,
+        encoders: Mapping[str, nn.Module] | None = None,
+        decoders: Mapping[str, nn.Module] | None = None,
+        bottom_up_blocks: Mapping[str, Sequence[nn.Module]] | None = None,
+        top_down_blocks: Sequence[nn.Module] | None = None,
+        posterior_blocks: Sequence[nn.Module] | Mapping[str, Sequence[nn.Module]] | None = None,
+        prior_blocks: Sequence[nn.Module] | None = None,
+    ) -> None:
+        super().__init__(model_config, encoders, decoders)
+        self.n_latent = self.model_config.n_latent
+        given = {
+            "bottom_up_blocks": bottom_up_blocks,
+            "top_down_blocks": top_down_blocks,
+            "posterior_blocks": posterior_blocks,
+            "prior_blocks": prior_blocks,
+        }
+        self.record_custom_architectures(**given)
+        blocks = {name: value if value is not None else self._default_blocks(name) for name, value in given.items()}
+        self._default_cache = None
+        self.set_bottom_up_blocks(blocks["bottom_up_blocks"])
+        self.set_top_down_blocks(blocks["top_down_blocks"])
+        self.sanity_check_prior_blocks(blocks["prior_blocks"])
+        self.prior_blocks = nn.ModuleList(blocks["prior_blocks"])
+        self.check_and_set_posterior_blocks(blocks["posterior_blocks"])
+        self.latent_shapes = self._dry_run()
+
+    # ------------------------------------------------------------------ defaults and checks
+    def _default_blocks(self, name: str) -> Any:
+        if getattr(self, "_default_cache", None) is None:
+            cfg = self.model_config
+            if cfg.input_dims is None:
+                raise ConfigError(
+                    f"MHVAE builds default blocks from input_dims; give input_dims in the config or pass {name}."
+                )
+            self._default_cache = default_mhvae_blocks(cfg.input_dims, cfg.latent_dim, cfg.n_latent)
+        return self._default_cache[name]
+
+    def build_default_encoder(self, modality: str, shape: tuple[int, ...]) -> nn.Module:
+        return self._default_blocks("encoders")[modality]
+
+    def build_default_decoder(self, modality: str, shape: tuple[int, ...]) -> nn.Module:
+        return self._default_blocks("decoders")[modality]
+
+    def sanity_check_bottom_up(self, encoders: Mapping[str, nn.Module], bottom_up_blocks: Any) -> None:
+        """Check that ``bottom_up_blocks`` gives n_latent - 1 modules for each modality of ``encoders``."""
+        if not isinstance(bottom_up_blocks, Mapping):
+            raise ConfigError(
+                f"bottom_up_blocks must be a dict modality -> list of {self.n_latent - 1} modules, "
+                f"got {type(bottom_up_blocks).__name__}."
+            )
+        if set(bottom_up_blocks) != set(encoders):
+            raise ConfigError(
+                f"bottom_up_blocks are given for {sorted(bottom_up_blocks)} but the modalities are {sorted(encoders)}."
+            )
+        for m, blocks in bottom_up_blocks.items():
+            _as_block_list(blocks, f"bottom_up_blocks['{m}']", self.n_latent - 1)
+
+    def sanity_check_top_down_blocks(self, top_down_blocks: Any) -> None:
+        """Check that ``top_down_blocks`` is a list of n_latent - 1 modules."""
+        _as_block_list(top_down_blocks, "top_down_blocks", self.n_latent - 1)
+
+    def sanity_check_prior_blocks(self, prior_blocks: Any) -> None:
+        """Check that ``prior_blocks`` is a list of n_latent - 1 modules."""
+        _as_block_list(prior_blocks, "prior_blocks", self.n_latent - 1)
+
+    def check_and_set_posterior_blocks(self, posterior_blocks: Any) -> None:
+        """Check ``posterior_blocks`` (a shared list or a dict per modality of n_latent - 1 modules) and set it."""
+        n = self.n_latent - 1
+        if isinstance(posterior_blocks, Mapping):
+            if set(posterior_blocks) != set(self.modalities):
+                raise ConfigError(
+                    f"posterior_blocks are given for {sorted(posterior_blocks)} but the modalities are {sorted(self.modalities)}; "
+                    "pass a list to share the blocks between modalities."
+                )
+            self.share_posterior_blocks = False
+            self.posterior_blocks = nn.ModuleDict(
+                {m: nn.ModuleList(_as_block_list(posterior_blocks[m], f"posterior_blocks['{m}']", n)) for m in self.modalities}
+            )
+        else:
+            self.share_posterior_blocks = True
+            self.posterior_blocks = nn.ModuleList(_as_block_list(posterior_blocks, "posterior_blocks", n))
+
+    def set_bottom_up_blocks(self, bottom_up_blocks: Mapping[str, Sequence[nn.Module]]) -> None:
+        """Check and set ``bottom_up_blocks`` (modality -> n_latent - 1 modules)."""
+        self.sanity_check_bottom_up(self.encoders, bottom_up_blocks)
+        self.bottom_up_blocks = nn.ModuleDict({m: nn.ModuleList(list(bottom_up_blocks[m])) for m in self.modalities})
+
+    def set_top_down_blocks(self, top_down_blocks: Sequence[nn.Module]) -> None:
+        """Check and set ``top_down_blocks`` (n_latent - 1 modules shared by the modalities)."""
+        self.sanity_check_top_down_blocks(top_down_blocks)
+        self.top_down_blocks = nn.ModuleList(list(top_down_blocks))
+
+    def posterior_block(self, modality: str, index: int) -> nn.Module:
+        """The posterior block of level ``index + 1`` for ``modality``."""
+        return self.posterior_blocks[index] if self.share_posterior_blocks else self.posterior_blocks[modality][index]
+
+    @torch.no_grad()
+    def _dry_run(self) -> list[tuple[int, ...]]:
+        """Run every block on a dummy batch of 2 to check their shapes; returns the shape of each z_l."""
+        was_training = self.training
+        self.eval()
+        try:
+            dims = self.model_config.input_dims
+            skips: dict[str, list[torch.Tensor]] = {}
+            if dims is not None:
+                for m in self.modalities:
+                    try:
+                        params, skip = self._bottom_up(m, torch.zeros(2, *dims[m], device=self.device))
+                    except Exception as exc:  # re-raised with the block's name
+                        raise ConfigError(f"The bottom-up path of '{m}' (encoders, bottom_up_blocks) fails on its input shape {tuple(dims[m])}: {exc}") from exc
+                    if tuple(params[0].shape) != (2, self.latent_dim):
+                        raise ConfigError(
+                            f"bottom_up_blocks['{m}'][-1] returns a mean of shape {tuple(params[0].shape[1:])}; q(z_L | x) must be "
+                            f"over latent_dim = {self.latent_dim}."
+                        )
+                    skips[m] = skip
+            z = torch.zeros(2, self.latent_dim, device=self.device)
+            shapes = [tuple(z.shape[1:])]
+            for i in reversed(range(self.n_latent - 1)):
+                level = i + 1
+                try:
+                    h = self.top_down_blocks[i](z)
+                    p_mu, p_lv = as_gaussian(self.prior_blocks[i](h))
+                except Exception as exc:
+                    raise ConfigError(f"top_down_blocks[{i}] / prior_blocks[{i}] fail on z_{level + 1} of shape {tuple(z.shape[1:])}: {exc}") from exc
+                for m, skip in skips.items():
+                    if h.shape[0] != skip[i].shape[0] or h.shape[2:] != skip[i].shape[2:]:
+                        raise ConfigError(
+                            f"top_down_blocks[{i}] gives h_{level} of shape {tuple(h.shape[1:])} but the bottom-up features "
+                            f"d^({level}) of '{m}' have shape {tuple(skip[i].shape[1:])}; they are concatenated on dim 1 for "
+                            "posterior_blocks, so all other dimensions must match."
+                        )
+                    try:
+                        q_mu, _ = as_gaussian(self.posterior_block(m, i)(torch.cat([h, skip[i]], dim=1)))
+                    except Exception as exc:
+                        raise ConfigError(f"posterior_blocks at level {level} fail for '{m}' on [h_{level}, d^({level})]: {exc}") from exc
+                    if q_mu.shape != p_mu.shape:
+                        raise ConfigError(
+                            f"At level {level} the posterior block of '{m}' gives shape {tuple(q_mu.shape[1:])} but prior_blocks[{i}] "
+                            f"gives {tuple(p_mu.shape[1:])}; both describe z_{level}."
+                        )
+                z = p_mu
+                shapes.append(tuple(z.shape[1:]))
+            return shapes[::-1]
+        finally:
+            self.train(was_training)
+
+    @property
+    def z1_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of z_1, what ``encode`` returns as ``z`` and the decoders read."""
+        return self.latent_shapes[0]
+
+    # ------------------------------------------------------------------ bottom-up and top-down paths
+    def _bottom_up(self, modality: str, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+        out = self.encoders[modality](x)
+        d = out if isinstance(out, torch.Tensor) else as_gaussian(out)[0]
+        skips = [d]
+        blocks = self.bottom_up_blocks[modality]
+        for block in blocks[:-1]:
+            d = block(d)
+            skips.append(d)
+        return as_gaussian(blocks[-1](d)), skips
+
+    def modality_encode(self, data: Mapping[str, torch.Tensor]) -> tuple[dict[str, ModelOutput], dict[str, list[torch.Tensor]]]:
+        """Encode each modality on its own along its bottom-up path.
+
+        Args:
+            data: modality -> ``(B, *shape)`` (any subset of the modalities).
+
+        Returns:
+            ``(z_Ls_params, skips)``: modality -> ModelOutput(embedding, log_covariance) of q_m(z_L | x_m),
+            and modality -> list of the L-1 features d_m^(1), ..., d_m^(L-1).
+        """
+        params, skips = {}, {}
+        for m, x in data.items():
+            (mu, logvar), skips[m] = self._bottom_up(m, x)
+            params[m] = ModelOutput(embedding=mu, log_covariance=logvar)
+        return params, skips
+
+    def top_down(
+        self,
+        z_deepest_params: Mapping[str, ModelOutput],
+        skips: Mapping[str, Sequence[torch.Tensor]],
+        present: torch.Tensor,
+        return_mean: bool = False,
+        log_weights: bool = False,
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor | None]:
+        """Sample z_L, ..., z_1 from the posterior whose experts are the modalities of ``z_deepest_params``.
+
+        Args:
+            present: bool ``(E, B)``, one row per modality of ``z_deepest_params`` (in its order); False
+                leaves that expert out for that sample (unobserved, or outside the subset).
+            log_weights: also return log p(z) - log q(z | x) at the samples (importance weights).
+
+        Returns:
+            ``(z, kl, log_w)``: level -> sample, level -> KL per sample ``(B,)``, and ``(B,)`` or None.
+        """
+        names = list(z_deepest_params)
+        level_top = self.n_latent
+        mu, logvar = product_of_experts(
+            torch.stack([z_deepest_params[m].embedding for m in names]),
+            torch.stack([z_deepest_params[m].log_covariance for m in names]),
+            present,
+            with_prior=True,
+        )
+        z = rsample(mu, logvar, return_mean=return_mean)
+        zs, kls = {level_top: z}, {level_top: kl_standard_normal(mu, logvar)}
+        log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar) if log_weights else None
+        for i in reversed(range(self.n_latent - 1)):
+            h = self.top_down_blocks[i](z)
+            p_mu, p_lv = as_gaussian(self.prior_blocks[i](h))
+            experts = [as_gaussian(self.posterior_block(m, i)(torch.cat([h, skips[m][i]], dim=1))) for m in names]
+            q_mu, q_lv = product_of_experts(
+                torch.stack([e[0] for e in experts]),
+                torch.stack([e[1] for e in experts]),
+                present,
+                with_prior=True,
+                prior_mu=p_mu,
+                prior_logvar=p_lv,
+            )
+            event_dims = q_mu.dim() - 1
+            z = rsample(q_mu, q_lv, return_mean=return_mean)
+            zs[i + 1], kls[i + 1] = z, kl_normal(q_mu, q_lv, p_mu, p_lv, event_dims)
+            if log_w is not None:
+                log_w = log_w + log_normal(z, p_mu, p_lv, event_dims) - log_normal(z, q_mu, q_lv, event_dims)
+        return zs, kls, log_w
+
+    def subset_encode(
+        self,
+        z_deepest_params: Mapping[str, ModelOutput],
+        skips: Mapping[str, Sequence[torch.Tensor]],
+        subset: Sequence[str],
+        inputs: Any,
+        return_mean: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Sample every latent level from q(z | x_S) and compute the KL divergence of each level.
+
+        Args:
+            z_deepest_params: modality -> mean and log-variance of q_m(z_L | x_m) (from :meth:`modality_encode`).
+            skips: modality -> bottom-up features (from :meth:`modality_encode`).
+            subset: the modalities S of the product of experts; unobserved ones (per the batch masks)
+                are left out sample by sample.
+            inputs: the batch (for its masks).
+            return_mean: take the mean at every level instead of sampling.
+
+        Returns:
+            ``(z_dict, kl_dict)``: ``z_dict['z_l']`` the sample of level l, ``kl_dict['kl_l']`` its KL per
+            sample, ``(B,)``.
+        """
+        batch = inputs if isinstance(inputs, DatasetOutput) else self.prepare_batch(inputs)
+        subset = self.resolve_modalities(list(subset))
+        present = torch.stack([batch.masks[m] for m in subset])
+        zs, kls, _ = self.top_down({m: z_deepest_params[m] for m in subset}, skips, present, return_mean)
+        return {f"z_{level}": z for level, z in zs.items()}, {f"kl_{level}": kl for level, kl in kls.items()}
+
+    def decoder_output(self, modality: str, z: torch.Tensor) -> torch.Tensor:
+        """Decoder parameters for z_1 of shape ``(*lead, *z1_shape)``; leading dims flattened for the module."""
+        event = len(self.z1_shape)
+        lead = z.shape[: z.dim() - event]
+        x_hat = as_reconstruction(self.decoders[modality](z.reshape(-1, *z.shape[z.dim() - event :])))
+        return x_hat.reshape(*lead, *x_hat.shape[1:])
+
+    # ------------------------------------------------------------------ the shared API
+    def encode(
+        self,
+        inputs: Any,
+        cond_mod: str | Sequence[str] = "all",
+        N: int = 1,
+        return_mean: bool = False,
+        flatten: bool = False,
+        ignore_incomplete: bool = False,
+        **kwargs: Any,
+    ) -> ModelOutput:
+        """z_1 and every level sampled from q(z | x_cond).
+
+        Returns a ModelOutput with ``z`` (z_1: ``(B, *z1_shape)`` for N = 1, ``(N, B, *z1_shape)``
+        otherwise, ``(N*B, *z1_shape)`` with ``flatten``), ``all_z`` ({'z_l': ...} for every level, same
+        leading shape) and ``one_latent_space=True``. z_1 is a vector ``(latent_dim,)`` for vector data
+        and a feature map for images and volumes with the default blocks.
+
+        Args:
+            inputs: a batch or a dataset.
+            cond_mod: ``'all'``, a modality name or a list of names.
+            N: number of samples per data point.
+            return_mean: take the mean at every level instead of sampling.
+            flatten: merge the sample and batch dimensions.
+            ignore_incomplete: condition each sample on the conditioning modalities it has.
+            **kwargs: accepted for a uniform API across models and ignored.
+        """
+        cond = self.resolve_modalities(cond_mod)
+        batch = self.prepare_batch(inputs)
+        self.check_observed(batch, cond, ignore_incomplete)
+        params, skips = self.modality_encode({m: batch.data[m] for m in cond})
+        params = {m: ModelOutput(embedding=_repeat(p.embedding, N), log_covariance=_repeat(p.log_covariance, N)) for m, p in params.items()}
+        skips = {m: [_repeat(d, N) for d in ds] for m, ds in skips.items()}
+        present = torch.stack([batch.masks[m] for m in cond]).repeat(1, N)
+        zs, _, _ = self.top_down(params, skips, present, return_mean)
+        all_z = {f"z_{level}": _unstack(z, N, flatten) for level, z in sorted(zs.items())}
+        return ModelOutput(z=all_z["z_1"], all_z=all_z, one_latent_space=True)
+
+    @torch.no_grad()
+    def generate_from_prior(self, n_samples: int = 1, temperature: float = 1.0, **kwargs: Any) -> ModelOutput:
+        """Run the prior chain z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}); returns ``z`` (z_1) and ``all_z``.
+
+        ``temperature`` scales every standard deviation (the paper samples at 0.7). Shapes are
+        ``(n_samples, *shape_l)``; ``decode`` reads ``z``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            z = temperature * torch.randn(n_samples, self.latent_dim, device=self.device)
+            all_z = {f"z_{self.n_latent}": z}
+            for i in reversed(range(self.n_latent - 1)):
+                mu, logvar = as_gaussian(self.prior_blocks[i](self.top_down_blocks[i](z)))
+                z = mu + temperature * (0.5 * logvar).exp() * torch.randn_like(mu)
+                all_z[f"z_{i + 1}"] = z
+            return ModelOutput(z=z, all_z=dict(sorted(all_z.items())), one_latent_space=True)
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------------ objective
+    def forward(self, inputs: Any, progress: TrainingProgress | None = None) -> LossOutput:
+        """The subset-averaged negative ELBO of the module docstring, averaged over the batch.
+
+        All 2^M - 1 subsets run in one stacked top-down pass. Terms: ``recon[m]`` and ``kl_l`` (means
+        over the counted (subset, sample) pairs) and ``neg_elbo[joint]`` (the full subset).
+        """
+        cfg = self.model_config
+        batch = self.prepare_batch(inputs)
+        B = batch.batch_size
+        subsets = all_subsets(self.modalities)
+        n_sub = len(subsets)
+        params, skips = self.modality_encode(batch.data)
+        stacked = {m: ModelOutput(embedding=_repeat(p.embedding, n_sub), log_covariance=_repeat(p.log_covariance, n_sub)) for m, p in params.items()}
+        stacked_skips = {m: [_repeat(d, n_sub) for d in ds] for m, ds in skips.items()}
+        in_subset = torch.tensor([[m in s for s in subsets] for m in self.modalities], device=self.device)  # (M, n_sub)
+        masks = torch.stack([batch.masks[m] for m in self.modalities])  # (M, B)
+        present = in_subset.unsqueeze(-1) & masks.unsqueeze(1)  # (M, n_sub, B)
+        zs, kls, _ = self.top_down(stacked, stacked_skips, present.reshape(len(self.modalities), -1))
+
+        z1 = zs[1].reshape(n_sub, B, *zs[1].shape[1:])
+        recon = {m: self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z1)) for m in self.modalities}  # (n_sub, B)
+        kl = {level: k.reshape(n_sub, B) for level, k in kls.items()}
+        neg_elbo = -sum(recon.values()) + cfg.beta * sum(kl.values())  # (n_sub, B)
+
+        counted = present.any(0).float()  # (n_sub, B): the subset holds an observed modality of the sample
+        n_counted = counted.sum(0)
+        loss = ((neg_elbo * counted).sum(0) / n_counted.clamp_min(1)).mean()
+
+        pairs = counted.sum().clamp_min(1)
+        terms = {f"recon[{m}]": -(r * counted).sum().detach() / pairs for m, r in recon.items()}
+        terms.update({f"kl_{level}": (k * counted).sum().detach() / pairs for level, k in sorted(kl.items())})
+        terms["neg_elbo[joint]"] = neg_elbo[-1].mean().detach()
+        return LossOutput(loss=loss, terms=terms, batch_size=B)
+
+    # ------------------------------------------------------------------ likelihood
+    @torch.no_grad()
+    def compute_joint_nll(self, inputs: Any, K: int = 1000, batch_size_K: int = 100) -> torch.Tensor:
+        r"""-\sum_i log p(X_i) by importance sampling with the hierarchical posterior q(z | X) (no rescaling).
+
+        log w = log p(z_L) + \sum_l log p(z_l | z_{l+1}) + \sum_m log p(x_m | z_1) - log q(z | X). For an
+        incomplete sample this estimates the marginal likelihood of its observed modalities.
+        """
+        batch = self.prepare_batch(inputs)
+        B = batch.batch_size
+        params, skips = self.modality_encode(batch.data)
+        masks = torch.stack([batch.masks[m] for m in self.modalities])
+        chunks = []
+        for start in range(0, K, batch_size_K):
+            k = min(batch_size_K, K - start)
+            rep = {m: ModelOutput(embedding=_repeat(p.embedding, k), log_covariance=_repeat(p.log_covariance, k)) for m, p in params.items()}
+            rep_skips = {m: [_repeat(d, k) for d in ds] for m, ds in skips.items()}
+            zs, _, log_w = self.top_down(rep, rep_skips, masks.repeat(1, k), log_weights=True)
+            log_w = log_w.reshape(k, B)
+            z1 = zs[1].reshape(k, B, *zs[1].shape[1:])
+            for m in self.modalities:
+                log_w = log_w + self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z1), rescale=False)
+            chunks.append(log_w)
+        log_px = torch.logsumexp(torch.cat(chunks), dim=0) - math.log(K)
+        return -log_px.sum()
+
+
+def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` copies of a batch stacked sample-major along dim 0: row k * B + i holds sample i."""
+    return x if n == 1 else x.repeat(n, *([1] * (x.dim() - 1)))
+
+
+def _unstack(z: torch.Tensor, n: int, flatten: bool) -> torch.Tensor:
+    """``(n * B, *shape)`` -> ``(B, *shape)`` for n = 1, ``(n, B, *shape)``, or unchanged with ``flatten``."""
+    if n == 1 or flatten:
+        return z
+    return z.reshape(n, -1, *z.shape[1:])
