@@ -1,0 +1,244 @@
+"""Messages shown inside the window, never only in the terminal.
+
+* :class:`MessageBar`: one inline message (error, warning or information) with an optional
+  "Details" pane (a traceback, a list of issues), an optional action button and a close button.
+* :class:`MessageArea`: a column of message bars that a page owns. Messages have keys, so the same
+  problem shown twice replaces the first bar instead of stacking up (no dialog storms).
+* :class:`ErrorReporter` + :func:`install_excepthooks`: uncaught exceptions in the UI thread
+  (``sys.excepthook``) and in Python threads (``threading.excepthook``) become a readable message in the
+  main window, with the traceback in the details; the application stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+__all__ = ["Level", "Message", "MessageBar", "MessageArea", "ErrorReporter", "install_excepthooks", "format_exception"]
+
+log = logging.getLogger(__name__)
+
+Level = Literal["error", "warning", "info"]
+_ICONS = {"error": "\u26d4", "warning": "\u26a0", "info": "\u2139"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a bar shows: ``text`` (one or two sentences saying what happened and what to do) and
+    optional ``details`` (traceback, full issue list)."""
+
+    level: Level
+    text: str
+    details: str = ""
+    title: str = ""
+
+
+def format_exception(error: BaseException) -> str:
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+class MessageBar(QFrame):
+    """One inline message. ``closed`` is emitted when the user dismisses it."""
+
+    closed = Signal()
+    action_triggered = Signal()
+
+    def __init__(self, message: Message, action_text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("MessageBar")
+        self.setProperty("level", message.level)
+        self.message = message
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(10, 6, 6, 6)
+        outer.setSpacing(4)
+        row = QHBoxLayout()
+        icon = QLabel(_ICONS[message.level])
+        icon.setAlignment(Qt.AlignmentFlag.AlignTop)
+        row.addWidget(icon)
+        text = f"<b>{_escape(message.title)}</b> " if message.title else ""
+        self.label = QLabel(text + _escape(message.text))
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        row.addWidget(self.label, 1)
+        self.action_button: QPushButton | None = None
+        if action_text:
+            self.action_button = QPushButton(action_text)
+            self.action_button.clicked.connect(self.action_triggered)
+            row.addWidget(self.action_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.details_button: QToolButton | None = None
+        self.details: QPlainTextEdit | None = None
+        if message.details:
+            self.details_button = QToolButton()
+            self.details_button.setText("Details")
+            self.details_button.setCheckable(True)
+            self.details_button.setToolTip("Show the technical details (traceback or full list)")
+            row.addWidget(self.details_button, 0, Qt.AlignmentFlag.AlignTop)
+            copy = QToolButton()
+            copy.setText("Copy")
+            copy.setToolTip("Copy the message and its details to the clipboard, e.g. for a bug report")
+            copy.clicked.connect(self.copy_to_clipboard)
+            row.addWidget(copy, 0, Qt.AlignmentFlag.AlignTop)
+        close = QToolButton()
+        close.setText("\u2715")
+        close.setToolTip("Dismiss this message")
+        close.setAutoRaise(True)
+        close.clicked.connect(self._close)
+        row.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        outer.addLayout(row)
+        if message.details:
+            self.details = QPlainTextEdit(message.details)
+            self.details.setReadOnly(True)
+            self.details.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+            self.details.setMaximumHeight(220)
+            self.details.setVisible(False)
+            outer.addWidget(self.details)
+            assert self.details_button is not None
+            self.details_button.toggled.connect(self.details.setVisible)
+
+    @Slot()
+    def copy_to_clipboard(self) -> None:
+        QGuiApplication.clipboard().setText(f"{self.message.text}\n\n{self.message.details}".strip())
+
+    @Slot()
+    def _close(self) -> None:
+        self.hide()
+        self.closed.emit()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
+
+
+class MessageArea(QWidget):
+    """The message bars of one page, keyed so that a repeated message replaces the earlier one."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.setSpacing(4)
+        self._bars: dict[str, MessageBar] = {}
+        self.setVisible(False)
+
+    def show_message(
+        self,
+        key: str,
+        level: Level,
+        text: str,
+        details: str = "",
+        *,
+        title: str = "",
+        action: tuple[str, Callable[[], None]] | None = None,
+    ) -> MessageBar:
+        """Show (or replace) the message ``key``; returns its bar."""
+        self.clear(key)
+        bar = MessageBar(Message(level, text, details, title), action[0] if action else "", self)
+        if action is not None:
+            bar.action_triggered.connect(action[1])
+        bar.closed.connect(lambda k=key: self.clear(k))
+        self._bars[key] = bar
+        self._layout.addWidget(bar)
+        self.setVisible(True)
+        return bar
+
+    def error(self, key: str, text: str, details: str = "", **kw: object) -> MessageBar:
+        return self.show_message(key, "error", text, details, **kw)  # type: ignore[arg-type]
+
+    def warning(self, key: str, text: str, details: str = "", **kw: object) -> MessageBar:
+        return self.show_message(key, "warning", text, details, **kw)  # type: ignore[arg-type]
+
+    def info(self, key: str, text: str, details: str = "", **kw: object) -> MessageBar:
+        return self.show_message(key, "info", text, details, **kw)  # type: ignore[arg-type]
+
+    def clear(self, key: str | None = None) -> None:
+        """Remove the message ``key`` (all messages when None)."""
+        keys = list(self._bars) if key is None else [key]
+        for k in keys:
+            bar = self._bars.pop(k, None)
+            if bar is not None:
+                bar.hide()
+                self._layout.removeWidget(bar)
+                bar.deleteLater()
+        self.setVisible(bool(self._bars))
+
+    def has(self, key: str) -> bool:
+        return key in self._bars
+
+    def bar(self, key: str) -> MessageBar | None:
+        return self._bars.get(key)
+
+    def keys(self) -> list[str]:
+        return list(self._bars)
+
+    def texts(self) -> list[str]:
+        return [b.message.text for b in self._bars.values()]
+
+
+class ErrorReporter(QObject):
+    """Receives uncaught exceptions from any thread and re-emits them on the UI thread.
+
+    ``error`` carries ``(summary, details)``. Emitting from another thread is safe: the connection to a
+    receiver living in the UI thread is queued by Qt.
+    """
+
+    error = Signal(str, str)
+
+    def report(self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str = "") -> None:
+        details = "".join(traceback.format_exception(exc_type, exc, tb))
+        log.error("Uncaught exception%s:\n%s", f" in {where}" if where else "", details)
+        summary = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+        if where:
+            summary = f"{summary} (in {where})"
+        self.error.emit(summary, details)
+
+
+def install_excepthooks(reporter: ErrorReporter) -> Callable[[], None]:
+    """Route uncaught exceptions (UI thread and Python threads) to ``reporter``; returns an uninstaller.
+
+    KeyboardInterrupt still goes to the previous hook so Ctrl-C in the terminal behaves as usual.
+    """
+    previous_sys = sys.excepthook
+    previous_thread = threading.excepthook
+
+    def sys_hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            previous_sys(exc_type, exc, tb)
+            return
+        reporter.report(exc_type, exc, tb)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+            return
+        name = args.thread.name if args.thread is not None else "a background thread"
+        reporter.report(args.exc_type, args.exc_value, args.exc_traceback, where=name)
+
+    sys.excepthook = sys_hook
+    threading.excepthook = thread_hook
+
+    def uninstall() -> None:
+        sys.excepthook = previous_sys
+        threading.excepthook = previous_thread
+
+    return uninstall
