@@ -1,0 +1,108 @@
+"""Small building blocks shared by the pages: headers, cards and the background-task progress row."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Signal, Slot
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from core.training import format_seconds
+
+__all__ = ["page_header", "Card", "ProgressRow", "badge"]
+
+
+def page_header(title: str, hint: str) -> QWidget:
+    widget = QWidget()
+    layout = QVBoxLayout(widget)
+    layout.setContentsMargins(0, 0, 0, 4)
+    layout.setSpacing(2)
+    heading = QLabel(title)
+    heading.setObjectName("PageTitle")
+    layout.addWidget(heading)
+    text = QLabel(hint)
+    text.setObjectName("PageHint")
+    text.setWordWrap(True)
+    layout.addWidget(text)
+    return widget
+
+
+class Card(QFrame):
+    """A titled panel; add widgets to ``body``."""
+
+    def __init__(self, title: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("Card")
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(10, 8, 10, 10)
+        outer.setSpacing(6)
+        self.title = QLabel(title)
+        self.title.setObjectName("CardTitle")
+        self.title.setVisible(bool(title))
+        outer.addWidget(self.title)
+        self.body = QVBoxLayout()
+        self.body.setSpacing(6)
+        outer.addLayout(self.body, 1)
+
+
+def badge(text: str, level: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("Badge")
+    label.setProperty("level", level)
+    return label
+
+
+class ProgressRow(QWidget):
+    """Progress of a background task: what it is doing, a bar (busy until the total is known), an
+    estimate of the time left and a Cancel button. Hidden while idle."""
+
+    cancel_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.status = QLabel()
+        self.status.setMinimumWidth(220)
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.eta = QLabel()
+        self.eta.setObjectName("PageHint")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop this task; nothing half-written is kept")
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        layout.addWidget(self.status)
+        layout.addWidget(self.bar, 1)
+        layout.addWidget(self.eta)
+        layout.addWidget(self.cancel_button)
+        self._started = 0.0
+        self.setVisible(False)
+
+    def start(self, text: str) -> None:
+        self._started = time.monotonic()
+        self.status.setText(text)
+        self.bar.setRange(0, 0)
+        self.eta.setText("")
+        self.cancel_button.setEnabled(True)
+        self.setVisible(True)
+
+    @Slot(str)
+    def set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    @Slot(int, int, str)
+    def set_progress(self, done: int, total: int, message: str = "") -> None:
+        if total <= 0:
+            self.bar.setRange(0, 0)
+            return
+        self.bar.setRange(0, total)
+        self.bar.setValue(done)
+        self.bar.setFormat(f"%v / %m {message}".strip())
+        elapsed = time.monotonic() - self._started
+        if 0 < done < total:
+            self.eta.setText(f"about {format_seconds(elapsed / done * (total - done))} left")
+        else:
+            self.eta.setText("")
+
+    def finish(self) -> None:
+        self.setVisible(False)
