@@ -1,0 +1,83 @@
+"""The main window: pages, settings isolation and persistence, theme, About, shortcuts, error hooks."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QApplication
+
+from workbench.main_window import PAGES
+from workbench.messages import install_excepthooks
+from workbench.pages.placeholder import PlaceholderPage
+from workbench.settings import Settings
+
+
+def test_settings_are_isolated(tmp_path: Path) -> None:
+    assert QSettings().fileName().startswith(str(tmp_path))
+    settings = Settings()
+    assert settings.file_name().startswith(str(tmp_path))
+    for source in ["a", "b", "a", *[str(i) for i in range(12)]]:
+        settings.add_recent_cohort(source)
+    recent = settings.recent_cohorts()
+    assert recent[0] == "11" and len(recent) == 10 and recent.count("a") <= 1
+
+
+def test_window_pages_theme_and_persistence(make_window: Any, tmp_path: Path) -> None:
+    settings = Settings.at(tmp_path / "persist.ini")
+    window = make_window(settings=settings)
+    assert [window.nav.item(i).text().split()[-1] for i in range(window.nav.count())] == list(PAGES)
+    window.page_actions[2].trigger()
+    assert window.current_page() is window.train_page
+    assert isinstance(window.explore_page, PlaceholderPage) or hasattr(window.explore_page, "shutdown")
+    window.theme_actions["dark"].trigger()
+    assert settings.theme() == "dark"
+    assert QApplication.instance().palette().base().color().lightness() < 128
+    window.resize(1111, 777)
+    window.close()
+    assert settings.window_geometry() is not None
+    again = make_window(settings=settings)
+    assert again.current_page() is again.train_page
+    assert again.theme_actions["dark"].isChecked()
+    again.set_theme("light")
+
+
+def test_about_box_and_shortcuts(make_window: Any) -> None:
+    window = make_window()
+    text = window.about_text()
+    for name in ("PySide6", "torch", "pyqtgraph", "Qt", "Compute device"):
+        assert name in text
+    shortcuts = window.shortcuts_text()
+    assert "Ctrl+Return" in shortcuts and "Ctrl+P" in shortcuts and "F5" in shortcuts
+    assert window.device_status.text().startswith("Device:")
+
+
+def test_uncaught_errors_become_messages_and_the_app_keeps_running(make_window: Any, qtbot: Any) -> None:
+    window = make_window()
+    before = (sys.excepthook, threading.excepthook)
+    uninstall = install_excepthooks(window.error_reporter)
+    try:
+        try:
+            raise ValueError("broken slot")
+        except ValueError:
+            sys.excepthook(*sys.exc_info())
+        qtbot.waitUntil(lambda: window.messages.has("uncaught"), timeout=2000)
+        bar = window.messages.bar("uncaught")
+        assert "broken slot" in bar.message.text and "Traceback" in bar.message.details
+        assert bar.details is not None and not bar.details.isVisibleTo(bar)
+        bar.details_button.click()
+        assert bar.details.isVisibleTo(bar)
+        # An exception in a plain Python thread reaches the window too (queued to the UI thread).
+        with qtbot.waitSignal(window.error_reporter.error, timeout=5000) as blocker:
+            thread = threading.Thread(target=lambda: 1 / 0, name="helper")
+            thread.start()
+            thread.join()
+        assert "ZeroDivisionError" in blocker.args[0] and "helper" in blocker.args[0]
+    finally:
+        uninstall()
+    assert (sys.excepthook, threading.excepthook) == before
+    window.page_actions[1].trigger()  # still alive and responsive
+    assert window.current_page() is window.model_page
