@@ -27,6 +27,7 @@ from core.models import MVAE, BaseMultiVAEConfig, LossOutput, ModelOutput, Multi
 from core.models._shared.gaussian import kl_standard_normal
 from core.training import Trainer, TrainerConfig
 from core.training.distributed import init_distributed, shard_batch, shard_indices, shutdown_distributed
+from core.training.trainer import compile_submodules
 
 DIMS = {"a": (6,), "b": (4,)}
 
@@ -194,3 +195,12 @@ def test_two_gloo_processes_match_a_single_process_run(tmp_path):
     mvae = [load_file(str(tmp_path / f"mvae-rank{r}.safetensors")) for r in range(2)]
     _same(mvae[0], mvae[1], atol=0, rtol=0)
     assert json.loads((tmp_path / "mvae-rank0.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit notices raised while torch.compile imports
+def test_compile_keeps_parameter_names_so_checkpoints_and_ddp_are_unchanged():
+    model = mean_code_model()
+    names = list(model.state_dict())
+    assert sorted(compile_submodules(model)) == ["decoders.a", "decoders.b", "encoders.a", "encoders.b"]
+    assert list(model.state_dict()) == names
+    assert model.encoders["a"]._compiled_call_impl is not None
