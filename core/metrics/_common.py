@@ -21,6 +21,7 @@ __all__ = [
     "masks_of",
     "labels_of",
     "default_subsets",
+    "resolve_subsets",
     "subset_name",
     "spatial_dims",
     "downsample",
@@ -122,6 +123,23 @@ def default_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
     singles = [(m,) for m in modalities]
     leave_one_out = [tuple(x for x in modalities if x != m) for m in modalities]
     return singles + leave_one_out + [tuple(modalities)]
+
+
+def resolve_subsets(subsets: Sequence[Sequence[str]] | None, modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Validated conditioning subsets in the model's modality order (default :func:`default_subsets`)."""
+    if subsets is None:
+        return default_subsets(modalities)
+    resolved: list[tuple[str, ...]] = []
+    for subset in subsets:
+        if isinstance(subset, str):
+            subset = [subset]
+        unknown = [m for m in subset if m not in modalities]
+        if unknown or not subset:
+            raise MetricError(f"Subset {list(subset)} must be a non-empty list of the model's modalities {list(modalities)}.")
+        ordered = tuple(m for m in modalities if m in subset)
+        if ordered not in resolved:
+            resolved.append(ordered)
+    return resolved
 
 
 def spatial_dims(shape: Sequence[int]) -> int:

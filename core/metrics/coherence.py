@@ -36,9 +36,9 @@ from core.metrics._common import (
     MetricError,
     Steps,
     batches_of,
-    default_subsets,
     downsample,
     labels_of,
+    resolve_subsets,
     seeded,
     subset_name,
 )
@@ -130,7 +130,7 @@ def coherence_metrics(
     if missing:
         raise MetricError(f"No classifier for {missing}; coherence needs one per modality.")
     y = labels_of(test, label)
-    subsets = [tuple(s) for s in (subsets or default_subsets(modalities)) if len(s) < len(modalities)]
+    subsets = [s for s in resolve_subsets(subsets, modalities) if len(s) < len(modalities)]
     plan = []
     for s in subsets:
         index = torch.nonzero(torch.stack([test.masks[m] for m in s]).all(0)).flatten().tolist()

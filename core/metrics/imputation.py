@@ -20,10 +20,9 @@ import torch
 
 from core.data.dataset import DatasetOutput, MultimodalBaseDataset
 from core.metrics._common import (
-    MetricError,
     Steps,
     batches_of,
-    default_subsets,
+    resolve_subsets,
     seeded,
     spatial_dims,
     subset_name,
@@ -93,10 +92,7 @@ def imputation_metrics(
         a baseline that cannot be computed (no training subject with S and m) is None.
     """
     modalities = list(model.modalities)
-    subsets = [tuple(m for m in modalities if m in s) for s in (subsets or default_subsets(modalities))]
-    unknown = sorted({m for s in (subsets or []) for m in s} - set(modalities))
-    if unknown or any(not s for s in subsets):
-        raise MetricError(f"Subsets must be non-empty lists of the model's modalities {modalities}; got {subsets}.")
+    subsets = resolve_subsets(subsets, modalities)
     ranges = data_ranges(train)
     mean_imputer = MeanImputer().fit(train)
     knn = KNNImputer(n_neighbors, feature_size).fit(train)

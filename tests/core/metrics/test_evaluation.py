@@ -15,6 +15,7 @@ from core import evaluate
 from core.data import IncompleteDataset, MultimodalBaseDataset, split_by_subject
 from core.metrics import (
     EvaluationConfig,
+    MetricError,
     coherence_metrics,
     evaluate_model,
     imputation_metrics,
@@ -154,3 +155,11 @@ def test_evaluate_run_writes_json_and_csv_and_the_command_runs(trained, tmp_path
     assert evaluate.run_from_args(args) == 0
     assert set(json.loads(out.read_text())["config"]["sections"]) == {"imputation", "likelihood"}
     assert "A+B" in capsys.readouterr().out
+
+
+def test_subsets_are_validated_and_ordered(trained):
+    model, _, train, test, _ = trained
+    with pytest.raises(MetricError, match="non-empty list of the model's modalities"):
+        imputation_metrics(model, train, test, subsets=[["C"]])
+    rows = imputation_metrics(model, train, test, subsets=[["B", "A"], ["A", "B"]], include_reconstruction=True)
+    assert {r["subset"] for r in rows} == {"A+B"}
