@@ -23,7 +23,17 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from core.data import IncompleteDataset, MultimodalBaseDataset
-from core.models import MVAE, BaseMultiVAEConfig, LossOutput, ModelOutput, MultimodalVAE, MVAEConfig
+from core.models import (
+    MVAE,
+    BaseMultiVAEConfig,
+    LossOutput,
+    ModelOutput,
+    MultimodalVAE,
+    MVAEConfig,
+    available,
+    build_model,
+    get_model_class,
+)
 from core.models._shared.gaussian import kl_standard_normal
 from core.training import Trainer, TrainerConfig
 from core.training.distributed import init_distributed, shard_batch, shard_indices, shutdown_distributed
@@ -108,6 +118,13 @@ def _worker(rank: int, world_size: int, port: int, folder: str) -> None:
         mvae = MVAE(MVAEConfig(n_modalities=3, latent_dim=2, input_dims=dims3, k=1, warmup=1))
         run = Trainer(mvae, make_data(24, 2, True, dims3), make_data(7, 3, True, dims3), trainer_config(num_epochs=2, batch_size=6))
         _dump(folder, "mvae", rank, run, run.train())
+        # D: every registered model (stages, dropped messages, hierarchies) keeps its ranks in sync.
+        for name in available():
+            incomplete = get_model_class(name).supports_incomplete_data
+            params = {"n_modalities": 3, "latent_dim": 2, "input_dims": dims3, **({"warmup": 1} if name == "JNF" else {})}
+            torch.manual_seed(0)
+            run = Trainer(build_model(name, params), make_data(16, 4, incomplete, dims3), None, trainer_config(num_epochs=2))
+            _dump(folder, f"registry-{name}", rank, run, run.train())
     finally:
         shutdown_distributed()
 
@@ -195,6 +212,10 @@ def test_two_gloo_processes_match_a_single_process_run(tmp_path):
     mvae = [load_file(str(tmp_path / f"mvae-rank{r}.safetensors")) for r in range(2)]
     _same(mvae[0], mvae[1], atol=0, rtol=0)
     assert json.loads((tmp_path / "mvae-rank0.json").read_text())["status"] == "completed"
+    for name in available():
+        ranks = [load_file(str(tmp_path / f"registry-{name}-rank{r}.safetensors")) for r in range(2)]
+        _same(ranks[0], ranks[1], atol=0, rtol=0)
+        assert json.loads((tmp_path / f"registry-{name}-rank0.json").read_text())["status"] == "completed", name
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit notices raised while torch.compile imports
