@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workbench.main_window import MainWindow
     from workbench.messages import install_excepthooks
     from workbench.settings import APPLICATION, ORGANIZATION, Settings
+    from workbench.workers import UiThreadGarbageCollector
 
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "mmvae-workbench"])
     app.setOrganizationName(ORGANIZATION)
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = {"n_subjects": args.demo_subjects, "shape": list(args.demo_shape), "seed": 0}
     window = MainWindow(settings, demo_settings=demo, runs_root=args.runs)
     uninstall = install_excepthooks(window.error_reporter)
+    collector = UiThreadGarbageCollector(app)
+    collector.start()
     window.show()
     if not args.no_demo and window.state.info is None:
         window.data_page.open_demo()
@@ -70,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return app.exec()
     finally:
+        collector.stop()
         uninstall()
 
 

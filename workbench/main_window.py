@@ -333,6 +333,10 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if isinstance(app, QApplication):
             apply_theme(app, theme)
+        for widget in self.findChildren(QWidget):
+            refresh = getattr(widget, "apply_plot_theme", None)
+            if callable(refresh):
+                refresh()
         self.theme_actions[theme].setChecked(True)
         self.settings.set_theme(theme)
 

@@ -30,7 +30,10 @@ def stylesheet(theme: str) -> str:
     if theme not in THEMES:
         raise ValueError(f"Unknown theme '{theme}'; choose one of {', '.join(THEMES)}.")
     path = resources_dir() / "styles" / f"{theme}.qss"
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
+    if not path.is_file():
+        return ""
+    # url(icons/...) in the QSS is relative to the resources folder; Qt resolves it against the cwd.
+    return path.read_text(encoding="utf-8").replace("url(icons/", f"url({(resources_dir() / 'icons').as_posix()}/")
 
 
 _PALETTES: dict[str, dict[QPalette.ColorRole, str]] = {
@@ -61,9 +64,9 @@ def apply_theme(app: QApplication, theme: str) -> None:
     palette = QPalette()
     for role, colour in _PALETTES[theme].items():
         palette.setColor(role, QColor(colour))
+    app.setProperty("mmvae_theme", theme)  # first: widgets read it when the palette-change event arrives
     app.setPalette(palette)
     app.setStyleSheet(qss)
-    app.setProperty("mmvae_theme", theme)
 
 
 def current_theme() -> str:

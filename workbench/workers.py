@@ -19,6 +19,7 @@ the application closes. Every exception in a worker reaches the UI as a :class:`
 
 from __future__ import annotations
 
+import gc
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 
 from core.data.dataset import collate_multimodal
 from core.data.sources import LoadedData, load_data
@@ -37,6 +38,7 @@ from core.runs import RunConfig, resume_run, train_run
 from core.training import BatchProgress, Callback, EpochRecord, TrainingControl, TrainingResult
 
 __all__ = [
+    "UiThreadGarbageCollector",
     "TaskError",
     "TaskState",
     "TaskRunner",
@@ -48,6 +50,39 @@ __all__ = [
 ]
 
 QUEUED = Qt.ConnectionType.QueuedConnection
+
+
+class UiThreadGarbageCollector(QObject):
+    """Collect cyclic garbage on the UI thread only.
+
+    Python's automatic collector runs in whichever thread happens to allocate; in a training thread it
+    would destroy Qt objects (old widgets, plot items) outside their thread, which Qt reports or crashes
+    on. So automatic collection is switched off and a timer on the UI thread collects instead, by
+    generation, when the allocation counts pass the usual thresholds (pyqtgraph's GarbageCollector recipe).
+    """
+
+    def __init__(self, parent: QObject | None = None, interval_ms: int = 1000) -> None:
+        super().__init__(parent)
+        self.threshold = gc.get_threshold()
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.check)
+
+    def start(self) -> None:
+        gc.disable()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+        gc.enable()
+
+    @Slot()
+    def check(self) -> None:
+        counts = gc.get_count()
+        for generation in range(3):
+            if counts[generation] <= self.threshold[generation]:
+                break
+            gc.collect(generation)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ leaked QThreads, running QTimers or open top-level windows (napari's dangling-th
 
 from __future__ import annotations
 
+import gc
 import os
 import weakref
 from collections.abc import Callable, Iterator
@@ -49,6 +50,17 @@ def _fresh_settings(tmp_path: Path, qapp: QApplication) -> Iterator[None]:
     QCoreApplication.setOrganizationName("mmvae-tests")
     QCoreApplication.setApplicationName("workbench-tests")
     yield
+
+
+@pytest.fixture(autouse=True)
+def _gc_on_ui_thread() -> Iterator[None]:
+    """Cyclic garbage is collected on the UI thread only (as the app does, see workbench.workers): a
+    collection in a training thread would destroy Qt objects of earlier tests in the wrong thread."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.collect()
+    gc.enable()
 
 
 @pytest.fixture(autouse=True)
@@ -155,3 +167,4 @@ def manifest_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "sub-07_T2.nii.gz").write_bytes(b"this is not a NIfTI file")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"
+

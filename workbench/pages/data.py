@@ -275,6 +275,7 @@ class DataPage(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.preprocessing_form)
+        scroll.setMinimumWidth(300)
         self.preview_subject = QComboBox()
         self.preview_subject.setToolTip("The subject to preview")
         self.preview_button = QPushButton("Preview")
@@ -282,6 +283,7 @@ class DataPage(QWidget):
         self.preview_button.clicked.connect(self.run_preview)
         self.preview_status = QLabel("")
         self.preview_status.setObjectName("PageHint")
+        self.preview_status.setWordWrap(True)
         self.preview_grid = SliceGrid(["as stored", "preprocessed"], planes=("axial", "coronal"))
         self.preview_grid.show_message("Pick a subject and press Preview.")
         top = QHBoxLayout()
@@ -297,6 +299,7 @@ class DataPage(QWidget):
         splitter = QSplitter()
         splitter.addWidget(scroll)
         splitter.addWidget(preview)
+        splitter.setChildrenCollapsible(False)
         splitter.setSizes([330, 420])
         return splitter
 
@@ -520,7 +523,7 @@ class DataPage(QWidget):
             rows.append((m, [preview.before[m], after], preview.notes.get(m, "")))
             notes.append(["", "" if after is not None else "unusable after preprocessing"])
         self.preview_grid.set_rows(rows, shared_levels=False, notes=notes)
-        text = f"{preview.subject}: " + " · ".join(f"{m}: {n}" for m, n in preview.notes.items())
+        text = f"{preview.subject}: " + "; ".join(f"{m}: {n}" for m, n in preview.notes.items())
         if preview.issues:
             text += "\n" + "\n".join(preview.issues)
         self.preview_status.setText(text)

@@ -356,7 +356,7 @@ class LossPlot(QWidget):
         key = (run_id, split, term)
         if key not in self._items:
             raw = pg.PlotDataItem()
-            smooth = pg.PlotDataItem(name=self._legend_name(run_id, split, term))
+            smooth = pg.PlotDataItem()
             for item in (raw, smooth):
                 item.setClipToView(True)
                 item.setDownsampling(auto=True, method="peak")
@@ -488,18 +488,26 @@ class LossPlot(QWidget):
         return path
 
     # ------------------------------------------------------------------ theme
+    def apply_plot_theme(self) -> None:
+        """Re-read the theme's plot colours (called by the main window when the theme changes)."""
+        self._apply_colors()
+        self._schedule()
+
     def _apply_colors(self) -> None:
         colors = plot_colors()
         self.plot_widget.setBackground(colors["background"])
+        self.legend.setLabelTextColor(colors["foreground"])
+        legend_bg = QColor(colors["background"])
+        legend_bg.setAlpha(200)
+        self.legend.setBrush(legend_bg)
         for name in ("left", "bottom"):
             axis = self.plot_item.getAxis(name)
             axis.setPen(colors["foreground"])
             axis.setTextPen(colors["foreground"])
 
     def changeEvent(self, event: QEvent) -> None:
-        if event.type() == QEvent.Type.PaletteChange:
-            self._apply_colors()
-            self._schedule()
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self.apply_plot_theme()
         super().changeEvent(event)
 
 

@@ -95,6 +95,8 @@ class SliceView(QWidget):
         self.images.clear()
         self.boxes.clear()
         for col, plane in enumerate(planes):
+            if len(planes) > 1:
+                self.graphics.addLabel(plane, row=1, col=col, size="8pt", color=plot_colors()["foreground"])
             box = self.graphics.addViewBox(row=0, col=col, lockAspect=True, enableMouse=True)
             box.setMenuEnabled(False)
             image = pg.ImageItem(axisOrder="col-major")
@@ -132,12 +134,14 @@ class SliceView(QWidget):
         self.placeholder.setText(message)
         self.placeholder.setVisible(bool(message))
 
-    def _apply_colors(self) -> None:
+    def apply_plot_theme(self) -> None:
         self.graphics.setBackground(plot_colors()["background"])
 
+    _apply_colors = apply_plot_theme
+
     def changeEvent(self, event: QEvent) -> None:
-        if event.type() == QEvent.Type.PaletteChange:
-            self._apply_colors()
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self.apply_plot_theme()
         super().changeEvent(event)
 
 
