@@ -1,0 +1,102 @@
+"""The Model page: any registered model (new ones without GUI changes), presets, run YAML round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+import core.models.registry as registry
+from core.models import MVAE
+from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig
+from core.runs import load_run_config, parse_run_config, run_config_to_dict
+from workbench.resources import load_presets
+
+TIMEOUT = 60_000
+
+
+def _model_names(page: Any) -> list[str]:
+    from PySide6.QtCore import Qt
+
+    return [page.model_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(page.model_list.count())]
+
+
+def test_a_newly_registered_model_appears_with_its_form(make_window: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclass(config=MODEL_CONFIG_DICT)
+    class TinyConfig(BaseMultiVAEConfig):
+        temperature: float = Field(0.5, gt=0, le=2, description="A parameter only this model has.")
+
+    class TinyVAE(MVAE):
+        name = "TinyVAE"
+        config_class = TinyConfig  # type: ignore[assignment]
+        supports_incomplete_data = False
+        summary = "A model registered after the GUI was written."
+
+    monkeypatch.setitem(registry._REGISTRY, "TinyVAE", TinyVAE)
+    window = make_window()
+    page = window.model_page
+    page.populate_models()
+    assert "TinyVAE" in _model_names(page)
+    page.select_model("TinyVAE")
+    assert page.model_form.keys() == ["latent_dim", "temperature"] + [k for k in page.model_form.keys()
+                                                                        if k not in ("latent_dim", "temperature")]
+    assert "only this model" in page.model_form.editor("temperature").input.toolTip()
+    assert "complete data" in page.card_incomplete.text()
+    page.model_form.editor("temperature").input.setText("3")
+    page.validate()
+    assert "temperature" in window.state.start_blocker
+
+
+def test_presets_fill_the_forms(make_window: Any) -> None:
+    window = make_window()
+    page = window.model_page
+    page.select_model("MVAE")
+    presets = load_presets("MVAE")
+    assert [p.name for p in page.presets()] == [p.name for p in presets]
+    quick = presets[0]
+    page.apply_preset(quick)
+    assert {k: page.model_form.values()[k] for k in quick["model"]} == quick["model"]
+    assert {k: page.training_form.values()[k] for k in quick["training"]} == quick["training"]
+    # Every shipped preset is valid for its model (checked by core, through the page).
+    for name in _model_names(page):
+        page.select_model(name)
+        for preset in page.presets():
+            page.apply_preset(preset)
+            page.validate()
+            assert not page.model_form.errors() and not page.training_form.errors(), (name, preset.name)
+
+
+def test_run_yaml_round_trip_through_the_gui(make_window: Any, qtbot: Any, manifest_cohort: Path, tmp_path: Path) -> None:
+    first = make_window()
+    with qtbot.waitSignal(first.state.cohort_changed, timeout=TIMEOUT):
+        first.data_page.open_source(str(manifest_cohort))
+    first.data_page.preprocessing_form.editor("target_shape").input.setText("8, 8, 8")
+    first.data_page.preprocessing_form.changed.emit()
+    page = first.model_page
+    page.select_model("MVAE")
+    page.model_form.set_values({"latent_dim": 6, "beta": 0.5})
+    page.training_form.set_values({"num_epochs": 3, "seed": 7, "scheduler": "StepLR"})
+    page.name_edit.setText("round-trip")
+    page.validate()
+    path = tmp_path / "run.yaml"
+    assert page.save_yaml(path)
+    config = load_run_config(path)  # the file the command line takes
+    assert config.model_name == "MVAE" and config.model_params["latent_dim"] == 6
+    assert config.training.seed == 7 and config.data.preprocessing == {"target_shape": [8, 8, 8]}
+    assert "mmvae train" in path.read_text().splitlines()[0]
+    # A second window loads it: the model, the forms and the data settings all follow.
+    second = make_window()
+    with qtbot.waitSignal(second.state.cohort_changed, timeout=TIMEOUT):
+        assert second.model_page.load_yaml(path)
+    qtbot.waitUntil(lambda: second.state.preprocessing == {"target_shape": [8, 8, 8]}, timeout=TIMEOUT)
+    second.model_page.validate()
+    assert run_config_to_dict(load_run_config(path)) == run_config_to_dict(parse_run_config(second.state.run_config))
+    assert second.settings.recent_runs()[0] == str(path)
+    # A broken file is reported inline, not raised.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {source: demo}\nmodel: {name: MVAE, warmpu: 3}\n")
+    assert not second.model_page.load_yaml(bad)
+    assert "warmup" in second.model_page.messages.bar("yaml").message.text
