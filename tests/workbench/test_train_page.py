@@ -235,3 +235,31 @@ def test_complete_data_models_are_blocked_on_incomplete_cohorts(make_window: Any
     page.training_form.editor("batch_size").input.setText("0")
     page.validate()
     assert "batch_size" in window.state.start_blocker and not window.train_page.start_button.isEnabled()
+
+
+def test_an_interrupted_run_is_offered_for_recovery_and_resumes(
+        make_window: Any, qtbot: Any, manifest_cohort: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A run stopped in the middle of epoch 1, then made to look like the app died while it was running.
+    monkeypatch.setattr(_PausingJob, "pause_at_epochs", (1,))
+    monkeypatch.setattr(train_module, "TrainingJob", _PausingJob)
+    first = make_window()
+    _configure(first, qtbot, manifest_cohort, epochs=2, batch_size=1)
+    first.train_page.start()
+    qtbot.waitUntil(lambda: first.train_page._phase == "paused", timeout=TIMEOUT)
+    run_dir = Path(first.train_page._run_id)
+    first.train_page.stop()
+    _wait_idle(first, qtbot)
+    status = json.loads((run_dir / "status.json").read_text())
+    status.update(status="running", updated="2020-01-01T00:00:00+00:00")
+    (run_dir / "status.json").write_text(json.dumps(status))
+    monkeypatch.setattr(train_module, "TrainingJob", TrainingJob)
+    # The next start of the workbench offers to resume it.
+    second = make_window()
+    train = second.train_page
+    key = f"recover:{run_dir}"
+    assert train.messages.has(key)
+    assert next(s for s in train.run_summaries() if s.path == run_dir).status == "interrupted"
+    train.messages.bar(key).action_button.click()
+    _wait_idle(second, qtbot)
+    assert _status(run_dir) == "completed"
+    assert train.loss_plot.epochs(str(run_dir)) == [1, 2]

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -94,9 +95,11 @@ class ModelPage(QWidget):
         self.card_fit.setWordWrap(True)
         self.card_fit.setTextFormat(Qt.TextFormat.RichText)
         for w in (self.card_summary, self.card_incomplete, self.card_fit):
+            w.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
             self.card.body.addWidget(w)
         self.card.body.addStretch(1)
         left = QWidget()
+        left.setMinimumWidth(230)
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
         ll.addWidget(QLabel("<b>Models</b>"))
@@ -134,6 +137,8 @@ class ModelPage(QWidget):
         training_scroll.setWidget(self.training_form)
         self.yaml_view = QPlainTextEdit()
         self.yaml_view.setReadOnly(True)
+        self.yaml_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.yaml_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.yaml_view.setToolTip("The run YAML: save it and run `mmvae train file.yaml` to train the same model headless")
         right_tabs = QTabWidget()
         right_tabs.addTab(training_scroll, "Training settings")
@@ -471,7 +476,8 @@ class ModelPage(QWidget):
             return
         incomplete, total, _ = self.state.incomplete_summary()
         fits = cls.supports_incomplete_data or incomplete == 0
-        colour = "#2e7d32" if fits else "#c62828"
+        dark = self.palette().window().color().lightness() < 128
+        colour = ("#66bb6a" if dark else "#2e7d32") if fits else ("#ef5350" if dark else "#c62828")
         verdict = "fits" if fits else "does not fit"
         self.card_fit.setText(f"<span style='color:{colour}'><b>This cohort {verdict} {cls.name}</b></span>: "
                               f"{total - incomplete} of {total} subjects have every selected modality."
