@@ -627,11 +627,11 @@ class DataPage(QWidget):
     def apply_data_config(self, values: dict[str, Any]) -> None:
         """Switch to a run's data section: open its source if needed, then apply its settings."""
         config = config_to_dict(config_from_dict(DataConfig, values))
-        if config["source"] == "demo" and config.get("demo"):
-            self.state.demo_settings = dict(config["demo"])
         current = self.state.info
-        same_source = current is not None and current.source == config["source"] and (
-            config["source"] != "demo" or self.state.data_config_dict() is not None)
+        demo_changed = config["source"] == "demo" and bool(config.get("demo")) and config["demo"] != self.state.demo_settings
+        if demo_changed:
+            self.state.demo_settings = dict(config["demo"])
+        same_source = current is not None and current.source == config["source"] and not demo_changed
         if same_source:
             self._apply_settings(config)
         else:
