@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from core.data import DatasetError, missingness_summary
-from core.data.demo import DemoSpec, MissingSpec, generate_subject, make_demo_dataset, spec_from_dict, template_path, write_demo_cohort
+from core.data.demo import (
+    DemoSpec,
+    MissingSpec,
+    generate_subject,
+    make_demo_dataset,
+    spec_from_dict,
+    template_path,
+    write_demo_cohort,
+)
 
 SMALL = DemoSpec(n_subjects=6, shape=(24, 28, 24), seed=3)
 
