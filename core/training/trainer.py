@@ -117,14 +117,21 @@ def compile_submodules(model: torch.nn.Module) -> list[str]:
 
     Only the child networks are compiled; the model's own Python (masks, subsets, products of
     experts) stays eager, so graph breaks cannot change it. Compiling in place keeps the parameter
-    names, so checkpoints and bundles are unchanged. Returns the compiled module names.
+    names, so checkpoints and bundles are unchanged. Returns the compiled module names; when
+    torch.compile cannot be set up here, a warning is logged, nothing is compiled and ``[]`` returned.
     """
     compiled = []
     for name, child in model.named_children():
         members = child.items() if isinstance(child, torch.nn.ModuleDict) else [("", child)]
         for key, module in members:
             if any(True for _ in module.parameters()):
-                module.compile()
+                try:
+                    module.compile()
+                except Exception as error:  # an optimisation only: never a reason to stop training
+                    log.warning("torch.compile is unavailable here (%s: %s); training runs eagerly.", type(error).__name__, error)
+                    for _, done in model.named_modules():
+                        done._compiled_call_impl = None
+                    return []
                 compiled.append(f"{name}.{key}" if key else name)
     return compiled
 
@@ -251,6 +258,14 @@ class Trainer:
                 f"batch_size {self.config.batch_size} is the global batch and must be at least the number of processes "
                 f"({self.dist.world_size})."
             )
+        if self.dist.enabled and self.dist.is_main:
+            skipped = sum(len(b) % self.dist.world_size for b in self._train_batches(1))
+            if skipped:
+                log.warning(
+                    "With %d processes, %d of %d training subjects per epoch do not fill an equal share of their batch and "
+                    "are skipped that epoch (a different few each epoch). A batch_size and training-set size divisible "
+                    "by the number of processes use every subject.", self.dist.world_size, skipped, len(self.train_dataset)
+                )
 
     def _wrap_for_training(self) -> None:
         """DDP around the model for the training forward (re-done when a stage changes the trainable set)."""
