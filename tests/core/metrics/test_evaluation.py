@@ -163,3 +163,14 @@ def test_subsets_are_validated_and_ordered(trained):
         imputation_metrics(model, train, test, subsets=[["C"]])
     rows = imputation_metrics(model, train, test, subsets=[["B", "A"], ["A", "B"]], include_reconstruction=True)
     assert {r["subset"] for r in rows} == {"A+B"}
+
+
+def test_evaluate_run_on_a_cohort_with_new_subjects_and_without_the_training_ones(trained):
+    _, dataset, _, test, run_dir = trained
+    renamed = {s: f"new-{s}" for s in test.ids}
+    cohort_with_new = IncompleteDataset(dataset.data, dataset.masks, labels=dataset.labels, ids=[renamed.get(s, s) for s in dataset.ids])
+    report = evaluate.evaluate_run(run_dir, cohort_with_new, config=EvaluationConfig(sections=["imputation"]), device="cpu")
+    assert report["split"]["external_subjects"] and report["split"]["n_test"] == len(test)
+    only_new = cohort_with_new.subset([i for i, s in enumerate(cohort_with_new.ids) if s.startswith("new-")])
+    with pytest.raises(MetricError, match="training subjects"):
+        evaluate.evaluate_run(run_dir, only_new, config=EvaluationConfig(sections=["imputation"]), device="cpu")
