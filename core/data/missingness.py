@@ -37,16 +37,34 @@ def _check_probability(name: str, value: float) -> float:
     return value
 
 
-def ensure_one_observed(masks: Mapping[str, torch.Tensor], seed: int = 0, prefer: str | None = None) -> Masks:
-    """Re-enable one modality (``prefer`` or a random one) for samples left with none."""
+def ensure_one_observed(
+    masks: Mapping[str, torch.Tensor],
+    seed: int = 0,
+    prefer: str | None = None,
+    available: Mapping[str, torch.Tensor] | None = None,
+) -> Masks:
+    """Re-enable one modality (``prefer`` or a random one) for samples left with none.
+
+    ``available`` (modality -> bool ``(n,)``) says what each subject really has, e.g. the dataset's own
+    masks when simulating on top of real missingness: only those modalities can come back, otherwise a
+    subject would be handed a volume that was never acquired.
+    """
     names = list(masks)
     if prefer is not None:
         _check_names([prefer], names, "prefer")
     out = {m: torch.as_tensor(v).bool().clone() for m, v in masks.items()}
+    can_return = {m: torch.ones_like(out[m]) for m in names}
+    if available is not None:
+        _check_names(list(available), names, "available")
+        can_return.update({m: torch.as_tensor(v).bool() for m, v in available.items()})
     empty = ~torch.stack([out[m] for m in names]).any(0)
     rng = np.random.default_rng(seed)
     for i in torch.nonzero(empty).flatten().tolist():
-        out[prefer if prefer is not None else names[rng.integers(len(names))]][i] = True
+        candidates = [m for m in names if bool(can_return[m][i])]
+        if not candidates:
+            continue  # nothing was ever acquired for this subject; only the dataset can drop it
+        chosen = prefer if prefer in candidates else candidates[rng.integers(len(candidates))]
+        out[chosen][i] = True
     return out
 
 
@@ -73,7 +91,7 @@ def simulate_mcar(
         p = _check_probability(m, rates.get(m, 0.0))
         hidden = torch.from_numpy(rng.random(len(base[m])) < p)
         out[m] = base[m] & ~hidden
-    return ensure_one_observed(out, seed)
+    return ensure_one_observed(out, seed, available=base)
 
 
 def simulate_mnar_by_label(
@@ -84,7 +102,12 @@ def simulate_mnar_by_label(
 ) -> Masks:
     """Missingness that depends on a class label: ``probabilities[m][c]`` is P(m missing | label = c)."""
     _check_names(list(probabilities), modalities, "probabilities")
-    labels = torch.as_tensor(labels).long()
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() and not bool(torch.all(labels == labels.round())):
+        raise DatasetError("labels must be integer class values (0, 1, ...) that index the per-class probabilities.")
+    labels = labels.long()
+    if len(labels) and int(labels.min()) < 0:
+        raise DatasetError(f"labels must be class values 0, 1, ...; got {int(labels.min())}. Map the classes to 0..K-1 first.")
     rng = np.random.default_rng(seed)
     out = {}
     for m in modalities:
@@ -120,7 +143,8 @@ def simulate_mnar_by_content(
         values = x.std(1)
     else:
         raise DatasetError(f"score must be 'mean', 'std' or a callable, got {score!r}.")
-    z = (values - values.mean()) / values.std().clamp_min(1e-12)
+    spread = values.std().clamp_min(1e-12) if len(values) > 1 else torch.ones(())  # one sample: z = 0
+    z = (values - values.mean()) / spread
     p_missing = torch.sigmoid(slope * (z - offset)).numpy()
     rng = np.random.default_rng(seed)
     out = {m: torch.ones(x.shape[0], dtype=torch.bool) for m in data}

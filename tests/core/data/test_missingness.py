@@ -27,9 +27,20 @@ def test_mcar_rates_are_respected_and_everyone_keeps_a_modality():
 
 
 def test_mcar_on_existing_masks_only_hides_more():
-    base = simulate_mcar(500, {"a": 0.5, "b": 0.0}, seed=0)
-    more = simulate_mcar(base, {"a": 0.5}, seed=3)
-    assert not (more["a"] & ~base["a"]).any() or observed_any(more).all()
+    base = {"a": torch.arange(500) % 2 == 0, "b": torch.arange(500) % 3 != 0}
+    more = simulate_mcar(base, {"a": 0.5, "b": 0.5}, seed=3)
+    for m in base:
+        assert not (more[m] & ~base[m]).any(), f"'{m}' came back for a subject that never had it"
+        assert more[m].sum() < base[m].sum()
+    had_any = observed_any(base)
+    assert torch.equal(observed_any(more), had_any)
+
+
+def test_ensure_one_observed_only_returns_what_was_acquired():
+    masks = {"a": torch.zeros(3, dtype=torch.bool), "b": torch.zeros(3, dtype=torch.bool)}
+    available = {"a": torch.tensor([True, False, False]), "b": torch.tensor([False, True, False])}
+    fixed = ensure_one_observed(masks, prefer="b", available=available)
+    assert fixed["a"].tolist() == [True, False, False] and fixed["b"].tolist() == [False, True, False]
 
 
 def test_mnar_by_label_depends_on_the_class():
@@ -61,6 +72,15 @@ def test_unknown_modality_and_bad_rates_are_named():
         simulate_mcar(10, {"T1": 1.5})
     with pytest.raises(DatasetError, match="unknown modalities"):
         simulate_mnar_by_content({"a": torch.zeros(3, 2)}, "b")
+    with pytest.raises(DatasetError, match="class values"):
+        simulate_mnar_by_label(torch.tensor([0, -1]), {"US": [0.5, 0.5]}, ["T1", "US"])
+    with pytest.raises(DatasetError, match="2 classes"):
+        simulate_mnar_by_label(torch.tensor([0, 2]), {"US": [0.5, 0.5]}, ["T1", "US"])
+
+
+def test_mnar_by_content_on_a_single_sample_is_defined():
+    masks = simulate_mnar_by_content({"T1": torch.ones(1, 4), "US": torch.ones(1, 4)}, "US", seed=0)
+    assert observed_any(masks).all() and masks["T1"].all()
 
 
 def test_apply_masks_zeroes_hidden_entries_and_keeps_ground_truth():
