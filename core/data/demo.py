@@ -69,8 +69,17 @@ CONTRAST = {
     "FLAIR": (0.40, 0.55, 0.05, 0.75, 0.95),
     "US": (0.45, 0.30, 0.03, 0.80, 0.55),
 }
-BRAIN_EXTENT_MM = (152.0, 188.0, 162.0)  # ICBM152 brain bounding box plus a 4 mm margin
+BRAIN_EXTENT_MM = (166.0, 207.0, 177.0)  # ICBM152 brain bounding box plus ~15 %, room for the scale jitter
 BRAIN_CENTRE_MM = (0.0, -17.0, 5.0)
+TEMPLATE_NOTICE = """Synthetic MR/ultrasound phantom written by mmvae-workbench (core.data.demo).
+Not patient data. The anatomy is derived from the ICBM152 2009a nonlinear symmetric template:
+
+Copyright (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
+McGill University. Permission to use, copy, modify, and distribute this software and its documentation
+for any purpose and without fee is hereby granted, provided that the above copyright notice appear in
+all copies. The authors and McGill University make no representations about the suitability of this
+software for any purpose. It is provided "as is" without express or implied warranty.
+"""
 
 
 @dataclass(frozen=True)
@@ -314,16 +323,21 @@ def _warped_tissues(spec: DemoSpec, factors: dict[str, Any], grid_affine: np.nda
     return {"WM": wm_w / total * brain, "GM": gm_w / total * brain, "CSF": csf / total * brain, "brain": brain}
 
 
+def _lesion_centre(tissues: dict[str, np.ndarray], factors: dict[str, Any]) -> np.ndarray:
+    """A white-matter voxel picked by the subject's draw (drawn for every subject, lesion or not)."""
+    candidates = np.argwhere(tissues["WM"] > 0.7)
+    if len(candidates) == 0:
+        candidates = np.argwhere(tissues["brain"] > 0.5)
+    return candidates[min(len(candidates) - 1, int(factors["lesion_centre_pick"] * len(candidates)))].astype(np.float32)
+
+
 def _add_lesion(tissues: dict[str, np.ndarray], factors: dict[str, Any], spacing: float) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Tumour core and edema shell replacing tissue; returns (core, edema, centre voxel)."""
     shape = tissues["WM"].shape
     zeros = np.zeros(shape, np.float32)
+    centre = _lesion_centre(tissues, factors)
     if not factors["lesion"]:
-        return zeros, zeros, [float("nan")] * 3
-    candidates = np.argwhere(tissues["WM"] > 0.7)
-    if len(candidates) == 0:
-        candidates = np.argwhere(tissues["brain"] > 0.5)
-    centre = candidates[min(len(candidates) - 1, int(factors["lesion_centre_pick"] * len(candidates)))].astype(np.float32)
+        return zeros, zeros, centre.tolist()
     semi_axes = factors["lesion_radius_mm"] / spacing * np.array(factors["lesion_axes"])
     ijk = np.indices(shape, dtype=np.float32)
     r = np.sqrt(sum(((ijk[a] - centre[a]) / semi_axes[a]) ** 2 for a in range(3)))
@@ -402,9 +416,10 @@ def generate_subject(index: int, spec: DemoSpec) -> DemoSubject:
         else:
             volumes[m] = _mr(m, fractions, factors, spacing, noise_rng)
     lesion_ml = float((core + edema).sum() * spacing**3 / 1000.0)
-    factors["lesion_centre_vox"] = centre
+    factors["lesion_centre_vox"] = centre if factors["lesion"] else None
     if spec.dims == 2:
-        k = int(round(centre[2])) if factors["lesion"] else spec.grid_shape[2] // 2
+        # Every subject is sliced at its drawn centre height, so the slice level says nothing of the label.
+        k = int(round(centre[2]))
         volumes = {m: v[:, :, k] for m, v in volumes.items()}
         fov = fov[:, :, k]
         factors["slice_index"] = k
@@ -447,18 +462,37 @@ def simulate_masks(spec: DemoSpec) -> dict[str, torch.Tensor]:
     return ensure_one_observed(masks, seed=spec.seed, prefer=names[0])
 
 
-def make_demo_dataset(spec: DemoSpec, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> tuple[IncompleteDataset, MultimodalBaseDataset]:
+def _normalized(subject: DemoSubject) -> dict[str, np.ndarray]:
+    """Intensities as the default preprocessing leaves them: MR z-scored in the brain, US min-max in the sector."""
+    from core.data.preprocessing import PreprocessingConfig, normalize_intensities
+
+    config = PreprocessingConfig()
+    out = {}
+    for m, volume in subject.volumes.items():
+        observed = subject.fov if m == "US" else np.ones(volume.shape, bool)
+        out[m] = normalize_intensities(volume, observed, config.normalization_for(m))[0]
+    return out
+
+
+def make_demo_dataset(
+    spec: DemoSpec, normalize: bool = True, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+) -> tuple[IncompleteDataset, MultimodalBaseDataset]:
     """The demo cohort in memory: (incomplete dataset per ``spec.missing``, complete ground truth).
 
     Tensors are ``(n, 1, *shape)``; ids ``sub-001``...; labels ``lesion_present``, ``lesion_volume_ml``;
-    the ultrasound field of view is its observation mask.
+    the ultrasound field of view is its observation mask. With ``normalize`` (default) intensities are
+    normalised as the file pipeline's default preprocessing does, so in-memory experiments see the same
+    data a run on the written cohort sees; ``normalize=False`` keeps the phantom's raw units.
     """
+    volumes = []
     subjects = []
     for i in range(spec.n_subjects):
         raise_if_cancelled(cancel, "demo generation")
-        subjects.append(generate_subject(i, spec))
-        report_progress(progress, i + 1, spec.n_subjects, subjects[-1].subject_id)
-    data = {m: torch.from_numpy(np.stack([s.volumes[m] for s in subjects]))[:, None] for m in spec.modalities}
+        subject = generate_subject(i, spec)
+        volumes.append(_normalized(subject) if normalize else subject.volumes)
+        subjects.append(subject)
+        report_progress(progress, i + 1, spec.n_subjects, subject.subject_id)
+    data = {m: torch.from_numpy(np.stack([v[m] for v in volumes]))[:, None] for m in spec.modalities}
     labels = {k: torch.tensor([s.labels[k] for s in subjects]) for k in ("lesion_present", "lesion_volume_ml")}
     ids = [s.subject_id for s in subjects]
     observation = {"US": torch.from_numpy(np.stack([s.fov for s in subjects]))[:, None]} if "US" in spec.modalities else {}
@@ -522,9 +556,11 @@ def write_demo_cohort(out_dir: str | os.PathLike, spec: DemoSpec, progress: Prog
         (staging / "dataset_description.json").write_text(
             json.dumps({"Name": "mmvae-workbench MR/US demo phantom", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
                         "GeneratedBy": [{"Name": "mmvae-workbench core.data.demo"}],
-                        "SourceDatasets": [{"Description": "ICBM152 2009a nonlinear symmetric template (via nilearn)"}]}, indent=2)
+                        "SourceDatasets": [{"Description": "ICBM152 2009a nonlinear symmetric template (via nilearn)"}],
+                        "License": "Derived from the ICBM152 template; see README for its copyright notice."}, indent=2)
         )
         (staging / ".bidsignore").write_text("us/\n*_US*\n")
+        (staging / "README").write_text(TEMPLATE_NOTICE)
         if out_dir.exists():
             out_dir.rmdir()
         out_dir.parent.mkdir(parents=True, exist_ok=True)

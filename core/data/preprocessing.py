@@ -461,6 +461,20 @@ class _EmptyRegion(Exception):
     pass
 
 
+def normalize_intensities(
+    values: np.ndarray, observed: np.ndarray, config: NormalizationConfig
+) -> tuple[np.ndarray, NormalizationParams]:
+    """Normalise one volume as the pipeline does (for data built in memory, such as the demo cohort).
+
+    ``observed`` marks the voxels that were measured (all True for MR, the sector for ultrasound).
+    Raises :class:`PreprocessingError` when the region is empty or constant.
+    """
+    try:
+        return _normalize(np.asarray(values, dtype=np.float32).copy(), np.asarray(observed, dtype=bool), config)
+    except _EmptyRegion as error:
+        raise PreprocessingError(f"Cannot normalise: {error}. Check that the volume is not empty or constant.") from None
+
+
 def denormalize(array: Any, params: NormalizationParams | None, *, is_std: bool = False) -> np.ndarray:
     """Back to source intensity units (a standard deviation map is only scaled)."""
     array = np.asarray(array, dtype=np.float32)

@@ -21,7 +21,7 @@ SMALL = DemoSpec(n_subjects=6, shape=(24, 28, 24), seed=3)
 
 @pytest.fixture(scope="module")
 def cohort():
-    return make_demo_dataset(SMALL)
+    return make_demo_dataset(SMALL, normalize=False)
 
 
 def test_the_real_icbm_template_ships_with_nilearn():
@@ -83,6 +83,15 @@ def test_missingness_keeps_one_modality_and_follows_the_spec():
     lesion = incomplete.labels["lesion_present"] == 1
     assert incomplete.masks["US"][lesion].float().mean() > incomplete.masks["US"][~lesion].float().mean()
     assert missingness_summary(incomplete).n_subjects == 40
+
+
+def test_normalized_intensities_match_the_pipeline_defaults():
+    _, complete = make_demo_dataset(DemoSpec(n_subjects=2, shape=(24, 28, 24), seed=1))
+    brain = complete.data["T1"][0] != 0
+    t2 = complete.data["T2"][0][brain]
+    assert abs(t2.mean().item()) < 0.1 and 0.8 < t2.std().item() < 1.2
+    us = complete.data["US"][0][complete.observation_masks["US"][0]]
+    assert us.min().item() >= 0 and us.max().item() <= 1
 
 
 def test_two_dimensional_variant():

@@ -1,0 +1,103 @@
+"""The command line end to end, in a temporary folder: demo data, train, resume, impute, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from core.cli import main
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    cohort = root / "cohort"
+    assert main(["demo-data", str(cohort), "--n", "10", "--shape", "16", "16", "16", "--seed", "1", "--missing", "mcar"]) == 0
+    config = {
+        "name": "cli-test",
+        "data": {"source": str(cohort), "split": {"fractions": [0.6, 0.2, 0.2], "seed": 0}},
+        "model": {"name": "MVAE", "latent_dim": 4, "warmup": 1},
+        "training": {"num_epochs": 2, "batch_size": 4, "seed": 0},
+    }
+    config_path = root / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return root, cohort, config_path
+
+
+def test_demo_data_writes_a_cohort(workspace):
+    _, cohort, _ = workspace
+    assert (cohort / "manifest.csv").is_file() and (cohort / "participants.tsv").is_file()
+    assert len(list(cohort.glob("sub-*/anat/*_T1w.nii.gz"))) == 10
+
+
+def test_train_resume_and_impute(workspace, capsys):
+    root, cohort, config_path = workspace
+    run = root / "run"
+    assert main(["train", str(config_path), "--out", str(run), "--quiet"]) == 0
+    for name in ("config.yaml", "command.txt", "metrics.csv", "status.json", "split.json", "final_model/model.safetensors"):
+        assert (run / name).exists(), name
+    assert "mmvae train" in (run / "command.txt").read_text()
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    # training again into the same folder is refused: resume instead
+    assert main(["train", str(config_path), "--out", str(run), "--quiet"]) == 1
+    assert "resume" in capsys.readouterr().err
+
+    assert main(["resume", str(run), "--epochs", "3", "--quiet"]) == 0
+    status = json.loads((run / "status.json").read_text())
+    assert status["epochs_completed"] == 3 and status["status"] == "completed"
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4  # header + 3 epochs, same curve continued
+
+    out = root / "synth"
+    assert main(["impute", str(run), str(cohort), "--out", str(out), "--samples", "3", "--uncertainty", "--quiet"]) == 0
+    import csv
+
+    present = {(r["subject"], r["modality"]): r["path"] for r in csv.DictReader(open(cohort / "manifest.csv"))}
+    subjects = sorted({s for s, _ in present})
+    expected = {(s, m) for s in subjects for m in ("T1", "T2", "FLAIR", "US") if (s, m) not in present}
+    written = {tuple(p.name.split("_")[:2]) for p in out.glob("*_synth.nii.gz")}
+    assert written == expected and expected
+    subject, modality = sorted(expected)[0]
+    image = nib.load(str(out / f"{subject}_{modality}_synth.nii.gz"))
+    source = nib.load(str(cohort / present[(subject, "T1")]))
+    assert image.shape == source.shape
+    assert np.allclose(image.affine, source.affine)
+    assert image.get_data_dtype() == np.float32
+    sidecar = json.loads((out / f"{subject}_{modality}_synth.json").read_text())
+    assert sidecar["synthetic"] is True and sidecar["model"] == "MVAE" and sidecar["n_samples"] == 3
+    std = nib.load(str(out / f"{subject}_{modality}_synth_std.nii.gz")).get_fdata()
+    assert std.max() > 0
+
+
+def test_config_typo_names_the_key(workspace, tmp_path, capsys):
+    _, cohort, _ = workspace
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"source": str(cohort)}, "model": {"name": "MVAE", "warmpu": 3}}))
+    assert main(["train", str(bad), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "warmpu" in err and "warmup" in err
+    bad.write_text(yaml.safe_dump({"data": {"source": str(cohort)}, "model": {"name": "MVAE"}, "training": {"num_epoch": 3}}))
+    assert main(["train", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "num_epoch" in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump({"data": {"source": str(cohort)}, "model": {"name": "NoSuchModel"}}))
+    assert main(["train", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "MVAE" in capsys.readouterr().err  # the error lists the available models
+
+
+def test_missing_data_source_is_reported(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": str(tmp_path / "nowhere")}, "model": {"name": "MVAE"}}))
+    assert main(["train", str(config), "--out", str(tmp_path / "r")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_module_entry_point_lists_models():
+    result = subprocess.run([sys.executable, "-m", "core.cli", "models"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for name in ("MVAE", "JMVAE", "JNF", "Nexus", "MHVAE"):
+        assert name in result.stdout
