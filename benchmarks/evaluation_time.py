@@ -51,13 +51,14 @@ def synthetic_cohort(shape: tuple[int, ...], n: int, seed: int = 0):
 
 
 def cohort(case: dict):
+    """``(dataset, source, label)``: the demo cohort (class = lesion present) or the synthetic stand-in."""
     try:
         from core.data.demo import DemoSpec, make_demo_dataset
     except ImportError:
-        return synthetic_cohort(case["shape"], case["n_subjects"]), "synthetic"
+        return synthetic_cohort(case["shape"], case["n_subjects"]), "synthetic", None
     spec = DemoSpec(n_subjects=case["n_subjects"], shape=case["shape"], dims=len(case["shape"]))
     dataset, _ = make_demo_dataset(spec)
-    return dataset, "demo"
+    return dataset, "demo (ICBM152 phantom)", "lesion_present"
 
 
 def measure(name: str, case: dict, device: str, nll_k: int, n_joint: int) -> dict:
@@ -67,13 +68,13 @@ def measure(name: str, case: dict, device: str, nll_k: int, n_joint: int) -> dic
     from core.samplers import GaussianMixtureSampler, MAFSampler
     from core.training import Trainer, TrainerConfig, select_device
 
-    dataset, source = cohort(case)
+    dataset, source, label = cohort(case)
     train, validation, test = split_by_subject(dataset, (0.6, 0.15, 0.25), seed=0)
     torch.manual_seed(0)
     model = MVAE(MVAEConfig(n_modalities=len(dataset.modalities), latent_dim=8, input_dims=dataset.input_dims, warmup=2))
     Trainer(model, train, validation, TrainerConfig(num_epochs=5, batch_size=16, device=device)).train()
     model.to(select_device(device)).eval()
-    config = EvaluationConfig(nll_K=nll_k, n_joint=n_joint, n_runs=5, batch_size=32)
+    config = EvaluationConfig(nll_K=nll_k, n_joint=n_joint, n_runs=5, batch_size=32, label=label)
     started = time.perf_counter()
     report = evaluate_model(model, train, test, config)
     total = time.perf_counter() - started
