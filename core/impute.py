@@ -128,6 +128,11 @@ def impute_run(
     if lacking:
         raise ValueError(f"The run's model needs modalities {lacking}, which {data} does not have.")
     imputation = impute_subjects(model, loaded.dataset, n_samples=n_samples, progress=progress, cancel=cancel)
+    for maps in (imputation.mean, imputation.std):  # back to the model grid (2D slices regain their axis)
+        for subject, volumes in maps.items():
+            grid = loaded.records[subject].grid.shape
+            for m, volume in volumes.items():
+                volumes[m] = volume.reshape(grid)
     provenance = Provenance(model=model.name, run=str(run_dir.resolve()), n_samples=n_samples, checkpoint="final_model")
     return export_cohort(
         imputation.mean,

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass as config_dataclass
 
-from core.data.dataset import MultimodalBaseDataset
+from core.data.dataset import IncompleteDataset, MultimodalBaseDataset
 from core.models.config import MODEL_CONFIG_DICT, ConfigError, advanced, config_from_dict, config_to_dict
 from core.progress import CancelFn, ProgressFn
 
@@ -98,7 +98,27 @@ def load_data(config: DataConfig, progress: ProgressFn | None = None, cancel: Ca
     dataset, records = load_cohort_dataset(
         source, preprocessing=preprocessing, cache_path=config.cache, progress=progress, cancel=cancel
     )
-    return LoadedData(dataset=dataset, source=source, records=records)
+    return LoadedData(dataset=_as_images_if_single_slice(dataset), source=source, records=records)
+
+
+def _as_images_if_single_slice(dataset: MultimodalBaseDataset) -> MultimodalBaseDataset:
+    """A cohort of single-slice files (X, Y, 1) becomes 2D images (C, X, Y) for the 2D networks.
+
+    Exports put the slice axis back (:func:`core.impute.impute_run`), so files keep their geometry.
+    """
+    if not isinstance(dataset, MultimodalBaseDataset):
+        return dataset
+    dims = dataset.input_dims
+    if not all(len(shape) == 4 and shape[-1] == 1 for shape in dims.values()):
+        return dataset
+    return IncompleteDataset(
+        {m: x.squeeze(-1) for m, x in dataset.data.items()},
+        dataset.masks,
+        labels=dataset.labels,
+        ids=dataset.ids,
+        observation_masks={m: v.squeeze(-1) for m, v in dataset.observation_masks.items()},
+        allow_unobserved_modalities=True,
+    )
 
 
 def resolved_preprocessing(loaded: LoadedData) -> dict[str, Any]:
