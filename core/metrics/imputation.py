@@ -9,6 +9,10 @@ m is in S and ``imputation`` (cross-modal) when it is not.
 Errors are computed per subject and averaged over subjects: MSE and MAE for every modality, plus
 PSNR and SSIM (2D or 3D) for images and volumes, with the data range L = max - min of the observed
 training voxels of m.
+
+With simulated missingness (the demo cohort) a ``ground_truth`` dataset holding the complete data
+can be given: the targets then come from it, so the modalities that were hidden from the model are
+scored too (still only where the ground truth observes them, e.g. inside the ultrasound sector).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from core.data.dataset import DatasetOutput, MultimodalBaseDataset
 from core.metrics._common import (
+    MetricError,
     Steps,
     batches_of,
     resolve_subsets,
@@ -50,6 +55,18 @@ def data_ranges(train: MultimodalBaseDataset) -> dict[str, float]:
     return ranges
 
 
+def _aligned(ground_truth: MultimodalBaseDataset, test: MultimodalBaseDataset) -> MultimodalBaseDataset:
+    """The ground-truth subjects in the order of ``test``."""
+    position = {subject: i for i, subject in enumerate(ground_truth.ids)}
+    missing = [s for s in test.ids if s not in position]
+    if missing:
+        raise MetricError(f"The ground truth lacks test subjects {missing[:5]}; it must hold every subject of the split.")
+    absent = [m for m in test.modalities if m not in ground_truth.modalities]
+    if absent:
+        raise MetricError(f"The ground truth lacks modalities {absent}.")
+    return ground_truth.subset([position[s] for s in test.ids])
+
+
 def _errors(x: torch.Tensor, x_hat: torch.Tensor, observed: torch.Tensor | None, data_range: float) -> dict[str, torch.Tensor]:
     out = {"mse": mse(x, x_hat, observed), "mae": mae(x, x_hat, observed)}
     if spatial_dims(x.shape[1:]):
@@ -70,6 +87,7 @@ def imputation_metrics(
     feature_size: int = 8,
     batch_size: int = 32,
     seed: int = 0,
+    ground_truth: MultimodalBaseDataset | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> list[dict[str, Any]]:
@@ -85,6 +103,8 @@ def imputation_metrics(
         n_neighbors, feature_size: k-NN baseline settings.
         batch_size: subjects per model call.
         seed: seeds the posterior samples (only used when ``use_mean`` is False).
+        ground_truth: optional complete data holding every test subject (matched by id); targets are
+            read from it instead of ``test``, so hidden modalities are scored as well.
         progress, cancel: see :mod:`core.progress`.
 
     Returns:
@@ -97,6 +117,7 @@ def imputation_metrics(
     mean_imputer = MeanImputer().fit(train)
     knn = KNNImputer(n_neighbors, feature_size).fit(train)
     device = model.device
+    reference = _aligned(ground_truth, test) if ground_truth is not None else test
 
     plan = []
     for s in subsets:
@@ -114,15 +135,16 @@ def imputation_metrics(
     try:
         with seeded(seed, device), torch.no_grad():
             for s, targets, index in plan:
-                for _, batch in batches_of(test, index, batch_size):
+                for chunk, batch in batches_of(test, index, batch_size):
                     steps.check()
                     predicted = model.predict(batch, cond_mod=list(s), gen_mod=targets, N=1, return_mean=use_mean)
+                    truth = batch if reference is test else next(batches_of(reference, chunk, len(chunk)))[1]
                     for m in targets:
-                        keep = batch.masks[m]
+                        keep = truth.masks[m]
                         if not bool(keep.any()):
                             continue
-                        x = batch.data[m][keep]
-                        observed = (batch.get("observation_masks") or {}).get(m)
+                        x = truth.data[m][keep]
+                        observed = (truth.get("observation_masks") or {}).get(m)
                         observed = observed[keep] if observed is not None else None
                         conditioning = DatasetOutput(
                             data={k: batch.data[k][keep] for k in s},

@@ -32,8 +32,9 @@ SIZE = 8
 CENTRES = torch.tensor([[2.0, 2.0], [2.0, 5.0], [5.0, 3.5]])
 
 
-def cohort(n: int = 96, seed: int = 0) -> IncompleteDataset:
-    """Two 8x8 'modalities' driven by a class (blob position / bar row) and a shared intensity; ~20% missing."""
+def cohort(n: int = 96, seed: int = 0, complete: bool = False) -> IncompleteDataset | MultimodalBaseDataset:
+    """Two 8x8 'modalities' driven by a class (blob position / bar row) and a shared intensity; ~20% missing
+    (``complete``: the same subjects with nothing hidden, the ground truth)."""
     g = torch.Generator().manual_seed(seed)
     label = torch.randint(0, 3, (n,), generator=g)
     intensity = 0.5 + 0.5 * torch.rand(n, generator=g)
@@ -45,7 +46,10 @@ def cohort(n: int = 96, seed: int = 0) -> IncompleteDataset:
     data = {"A": intensity[:, None, None, None] * blob[:, None] + noise(), "B": intensity[:, None, None, None] * bar[:, None] + noise()}
     masks = {"A": torch.rand(n, generator=g) > 0.2, "B": torch.rand(n, generator=g) > 0.2}
     masks["A"] |= ~masks["B"]
-    return IncompleteDataset(data, masks, labels=label, ids=[f"sub-{i:03d}" for i in range(n)])
+    ids = [f"sub-{i:03d}" for i in range(n)]
+    if complete:
+        return MultimodalBaseDataset(data, labels=label, ids=ids)
+    return IncompleteDataset(data, masks, labels=label, ids=ids)
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +178,46 @@ def test_evaluate_run_on_a_cohort_with_new_subjects_and_without_the_training_one
     only_new = cohort_with_new.subset([i for i, s in enumerate(cohort_with_new.ids) if s.startswith("new-")])
     with pytest.raises(MetricError, match="training subjects"):
         evaluate.evaluate_run(run_dir, only_new, config=EvaluationConfig(sections=["imputation"]), device="cpu")
+
+
+def test_ground_truth_scores_the_hidden_modalities_too(trained):
+    model, _, train, test, _ = trained
+    truth = cohort(complete=True)
+    observed_only = imputation_metrics(model, train, test, subsets=[["A"]])
+    with_truth = imputation_metrics(model, train, test, subsets=[["A"]], ground_truth=truth)
+    n = {r["target"]: r["n_samples"] for r in with_truth if r["metric"] == "mse"}
+    assert n["B"] == int(test.masks["A"].sum()) > next(r["n_samples"] for r in observed_only if r["target"] == "B")
+    hidden = test.subset([i for i in range(len(test)) if not bool(test.masks["B"][i])])
+    on_hidden = imputation_metrics(model, train, hidden, subsets=[["A"]], ground_truth=truth)
+    assert all(r["model"] < r["train_mean"] for r in on_hidden if r["metric"] == "mse")
+    with pytest.raises(MetricError, match="lacks test subjects"):
+        imputation_metrics(model, train, test, ground_truth=truth.subset(range(3)))
+
+
+def test_on_the_demo_cohort_mvae_beats_the_training_mean_for_t1(tmp_path):
+    """The 2D demo phantom (T1, T2 and a sector-masked ultrasound), 64 subjects of 16x16.
+
+    At this size the model reconstructs T1 and imputes it from T2 better than the training mean; the
+    cross-modal predictions of T2 and US are not better than the mean yet (the k-NN baseline does not
+    beat it either), so they are reported but not asserted here.
+    """
+    from core.data.demo import DemoSpec, make_demo_dataset
+
+    dataset, truth = make_demo_dataset(DemoSpec(n_subjects=64, shape=(16, 16), dims=2, modalities=("T1", "T2", "US")))
+    train, validation, test = split_by_subject(dataset, (0.6, 0.15, 0.25), seed=0)
+    torch.manual_seed(0)
+    params = {m: {"scale": 0.2} for m in dataset.modalities}
+    model = MVAE(MVAEConfig(n_modalities=3, latent_dim=8, input_dims=dataset.input_dims, warmup=3, decoder_dist_params=params))
+    Trainer(model, train, validation, TrainerConfig(num_epochs=30, batch_size=8, learning_rate=2e-3, device="cpu")).train()
+    rows = imputation_metrics(model, train, test, subsets=[["T1"], ["T2"], ["US"], ["T1", "T2", "US"]])
+    scored = {(r["subset"], r["target"], r["metric"]): r for r in rows}
+    for key in [("T1", "T1"), ("T1+T2+US", "T1"), ("T2", "T1")]:
+        assert scored[(*key, "mse")]["model"] < scored[(*key, "mse")]["train_mean"], key
+        assert scored[(*key, "ssim")]["model"] > scored[(*key, "ssim")]["train_mean"], key
+    # Ultrasound is scored inside its sector only: the same subjects, but fewer voxels than the image.
+    us = scored[("T1", "US", "mse")]
+    assert us["n_samples"] == int((test.masks["T1"] & test.masks["US"]).sum())
+    assert test.observation_masks["US"].float().mean() < 0.9
+    # With the demo's ground truth the hidden modalities are scored as well.
+    hidden = imputation_metrics(model, train, test, subsets=[["T1"]], ground_truth=truth)
+    assert next(r for r in hidden if r["target"] == "T2")["n_samples"] == int(test.masks["T1"].sum())
