@@ -74,12 +74,12 @@ def child(mode: str, workdir: Path) -> None:
     if mode == "memory":
         ds, _ = load_cohort_dataset(workdir / "cohort", PreprocessingConfig(**TARGET))
         batches = 0
-        for b in DataLoader(ds, batch_size=4, collate_fn=collate_multimodal):
+        for _batch in DataLoader(ds, batch_size=4, collate_fn=collate_multimodal):
             batches += 1
     else:
         ds = H5CohortDataset(workdir / f"cohort-{mode}.h5")
         batches = 0
-        for b in DataLoader(ds, batch_size=4, collate_fn=collate_multimodal, num_workers=0):
+        for _batch in DataLoader(ds, batch_size=4, collate_fn=collate_multimodal, num_workers=0):
             batches += 1
     elapsed = time.perf_counter() - t
     rss = _hwm_mib()
