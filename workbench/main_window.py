@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Slot
+from PySide6.QtCore import QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -219,7 +219,6 @@ class MainWindow(QMainWindow):
         bar.setObjectName("MainToolbar")
         bar.setMovable(False)
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        self.open_demo_tool = QAction("Demo", self)
         for a in (self.act_open_folder, self.act_open_manifest, self.act_open_demo):
             bar.addAction(a)
         bar.addSeparator()
@@ -421,6 +420,3 @@ class MainWindow(QMainWindow):
             if shutdown is not None:
                 shutdown()
         event.accept()
-
-    def changeEvent(self, event: QEvent) -> None:
-        super().changeEvent(event)

@@ -69,11 +69,14 @@ class UiThreadGarbageCollector(QObject):
         self._timer.timeout.connect(self.check)
 
     def start(self) -> None:
+        gc.collect()
+        gc.freeze()  # what exists at start-up (modules, Qt wrappers) lives on: keep it out of every scan
         gc.disable()
         self._timer.start()
 
     def stop(self) -> None:
         self._timer.stop()
+        gc.unfreeze()
         gc.enable()
 
     @Slot()

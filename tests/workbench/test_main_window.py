@@ -81,3 +81,18 @@ def test_uncaught_errors_become_messages_and_the_app_keeps_running(make_window: 
     assert (sys.excepthook, threading.excepthook) == before
     window.page_actions[1].trigger()  # still alive and responsive
     assert window.current_page() is window.model_page
+
+
+def test_a_gpu_torch_cannot_use_is_reported(make_window: Any, monkeypatch: Any) -> None:
+    import torch
+
+    import workbench.environment as environment
+
+    monkeypatch.setattr(environment, "_nvidia_gpu_present", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    info = environment.device_info()
+    assert info.name == "CPU" and "NVIDIA GPU is present" in info.warning
+    window = make_window()
+    assert window.messages.has("device")
+    assert window.device_status.property("level") == "warning"
+    assert "Warning" in window.about_text() and "NVIDIA GPU is present" in window.about_text()

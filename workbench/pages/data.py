@@ -408,9 +408,16 @@ class DataPage(QWidget):
         self.matrix.set_matrix(info.subjects, info.modalities, info.states, info.tooltips)
         counts = info.counts
         complete = int((info.states == PRESENT).all(axis=1).sum())
+        patterns: dict[str, int] = {}
+        for row in info.states == PRESENT:
+            key = "+".join(m for m, on in zip(info.modalities, row, strict=True) if on) or "none usable"
+            patterns[key] = patterns.get(key, 0) + 1
+        ranked = sorted(patterns.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{p} ({n})" for p, n in ranked[:6]) + (f", and {len(ranked) - 6} more" if len(ranked) > 6 else "")
         self.counts_label.setText(
             f"<b>{len(info.subjects)}</b> subjects · <b>{complete}</b> with every modality · "
-            + " · ".join(f"{m}: <b>{c}</b>" for m, c in counts.items()))
+            + " · ".join(f"{m}: <b>{c}</b>" for m, c in counts.items())
+            + f"<br><span style='color:gray'>Patterns: {shown}</span>")
         self.source_label.setText(f"{source_label(info.source)} · {info.layout} · {info.root}")
         self._show_issues(info)
         self.preview_subject.clear()

@@ -365,7 +365,7 @@ class TrainPage(QWidget):
         self.overall_label.setText("Overall")
         self.loss_label.setText("")
         self.checkpoint_label.setText("")
-        self.preview_grid.show_message("A preview appears after the first epoch.")
+        self.preview_grid.prepare_rows(self.state.modalities(), "A preview appears after the first epoch.")
         self._last_update = time.monotonic()
         self._set_phase("loading")
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from workbench.resources import plot_colors
 
@@ -46,7 +46,8 @@ def middle_slices(array: np.ndarray, planes: Sequence[str] = PLANES) -> dict[str
 
 def display_levels(*arrays: np.ndarray | None) -> tuple[float, float]:
     """A shared display window: 1st..99th percentile of the non-zero finite voxels of all ``arrays``."""
-    values = [np.asarray(a, dtype=np.float32).ravel() for a in arrays if a is not None]
+    # A strided sample is plenty for a display window and keeps this cheap on the UI thread.
+    values = [np.asarray(a, dtype=np.float32).ravel()[:: max(1, np.asarray(a).size // 20_000)] for a in arrays if a is not None]
     if not values:
         return 0.0, 1.0
     v = np.concatenate(values)
@@ -145,63 +146,117 @@ class SliceView(QWidget):
         super().changeEvent(event)
 
 
+class _Cell:
+    """One volume of a :class:`SliceGrid`: its view boxes (one per plane), images and caption."""
+
+    def __init__(self, layout: pg.GraphicsLayout, planes: Sequence[str]) -> None:
+        self.layout = layout
+        self.array: np.ndarray | None = None
+        self.caption = layout.addLabel("", row=1, col=0, colspan=max(1, len(planes)), size="8pt")
+        self.boxes: dict[str, pg.ViewBox] = {}
+        self.images: dict[str, pg.ImageItem] = {}
+        for col, plane in enumerate(planes):
+            box = layout.addViewBox(row=0, col=col, lockAspect=True, enableMouse=True)
+            box.setMenuEnabled(False)
+            image = pg.ImageItem(axisOrder="col-major")
+            box.addItem(image)
+            self.boxes[plane], self.images[plane] = box, image
+
+    def set_volume(self, array: np.ndarray | None, levels: tuple[float, float] | None, note: str, color: str) -> None:
+        self.caption.setText(note, color=color)
+        if array is None:
+            self.array = None
+            for image in self.images.values():
+                image.clear()
+            return
+        self.array = _as_volume(array)
+        slices = middle_slices(self.array, tuple(self.images))
+        lv = levels or display_levels(self.array)
+        for plane, cut in zip(self.images, slices.values(), strict=False):
+            self.images[plane].setImage(np.nan_to_num(cut), levels=lv, autoLevels=False)
+            self.boxes[plane].autoRange(padding=0.02)
+
+
 class SliceGrid(QWidget):
-    """Rows of labelled volumes with column headers, e.g. modality x (real, generated)."""
+    """Rows of labelled volumes under column headers (modality x real/generated, before/after), drawn in
+    one pyqtgraph canvas so that a preview with many volumes stays cheap to build and to update."""
 
     def __init__(self, columns: Sequence[str], planes: Sequence[str] = ("axial", "coronal"),
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.columns = list(columns)
         self.planes = tuple(planes)
-        self.grid = QGridLayout(self)
-        self.grid.setContentsMargins(0, 0, 0, 0)
-        self.grid.setSpacing(4)
-        self.views: dict[tuple[str, str], SliceView] = {}
-        self._row_labels: list[QLabel] = []
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.setMinimumHeight(120)
         self.message = QLabel("")
         self.message.setObjectName("PageHint")
         self.message.setWordWrap(True)
         self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        for col, name in enumerate(self.columns):
-            header = QLabel(f"<b>{name}</b>")
-            header.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            self.grid.addWidget(header, 0, col + 1)
-        self.grid.addWidget(self.message, 1, 0, 1, len(self.columns) + 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.graphics, 1)
+        layout.addWidget(self.message, 1)
+        self.views: dict[tuple[str, str], _Cell] = {}
+        self._rows: list[str] = []
+        self._row_labels: list[pg.LabelItem] = []
+        self.apply_plot_theme()
+        self.show_message("")
+
+    def _build(self, row_names: list[str]) -> None:
+        self.graphics.clear()
+        self.views.clear()
+        fg = plot_colors()["foreground"]
+        for c, name in enumerate(self.columns):
+            self.graphics.addLabel(f"<b>{name}</b>", row=0, col=c + 1, color=fg)
+        self._row_labels = []
+        for r, row in enumerate(row_names):
+            self._row_labels.append(self.graphics.addLabel(f"<b>{row}</b>", row=r + 1, col=0, color=fg))
+            for c, column in enumerate(self.columns):
+                cell_layout = self.graphics.addLayout(row=r + 1, col=c + 1)
+                self.views[(row, column)] = _Cell(cell_layout, self.planes)
+        self.graphics.ci.layout.setColumnStretchFactor(0, 0)
+        self._rows = list(row_names)
+
+    def prepare_rows(self, row_names: Sequence[str], message: str = "") -> None:
+        """Build the cells for ``row_names`` now (e.g. when a run starts) so the first update is cheap."""
+        if list(row_names) != self._rows:
+            self._build(list(row_names))
+        for cell in self.views.values():
+            cell.set_volume(None, None, "", plot_colors()["foreground"])
+        self.show_message(message)
 
     def set_rows(self, rows: Sequence[tuple[str, Sequence[np.ndarray | None], str]], shared_levels: bool = True,
                  notes: Sequence[Sequence[str]] | None = None) -> None:
         """``rows``: (label, one array per column (None: nothing to show), tooltip). Levels are shared per row."""
-        wanted = [label for label, _, _ in rows]
-        for (row_label, col), view in list(self.views.items()):
-            if row_label not in wanted:
-                self.grid.removeWidget(view)
-                view.deleteLater()
-                del self.views[(row_label, col)]
-        for label in self._row_labels:
-            self.grid.removeWidget(label)
-            label.deleteLater()
-        self._row_labels = []
-        self.message.setVisible(not rows)
+        names = [label for label, _, _ in rows]
+        if names != self._rows:
+            self._build(names)
+        fg = plot_colors()["foreground"]
+        tips = []
         for r, (label, arrays, tip) in enumerate(rows):
-            row_label = QLabel(f"<b>{label}</b>")
-            row_label.setToolTip(tip)
-            self.grid.addWidget(row_label, r + 2, 0)
-            self._row_labels.append(row_label)
             levels = display_levels(*arrays) if shared_levels else None
             for c, array in enumerate(arrays):
-                key = (label, self.columns[c])
-                view = self.views.get(key)
-                if view is None:
-                    view = SliceView("", self.planes)
-                    self.views[key] = view
-                    self.grid.addWidget(view, r + 2, c + 1)
                 note = notes[r][c] if notes is not None else ""
-                view.set_volume(array, title=note, levels=levels, message=note or "not available")
-            self.grid.setRowStretch(r + 2, 1)
+                self.views[(label, self.columns[c])].set_volume(array, levels, note or ("" if array is not None else "not available"), fg)
+            if tip:
+                tips.append(f"{label}: {tip}")
+        self.graphics.setToolTip("\n".join(tips))
+        self.show_message("" if rows else "Nothing to show.")
 
     def show_message(self, text: str) -> None:
         self.message.setText(text)
         self.message.setVisible(bool(text))
+        self.graphics.setVisible(not text)
 
-    def view(self, row: str, column: str) -> SliceView:
+    def view(self, row: str, column: str) -> _Cell:
         return self.views[(row, column)]
+
+    def apply_plot_theme(self) -> None:
+        self.graphics.setBackground(plot_colors()["background"])
+        if self._rows:
+            self._build(list(self._rows))  # labels take the new colours; images come with the next update
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self.graphics.setBackground(plot_colors()["background"])
+        super().changeEvent(event)
