@@ -4,6 +4,7 @@
     mmvae train CONFIG.yaml [--out RUN]      train a model described by a run YAML
     mmvae resume RUN [--epochs N]            continue a stopped or crashed run
     mmvae impute RUN DATA --out OUT          fill every subject's missing modalities (NIfTI)
+    mmvae evaluate RUN DATA --out FILE       metrics beside mean and k-NN baselines (JSON or CSV)
     mmvae models                             list the registered models
     mmvae info DATA                          summarise a cohort and its missingness
 
@@ -163,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the registered models")
     models.set_defaults(func=_cmd_models)
+
+    evaluate = commands.add_parser("evaluate", help="measure a run's imputation, coherence, likelihood and latents")
+    from core import evaluate as evaluation
+
+    evaluation.add_arguments(evaluate)
+    evaluate.set_defaults(func=evaluation.run_from_args)
 
     info = commands.add_parser("info", help="summarise a cohort")
     info.add_argument("data")
