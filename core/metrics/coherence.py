@@ -11,7 +11,7 @@ generated images:
   than the classifier itself, so read cross coherence against this number.
 
 Accuracies are **class-balanced** (the mean over classes of the per-class recall,
-``sklearn.metrics.balanced_accuracy_score``), as in MultiVae's evaluator, so that a model that always
+``sklearn.metrics.balanced_accuracy_score``, see :func:`class_scores`), as in MultiVae's evaluator, so that a model that always
 generates the majority class does not look good on an unbalanced cohort; the plain accuracy is
 reported beside it.
 
@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 from core.data.dataset import MultimodalBaseDataset
@@ -36,6 +35,7 @@ from core.metrics._common import (
     MetricError,
     Steps,
     batches_of,
+    class_scores,
     downsample,
     labels_of,
     resolve_subsets,
@@ -98,11 +98,7 @@ def classify(classifier: Classifier, x: torch.Tensor) -> np.ndarray:
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "n_samples": int(len(y_true)),
-    }
+    return {**class_scores(y_true, y_pred), "n_samples": int(len(y_true))}
 
 
 def coherence_metrics(

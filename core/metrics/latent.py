@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 from core.data.dataset import MultimodalBaseDataset
-from core.metrics._common import MetricError, Steps, batches_of, labels_of
+from core.metrics._common import MetricError, Steps, batches_of, class_scores, labels_of
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["latent_means", "latent_metrics"]
@@ -54,10 +53,6 @@ def latent_means(
         model.train(was_training)
     means = np.concatenate(chunks) if chunks else np.zeros((0, model.latent_dim))
     return means, np.asarray(index, dtype=int)
-
-
-def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {"balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)), "accuracy": float(accuracy_score(y_true, y_pred))}
 
 
 def latent_metrics(
@@ -94,13 +89,13 @@ def latent_metrics(
         for cluster in range(k):
             members = y_train[kmeans.labels_ == cluster]
             mapping[cluster] = int(np.bincount(members - y_train.min()).argmax() + y_train.min()) if len(members) else int(classes[0])
-        runs.append(_scores(y_test, np.array([mapping[c] for c in kmeans.predict(z_test)])))
+        runs.append(class_scores(y_test, np.array([mapping[c] for c in kmeans.predict(z_test)])))
         steps.advance("k-means")
     clustering = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
     clustering.update(n_clusters=k, n_runs=n_runs)
     steps.check()
     scaler = StandardScaler().fit(z_train)
     probe = LogisticRegression(max_iter=2000, random_state=seed).fit(scaler.transform(z_train), y_train)
-    linear = _scores(y_test, probe.predict(scaler.transform(z_test)))
+    linear = class_scores(y_test, probe.predict(scaler.transform(z_test)))
     steps.advance("linear probe")
     return {"clustering": clustering, "linear_probe": linear, "n_train": int(len(i_train)), "n_test": int(len(i_test))}
