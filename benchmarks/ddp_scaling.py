@@ -87,6 +87,7 @@ def run(world_size: int, threads: int, args: dict, tmp: Path) -> dict:
 
 
 def main() -> None:
+    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the numbers
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--n", type=int, default=512)
@@ -111,7 +112,8 @@ def main() -> None:
         "data": f"synthetic 2 modalities 1x{args['size']}x{args['size']}, {args['n']} subjects, B missing for ~20%",
         "global_batch_size": args["batch_size"],
         "backend": "gloo (CPU)",
-        "machine": {"platform": platform.platform(), "cpu_count": cores, "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "cpu_count": cores, "torch": torch.__version__,
+                    "load_average_1min_at_start": load_at_start},
         "results": results,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

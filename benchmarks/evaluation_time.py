@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -103,6 +104,7 @@ def measure(name: str, case: dict, device: str, nll_k: int, n_joint: int) -> dic
 
 
 def main() -> None:
+    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the numbers
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--nll-k", type=int, default=100)
@@ -114,7 +116,8 @@ def main() -> None:
         print(json.dumps(results[-1]))
     payload = {
         "benchmark": "evaluation_time",
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "load_average_1min_at_start": load_at_start},
         "results": results,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
