@@ -465,6 +465,19 @@ class TrainPage(QWidget):
         if val is not None:
             text += f", validation loss {val:.5g}" + ("  \u2605 best so far" if record.is_best else "")
         self.loss_label.setText(text + f" ({record.seconds:.1f} s)")
+        self._update_current_row(record)
+
+    def _update_current_row(self, record: EpochRecord) -> None:
+        """Keep the running run's line of the runs list current without re-reading every run folder."""
+        for row, summary in enumerate(self._summaries):
+            if str(summary.path) != self._run_id:
+                continue
+            self.runs_table.item(row, 3).setText("running")
+            self.runs_table.item(row, 4).setText(f"{record.epoch}/{summary.num_epochs}")
+            best = self.loss_plot.best(self._run_id) if self._run_id and self.loss_plot.has_run(self._run_id) else None
+            if best is not None:
+                self.runs_table.item(row, 5).setText(f"{best[1]:.5g}")
+            return
 
     @Slot(str)
     def _on_checkpoint(self, path: str) -> None:

@@ -297,8 +297,7 @@ class LossPlot(QWidget):
     def _rebuild_term_list(self) -> None:
         self.term_list.blockSignals(True)
         self.term_list.clear()
-        ordered = sorted(self._terms, key=lambda t: (t != "loss", t in _NOT_LOSSES, t))
-        for term in ordered:
+        for term in self._display_order():
             item = QListWidgetItem(term)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked if term in self._checked_terms else Qt.CheckState.Unchecked)
@@ -370,9 +369,14 @@ class LossPlot(QWidget):
         multi = len(self._runs) > 1
         return f"{label + ' · ' if multi else ''}{term} ({SPLITS[split]})"
 
+    def _display_order(self) -> list[str]:
+        return sorted(self._terms, key=lambda t: (t != "loss", t in _NOT_LOSSES, t))
+
     def _color(self, run: _Run, term: str) -> QColor:
-        index = run.color_index * 3 + sorted(self._terms).index(term) if term in self._terms else run.color_index
-        return QColor(_PALETTE[index % len(_PALETTE)])
+        """Each run starts at its own colour; a run's terms take the next ones (the total loss the first)."""
+        order = self._display_order()
+        rank = order.index(term) if term in order else 0
+        return QColor(_PALETTE[(run.color_index * 3 + rank) % len(_PALETTE)])
 
     @Slot()
     def _redraw(self) -> None:

@@ -100,6 +100,7 @@ class SliceView(QWidget):
                 self.graphics.addLabel(plane, row=1, col=col, size="8pt", color=plot_colors()["foreground"])
             box = self.graphics.addViewBox(row=0, col=col, lockAspect=True, enableMouse=True)
             box.setMenuEnabled(False)
+            box.enableAutoRange(enable=True)
             image = pg.ImageItem(axisOrder="col-major")
             box.addItem(image)
             self.images[plane] = image
@@ -122,7 +123,6 @@ class SliceView(QWidget):
         lv = levels or display_levels(self.array)
         for plane, cut in slices.items():
             self.images[plane].setImage(np.nan_to_num(cut), levels=lv, autoLevels=False)
-            self.boxes[plane].autoRange(padding=0.02)
         self.graphics.setVisible(True)
         self.placeholder.setVisible(False)
         self.setToolTip(f"shape {tuple(self.array.shape)}, window {lv[0]:.3g} .. {lv[1]:.3g}. Drag to pan, wheel to zoom.")
@@ -152,15 +152,21 @@ class _Cell:
     def __init__(self, layout: pg.GraphicsLayout, planes: Sequence[str]) -> None:
         self.layout = layout
         self.array: np.ndarray | None = None
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
         self.caption = layout.addLabel("", row=1, col=0, colspan=max(1, len(planes)), size="8pt")
+        self.caption.setMaximumHeight(16)
         self.boxes: dict[str, pg.ViewBox] = {}
         self.images: dict[str, pg.ImageItem] = {}
         for col, plane in enumerate(planes):
             box = layout.addViewBox(row=0, col=col, lockAspect=True, enableMouse=True)
             box.setMenuEnabled(False)
+            box.enableAutoRange(enable=True)  # re-fit when the cell is resized, not only when the image changes
             image = pg.ImageItem(axisOrder="col-major")
             box.addItem(image)
             self.boxes[plane], self.images[plane] = box, image
+        layout.layout.setRowStretchFactor(0, 1)
+        layout.layout.setRowStretchFactor(1, 0)
 
     def set_volume(self, array: np.ndarray | None, levels: tuple[float, float] | None, note: str, color: str) -> None:
         self.caption.setText(note, color=color)
@@ -174,7 +180,6 @@ class _Cell:
         lv = levels or display_levels(self.array)
         for plane, cut in zip(self.images, slices.values(), strict=False):
             self.images[plane].setImage(np.nan_to_num(cut), levels=lv, autoLevels=False)
-            self.boxes[plane].autoRange(padding=0.02)
 
 
 class SliceGrid(QWidget):
@@ -206,15 +211,25 @@ class SliceGrid(QWidget):
         self.graphics.clear()
         self.views.clear()
         fg = plot_colors()["foreground"]
+        grid = self.graphics.ci
+        grid.setContentsMargins(2, 2, 2, 2)
+        grid.setSpacing(2)
         for c, name in enumerate(self.columns):
-            self.graphics.addLabel(f"<b>{name}</b>", row=0, col=c + 1, color=fg)
+            header = self.graphics.addLabel(f"<b>{name}</b>", row=0, col=c + 1, color=fg)
+            header.setMaximumHeight(18)
         self._row_labels = []
         for r, row in enumerate(row_names):
-            self._row_labels.append(self.graphics.addLabel(f"<b>{row}</b>", row=r + 1, col=0, color=fg))
+            label = self.graphics.addLabel(f"<b>{row}</b>", row=r + 1, col=0, color=fg)
+            label.setMaximumWidth(60)
+            self._row_labels.append(label)
             for c, column in enumerate(self.columns):
                 cell_layout = self.graphics.addLayout(row=r + 1, col=c + 1)
                 self.views[(row, column)] = _Cell(cell_layout, self.planes)
-        self.graphics.ci.layout.setColumnStretchFactor(0, 0)
+            grid.layout.setRowStretchFactor(r + 1, 1)
+        grid.layout.setRowStretchFactor(0, 0)
+        grid.layout.setColumnStretchFactor(0, 0)
+        for c in range(len(self.columns)):
+            grid.layout.setColumnStretchFactor(c + 1, 1)
         self._rows = list(row_names)
 
     def prepare_rows(self, row_names: Sequence[str], message: str = "") -> None:
