@@ -5,6 +5,7 @@
     mmvae resume RUN [--epochs N]            continue a stopped or crashed run
     mmvae impute RUN DATA --out OUT          fill every subject's missing modalities (NIfTI)
     mmvae evaluate RUN DATA --out FILE       metrics beside mean and k-NN baselines (JSON or CSV)
+    mmvae report RUN [DATA] --out FILE.html  self-contained HTML report: curves, latent space, synthesis
     mmvae models                             list the registered models
     mmvae info DATA                          summarise a cohort and its missingness
 
@@ -170,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation.add_arguments(evaluate)
     evaluate.set_defaults(func=evaluation.run_from_args)
+
+    report = commands.add_parser("report", help="write a run's HTML report (curves, latent space, synthesis, metrics)")
+    from core import report as reporting
+
+    reporting.add_arguments(report)
+    report.set_defaults(func=reporting.run_from_args)
 
     info = commands.add_parser("info", help="summarise a cohort")
     info.add_argument("data")
