@@ -22,18 +22,17 @@ Nothing here modifies an input file; writers write a temporary file beside the t
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import struct
 import uuid
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from core.atomic import atomic_path, atomic_write_json
 
 __all__ = [
     "ImagingError",
@@ -793,39 +792,8 @@ def read_volume(
 # --------------------------------------------------------------------------------------------------------
 
 
-def _suffix_of(path: Path) -> str:
-    name = _lower_name(path)
-    for suffix in IMAGE_SUFFIXES + (".json",):
-        if name.endswith(suffix):
-            return path.name[-len(suffix):]
-    return path.suffix
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` if the block succeeds.
-
-    The temporary file is removed if the block raises, so a failed or cancelled write leaves nothing behind.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = _suffix_of(path)
-    tmp = path.with_name(f".{path.name[: -len(suffix)] if suffix else path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_json_atomic(path: str | os.PathLike, payload: Any, *, overwrite: bool = True) -> Path:
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_json(path, payload, overwrite=overwrite)
 
 
 def _checked_array(array: Any, geometry: Geometry, path: Path) -> np.ndarray:

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import core
+from core.atomic import atomic_save_tensors, atomic_write_json
 from core.data.dataset import DatasetOutput, MultimodalBaseDataset
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.gaussian import rsample
@@ -334,43 +334,13 @@ def sample_latent(mu: torch.Tensor, logvar: torch.Tensor, N: int, return_mean: b
     return z
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str] | None = None) -> None:
-    """safetensors file written to a temporary name and renamed, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(payload: Any, path: Path) -> None:
-    _atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-
-
 def save_bundle(model: MultimodalVAE, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``model_config.json`` into the folder ``path``; no pickle anywhere."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(model.state_dict(), folder / BUNDLE_WEIGHTS, {"model": model.name})
     atomic_write_json(
+        folder / BUNDLE_CONFIG,
         {
             "format": BUNDLE_FORMAT,
             "model": model.name,
@@ -378,7 +348,7 @@ def save_bundle(model: MultimodalVAE, path: str | os.PathLike[str], metadata: Ma
             "software_version": core.__version__,
             "metadata": dict(metadata or {}),
         },
-        folder / BUNDLE_CONFIG,
+        sort_keys=True,
     )
     return folder
 

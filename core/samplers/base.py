@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file
 
+from core.atomic import atomic_save_tensors, atomic_write_json
 from core.data.dataset import MultimodalBaseDataset
 from core.metrics._common import Steps, batches_of, seeded
 from core.models._shared.outputs import ModelOutput
-from core.models.base import atomic_save_tensors, atomic_write_json
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["LatentSampler", "SamplerError", "encode_training_latents", "register_sampler", "load_sampler",
@@ -156,9 +156,10 @@ class LatentSampler:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(self.state(), folder / "sampler.safetensors", {"sampler": self.name})
         atomic_write_json(
+            folder / "sampler.json",
             {"format": SAMPLER_FORMAT, "sampler": self.name, "config": self.config(), "latent_dim": self.latent_dim,
              "latent_shape": list(self.latent_shape or (self.latent_dim,)), "metadata": dict(metadata or {})},
-            folder / "sampler.json",
+            sort_keys=True,
         )
         return folder
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from core.atomic import atomic_write_text
 
 __all__ = ["split_tensors", "merge_tensors", "save_state", "load_state", "atomic_write_text", "replace_directory"]
 
@@ -52,22 +53,6 @@ def merge_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     if isinstance(obj, list):
         return [merge_tensors(v, tensors) for v in obj]
     return obj
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary sibling, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_state(state: Any, folder: Path, name: str) -> None:

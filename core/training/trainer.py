@@ -42,9 +42,10 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from core.atomic import atomic_save_tensors
 from core.data.dataset import collate_multimodal
 from core.models._shared.annealing import TrainingProgress
-from core.models.base import MultimodalVAE, TrainingStage, atomic_save_tensors, save_bundle
+from core.models.base import MultimodalVAE, TrainingStage, save_bundle
 from core.training.callbacks import BatchProgress, Callback, EpochRecord
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
