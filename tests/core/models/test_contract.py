@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from core.data import IncompleteDataset, MultimodalBaseDataset
-from core.models import IncompleteDataError, TrainingProgress, available, build_model, config_to_dict, get_model_class, load
+from core.models import (
+    IncompleteDataError,
+    TrainingProgress,
+    available,
+    build_model,
+    config_to_dict,
+    get_model_class,
+    load,
+)
 from core.models.config import config_schema
 
 INPUT_DIMS = {"a": (6,), "b": (1, 8, 8), "c": (4,)}
