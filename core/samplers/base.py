@@ -12,7 +12,7 @@ parameters in ``sampler.safetensors``, the settings in ``sampler.json``; a run k
 ``<run>/samplers/<name>/``.
 
 References:
-    Ghosh, Sajjadi, Vergari, Black & Schölkopf, "From Variational to Deterministic Autoencoders",
+    Ghosh, Sajjadi, Vergari, Black & Schoelkopf, "From Variational to Deterministic Autoencoders",
     ICLR 2020 (ex-post density estimation). https://arxiv.org/abs/1903.12436
 """
 
