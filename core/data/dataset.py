@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.outputs import AttrDict
+
 __all__ = [
     "DatasetOutput",
     "MultimodalBaseDataset",
@@ -38,21 +40,12 @@ class DatasetError(ValueError):
     """Raised when data handed to a dataset is inconsistent; the message says what and how to fix it."""
 
 
-class DatasetOutput(dict):
+class DatasetOutput(AttrDict):
     """A sample or a batch: ``data``, ``masks``, ``labels``, ``ids`` and ``observation_masks``.
 
-    A dict with attribute access, so ``batch.data`` and ``batch["data"]`` both work. In a batch,
-    ``masks`` is always present (all True for complete data), so models never test for its existence.
+    ``batch.data`` and ``batch["data"]`` both work. In a batch, ``masks`` is always present (all True
+    for complete data), so models never test for its existence.
     """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
 
     @property
     def modalities(self) -> list[str]:

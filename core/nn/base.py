@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.models._shared.outputs import ModelOutput
+from core.outputs import ModelOutput
 
 __all__ = ["BaseEncoder", "BaseDecoder", "EncoderOutput", "DecoderOutput", "as_gaussian", "as_reconstruction"]
 

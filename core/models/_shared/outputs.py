@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from core.outputs import ModelOutput
+
 __all__ = ["ModelOutput", "LossOutput"]
-
-
-class ModelOutput(dict):
-    """A dict with attribute access, returned by ``encode``, ``decode``, ``predict`` and generation."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
 
 
 @dataclass
