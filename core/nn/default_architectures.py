@@ -113,7 +113,8 @@ class ConvEncoder(BaseEncoder):
 
 
 class ConvDecoder(BaseDecoder):
-    """Linear to a coarse grid, transposed convolutions doubling it, crop to the exact output shape."""
+    """Linear to a coarse grid, transposed convolutions doubling it (the last one emits the output
+    channels directly, which halves the cost at full resolution), then a crop to the exact shape."""
 
     def __init__(self, latent_dim: int, output_shape: Sequence[int], base_channels: int = 16, max_channels: int = 128) -> None:
         super().__init__()
@@ -125,9 +126,9 @@ class ConvDecoder(BaseDecoder):
         self.coarse = [math.ceil(s / 2**n_down) for s in spatial]
         self.widths = widths
         self.project = nn.Sequential(nn.Linear(latent_dim, widths[0] * math.prod(self.coarse)), nn.SiLU())
-        self.upsample = _conv_stack(dims, [*widths, widths[-1]], transpose=True)
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        self.head = conv(widths[-1], channels, kernel_size=3, padding=1)
+        self.upsample = _conv_stack(dims, widths, transpose=True)
+        transpose = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
+        self.head = transpose(widths[-1], channels, kernel_size=4, stride=2, padding=1)
 
     def forward(self, z: torch.Tensor) -> DecoderOutput:
         lead = z.shape[:-1]
