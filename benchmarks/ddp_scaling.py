@@ -83,7 +83,7 @@ def run(world_size: int, threads: int, args: dict, tmp: Path) -> dict:
     out = tmp / f"ddp_{world_size}x{threads}.json"
     mp.start_processes(_worker, args=(world_size, _free_port(), threads, args, str(out)), nprocs=world_size, join=True,
                        start_method="spawn")
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def main() -> None:

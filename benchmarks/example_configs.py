@@ -52,7 +52,7 @@ def main() -> None:
             print(path.stem, results[path.stem], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "example_configs.json"
-    previous = json.loads(out.read_text())["results"] if out.is_file() and args.only else {}
+    previous = json.loads(out.read_text(encoding="utf-8"))["results"] if out.is_file() and args.only else {}
     payload = {"benchmark": "example_configs", "machine": platform.platform(), "cpu_count": os.cpu_count(),
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": {**previous, **results}}
     out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -72,7 +72,7 @@ def _split(run_dir: Path, dataset: Dataset, split: str) -> tuple[list[int], list
     split_path = run_dir / "split.json"
     if not split_path.is_file():
         raise FileNotFoundError(f"{split_path} is missing: the run's training subjects are needed to fit the baselines.")
-    parts = json.loads(split_path.read_text())
+    parts = json.loads(split_path.read_text(encoding="utf-8"))
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got '{split}'.")
     train = [position[s] for s in parts.get("train", []) if s in position]

@@ -512,7 +512,7 @@ def load_cached(folder: str | os.PathLike, key: str) -> Projection | None:
     if not (meta_path.is_file() and npz_path.is_file()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         with np.load(npz_path, allow_pickle=False) as arrays:
             views = {k: arrays[f"view__{k}"] for k in meta["views"]}
             colours = {k: ColourColumn(k, v["kind"], arrays[f"colour__{k}"], list(v["categories"]))
@@ -565,7 +565,7 @@ def project_run(
         model = load_bundle(bundle, map_location=device)
     split = None
     if (run_dir / "split.json").is_file():
-        split = {k: v for k, v in json.loads((run_dir / "split.json").read_text()).items() if isinstance(v, list)}
+        split = {k: v for k, v in json.loads((run_dir / "split.json").read_text(encoding="utf-8")).items() if isinstance(v, list)}
     records = getattr(loaded, "records", None)
     categories = getattr(records, "label_categories", None)
     projection = project_cohort(model, dataset, method=method, max_points=max_points, seed=seed, params=params,

@@ -232,7 +232,7 @@ def svg_scatter(xy: np.ndarray, colours: Sequence[str], *, title: str = "", tips
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """``metrics.csv`` rows with numbers as floats (empty cells as None)."""
     rows = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             parsed: dict[str, Any] = {}
             for k, v in row.items():
@@ -462,7 +462,7 @@ def build_report(
     step("data ready")
     ctx = SynthesisContext.from_run(run_dir, loaded, model=model, device=device)
     summary = read_run_summary(run_dir)
-    config_text = config_path.read_text()
+    config_text = config_path.read_text(encoding="utf-8")
     config = yaml.safe_load(config_text) or {}
     if projection is None:
         projection = project_run(run_dir, loaded, model=ctx.model, method=method, max_points=max_points, cancel=cancel)

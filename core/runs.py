@@ -126,7 +126,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise FileNotFoundError(f"Config file {path} does not exist.")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     return parse_run_config(values or {})
@@ -235,7 +235,7 @@ def resume_run(
     if latest_checkpoint(run_dir) is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from.")
     loaded = loaded or load_data(config.data)
-    split = json.loads((run_dir / "split.json").read_text())
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     train = _subset_by_ids(loaded.dataset, split["train"])
     validation = _subset_by_ids(loaded.dataset, split["validation"]) if split.get("validation") else None
     model = build_model(config, loaded.dataset)
@@ -260,8 +260,8 @@ class RunSummary:
 def read_run_summary(run_dir: str | Path) -> RunSummary | None:
     run_dir = Path(run_dir)
     try:
-        status = json.loads((run_dir / "status.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         return None
     state = status.get("status", "unknown")

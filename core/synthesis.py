@@ -125,7 +125,7 @@ class SynthesisContext:
         split: dict[str, str] = {}
         train_ids = None
         if (run_dir / "split.json").is_file():
-            parts = json.loads((run_dir / "split.json").read_text())
+            parts = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
             split = {s: name for name in ("train", "validation", "test") for s in parts.get(name, [])}
             train_ids = parts.get("train")
         return cls(model, loaded.dataset, train_ids, getattr(loaded, "records", None), str(run_dir), split)

@@ -544,11 +544,11 @@ def write_demo_cohort(out_dir: str | os.PathLike, spec: DemoSpec, progress: Prog
             participants.append({"participant_id": sid, **{k: round(v, 4) for k, v in subject.labels.items()}, **subject.covariates})
             truth[sid] = subject.factors
             report_progress(progress, i + 1, spec.n_subjects, sid)
-        with open(staging / "manifest.csv", "w", newline="") as handle:
+        with open(staging / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["subject", "modality", "path", "observation_mask"])
             writer.writeheader()
             writer.writerows(rows)
-        with open(staging / "participants.tsv", "w", newline="") as handle:
+        with open(staging / "participants.tsv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(participants[0]), delimiter="\t")
             writer.writeheader()
             writer.writerows(participants)

@@ -359,7 +359,7 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not a model bundle: {BUNDLE_CONFIG} is missing.")
     try:
-        payload = json.loads(config_path.read_text())
+        payload = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{config_path} is not valid JSON ({exc}); the bundle is damaged.") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:

@@ -178,7 +178,7 @@ def load_sampler(folder: str | os.PathLike[str]) -> LatentSampler:
     if not info_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"{folder} is not a saved sampler: sampler.json or sampler.safetensors is missing.")
     try:
-        info = json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SamplerError(f"{info_path} is not valid JSON ({error}).") from None
     kind = info.get("sampler")

@@ -292,7 +292,7 @@ class MLflowCallback(Callback):
             raise MonitoringError(f"Cannot open the MLflow store {self.tracking_uri}: {error}") from None
         pointer = self._pointer(trainer)
         if self.run_id is None and pointer is not None and pointer.is_file():
-            self.run_id = json.loads(pointer.read_text()).get("run_id")
+            self.run_id = json.loads(pointer.read_text(encoding="utf-8")).get("run_id")
         if self.run_id is not None:
             try:
                 self.client.update_run(self.run_id, status="RUNNING")

@@ -63,7 +63,7 @@ def save_state(state: Any, folder: Path, name: str) -> None:
 
 
 def load_state(folder: Path, name: str) -> Any:
-    structure = json.loads((folder / f"{name}.json").read_text())
+    structure = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
     tensors = load_file(str(folder / f"{name}.safetensors"))
     return merge_tensors(structure, tensors)
 

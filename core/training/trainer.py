@@ -103,7 +103,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     folder = Path(run_dir) / "checkpoints"
     pointer = folder / "latest"
     if pointer.is_file():
-        candidate = folder / pointer.read_text().strip()
+        candidate = folder / pointer.read_text(encoding="utf-8").strip()
         if (candidate / "trainer_state.json").is_file():
             return candidate
     complete = sorted(p for p in folder.glob("epoch-*") if (p / "trainer_state.json").is_file())
@@ -669,7 +669,7 @@ class Trainer:
             if found is None:
                 raise FileNotFoundError(f"No complete checkpoint in {path}; nothing to resume.")
             path = found
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         weights = load_file(str(path / "model.safetensors"), device=str(self.device))
         self.model.load_state_dict(weights)
         stages = {s.name: s for s in self.model.stages}

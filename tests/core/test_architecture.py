@@ -28,7 +28,7 @@ def test_no_pickle_loading_in_the_product():
     offenders = []
     for folder in ("core", "workbench"):
         for path in (root / folder).rglob("*.py"):
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
             if "pickle.load" in text or "torch.load(" in text or "allow_pickle=True" in text:
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []

@@ -42,22 +42,22 @@ def test_train_resume_and_impute(workspace, capsys):
     assert main(["train", str(config_path), "--out", str(run), "--quiet"]) == 0
     for name in ("config.yaml", "command.txt", "metrics.csv", "status.json", "split.json", "final_model/model.safetensors"):
         assert (run / name).exists(), name
-    assert "mmvae train" in (run / "command.txt").read_text()
-    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert "mmvae train" in (run / "command.txt").read_text(encoding="utf-8")
+    assert json.loads((run / "status.json").read_text(encoding="utf-8"))["status"] == "completed"
     # training again into the same folder is refused: resume instead
     assert main(["train", str(config_path), "--out", str(run), "--quiet"]) == 1
     assert "resume" in capsys.readouterr().err
 
     assert main(["resume", str(run), "--epochs", "3", "--quiet"]) == 0
-    status = json.loads((run / "status.json").read_text())
+    status = json.loads((run / "status.json").read_text(encoding="utf-8"))
     assert status["epochs_completed"] == 3 and status["status"] == "completed"
-    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4  # header + 3 epochs, same curve continued
+    assert len((run / "metrics.csv").read_text(encoding="utf-8").strip().splitlines()) == 4  # header + 3 epochs, same curve continued
 
     out = root / "synth"
     assert main(["impute", str(run), str(cohort), "--out", str(out), "--samples", "3", "--uncertainty", "--quiet"]) == 0
     import csv
 
-    present = {(r["subject"], r["modality"]): r["path"] for r in csv.DictReader(open(cohort / "manifest.csv"))}
+    present = {(r["subject"], r["modality"]): r["path"] for r in csv.DictReader(open(cohort / "manifest.csv", encoding="utf-8"))}
     subjects = sorted({s for s, _ in present})
     expected = {(s, m) for s in subjects for m in ("T1", "T2", "FLAIR", "US") if (s, m) not in present}
     written = {tuple(p.name.split("_")[:2]) for p in out.glob("*_synth.nii.gz")}
@@ -68,7 +68,7 @@ def test_train_resume_and_impute(workspace, capsys):
     assert image.shape == source.shape
     assert np.allclose(image.affine, source.affine)
     assert image.get_data_dtype() == np.float32
-    sidecar = json.loads((out / f"{subject}_{modality}_synth.json").read_text())
+    sidecar = json.loads((out / f"{subject}_{modality}_synth.json").read_text(encoding="utf-8"))
     assert sidecar["synthetic"] is True and sidecar["model"] == "MVAE" and sidecar["n_samples"] == 3
     std = nib.load(str(out / f"{subject}_{modality}_synth_std.nii.gz")).get_fdata()
     assert std.max() > 0

@@ -65,7 +65,7 @@ def cohort(tmp_path):
         if k != 2:
             nib.save(nib.Nifti1Image(blob((18, 20, 12), rng, 200.0), a), root / f"{s}_US.nii.gz")
             rows.append((s, "US", f"{s}_US.nii.gz"))
-    with open(root / "manifest.csv", "w", newline="") as f:
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["subject", "modality", "path"])
         w.writerows(rows)
@@ -125,7 +125,7 @@ def test_export_onto_an_lps_nrrd_source_grid(loaded, tmp_path):
     expected[:3, :3] = FLIP @ np.array(src.GetDirection()).reshape(3, 3) @ np.diag(src.GetSpacing())
     expected[:3, 3] = FLIP @ np.array(src.GetOrigin())
     assert np.allclose(img.affine, expected, atol=1e-5)
-    assert json.loads(sidecar_path(out.image).read_text())["reference"]["modality"] == "T2"
+    assert json.loads(sidecar_path(out.image).read_text(encoding="utf-8"))["reference"]["modality"] == "T2"
 
 
 def test_reference_modality_round_trips_to_source_intensities(loaded, tmp_path):
@@ -142,7 +142,7 @@ def test_reference_modality_round_trips_to_source_intensities(loaded, tmp_path):
     inside[1:17] = True
     assert np.allclose(got[inside], expected[inside], atol=1e-3)
     assert np.all(got[~inside] == 0)
-    side = json.loads(sidecar_path(out.image).read_text())
+    side = json.loads(sidecar_path(out.image).read_text(encoding="utf-8"))
     assert side["intensity"]["units"] == "source" and side["intensity"]["parameters_from"] == "subject"
     assert side["outside_model_grid_voxels"] == int((~inside).sum())
 
@@ -153,7 +153,7 @@ def test_sidecar_records_provenance(loaded, tmp_path):
     std = np.full(records["s1"].grid.shape, 0.5, np.float32)
     out = write_synthesized(np.zeros(records["s1"].grid.shape), records["s1"], "T2", tmp_path / "x.nii.gz",
                             provenance=prov, uncertainty=std, records=records)
-    side = json.loads(out.sidecar.read_text())
+    side = json.loads(out.sidecar.read_text(encoding="utf-8"))
     assert side["synthetic"] is True
     assert side["model"] == "mmvae+" and side["run"] == "run-3" and side["checkpoint"] == "abc123"
     assert side["conditioning_modalities"] == ["T1", "US"] and side["n_samples"] == 16
@@ -203,7 +203,7 @@ def test_nan_in_model_output_is_written_as_zero_and_recorded(loaded, tmp_path):
     x[0, 0, 0] = np.nan
     out = write_synthesized(x, records["s0"], "T2", tmp_path / "nan.nii.gz", provenance=PROV, intensity="normalized")
     assert np.all(np.isfinite(nib.load(out.image).get_fdata()))
-    assert json.loads(out.sidecar.read_text())["nonfinite_replaced"] == 1
+    assert json.loads(out.sidecar.read_text(encoding="utf-8"))["nonfinite_replaced"] == 1
 
 
 def test_batch_export_with_progress(loaded, tmp_path):
@@ -255,7 +255,7 @@ def test_export_on_real_oblique_and_las_files_from_nibabel(tmp_path):
     epi4d = nib.load(_nibabel_test_file("example4d.nii.gz"))
     epi = epi4d.slicer[..., 0]
     nib.save(epi, tmp_path / "epi_t1.nii.gz")
-    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+    with open(tmp_path / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerows([["subject", "modality", "path"], ["anat", "T1", str(anat)], ["epi", "T1", "epi_t1.nii.gz"]])
     ds, records = load_cohort_dataset(tmp_path / "manifest.csv", PreprocessingConfig(target_shape=(48, 48, 32)))

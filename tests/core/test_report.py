@@ -57,7 +57,7 @@ def test_line_chart_picks_log_scale_for_wide_ranges() -> None:
 
 def test_report_is_one_self_contained_html_file(trained_run: Path, tmp_path: Path) -> None:
     path = write_report(trained_run, tmp_path / "report.html", n_panels=2, n_samples=3)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     for section in ("Training curves", "Latent space", "Imputation quality", "Leave-one-out synthesis", "Configuration"):
         assert f"<h2>{section}</h2>" in text
     assert "MVAE" in text and "showing 12 of 12 subjects" in text

@@ -106,7 +106,7 @@ def test_bad_requests_are_explained(context: SynthesisContext) -> None:
 def test_metrics_csv(context: SynthesisContext, tmp_path: Path) -> None:
     rows = leave_one_out_table(context, context.dataset.ids[:4])
     path = write_metrics_csv(rows, tmp_path / "metrics.csv")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0].split(",") == METRIC_COLUMNS
     expected = sum(len(context.observed(s)) for s in context.dataset.ids[:4] if len(context.observed(s)) >= 2)
     assert len(lines) == 1 + expected
@@ -125,7 +125,7 @@ def test_export_keeps_the_source_geometry_and_writes_the_sidecar(context: Synthe
     std = nib.load(result.uncertainty)
     assert std.shape == source.shape and np.allclose(std.affine, source.affine, atol=1e-5)
     assert float(np.asarray(std.dataobj).max()) > 0
-    sidecar = json.loads(result.sidecar.read_text())
+    sidecar = json.loads(result.sidecar.read_text(encoding="utf-8"))
     assert sidecar["synthetic"] is True and sidecar["modality"] == target and sidecar["subject"] == subject
     assert sidecar["model"] == "MVAE" and sidecar["n_samples"] == 3
     assert sidecar["conditioning_modalities"] == synthesis.conditioning

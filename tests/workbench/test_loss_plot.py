@@ -52,7 +52,7 @@ def test_curves_terms_best_marker_and_exports(qtbot: Any, tmp_path: Path) -> Non
     assert plot.epochs("run-a") == [1, 2, 3]
     assert plot.best("run-a") == (3, 8.0)
     csv_path = plot.export_csv(tmp_path / "curves.csv")
-    rows = list(csv.DictReader(csv_path.open()))
+    rows = list(csv.DictReader(csv_path.open(encoding="utf-8")))
     assert [(r["run"], r["epoch"]) for r in rows] == [("run-a", "1"), ("run-a", "2"), ("run-a", "3"), ("run b", "1")]
     assert float(rows[2]["train/loss"]) == 6.5
     png = plot.export_png(tmp_path / "curves.png", width=600)

@@ -86,7 +86,7 @@ def test_run_yaml_round_trip_through_the_gui(make_window: Any, qtbot: Any, manif
     config = load_run_config(path)  # the file the command line takes
     assert config.model_name == "MVAE" and config.model_params["latent_dim"] == 6
     assert config.training.seed == 7 and config.data.preprocessing == {"target_shape": [8, 8, 8]}
-    assert "mmvae train" in path.read_text().splitlines()[0]
+    assert "mmvae train" in path.read_text(encoding="utf-8").splitlines()[0]
     # A second window loads it: the model, the forms and the data settings all follow.
     second = make_window()
     with qtbot.waitSignal(second.state.cohort_changed, timeout=TIMEOUT):

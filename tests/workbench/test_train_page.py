@@ -39,7 +39,7 @@ def _wait_idle(window: Any, qtbot: Any) -> None:
 
 
 def _status(run_dir: Path) -> str:
-    return json.loads((run_dir / "status.json").read_text())["status"]
+    return json.loads((run_dir / "status.json").read_text(encoding="utf-8"))["status"]
 
 
 def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
@@ -80,7 +80,7 @@ def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
     assert _status(run_dir) == "completed"
     assert latest_checkpoint(run_dir) is not None
     assert (run_dir / "final_model" / "model.safetensors").is_file()
-    assert "mmvae train" in (run_dir / "command.txt").read_text()
+    assert "mmvae train" in (run_dir / "command.txt").read_text(encoding="utf-8")
     # The run folder's YAML is the configuration the GUI built (core adds the resolved preprocessing).
     gui = run_config_to_dict(parse_run_config(window.state.run_config))
     written = run_config_to_dict(load_run_config(run_dir / "config.yaml"))
@@ -147,7 +147,7 @@ def test_pause_resume_and_cancel_mid_epoch_leave_a_consistent_run(
     assert train._phase == "idle" and train.start_button.isEnabled()
     _wait_idle(window, qtbot)
     assert _status(run_dir) == "cancelled"
-    metrics = (run_dir / "metrics.csv").read_text().strip().splitlines()
+    metrics = (run_dir / "metrics.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(metrics) == 2  # header + epoch 1: nothing half-done was written
     assert latest_checkpoint(run_dir).name == "epoch-0001"
     summary = next(s for s in train.run_summaries() if s.path == run_dir)
@@ -160,7 +160,7 @@ def test_pause_resume_and_cancel_mid_epoch_leave_a_consistent_run(
     _wait_idle(window, qtbot)
     assert _status(run_dir) == "completed"
     assert train.loss_plot.epochs(str(run_dir)) == [1, 2]
-    assert len((run_dir / "metrics.csv").read_text().strip().splitlines()) == 3
+    assert len((run_dir / "metrics.csv").read_text(encoding="utf-8").strip().splitlines()) == 3
 
 
 def test_stop_and_keep_then_resume(make_window: Any, qtbot: Any, manifest_cohort: Path,
@@ -249,7 +249,7 @@ def test_an_interrupted_run_is_offered_for_recovery_and_resumes(
     run_dir = Path(first.train_page._run_id)
     first.train_page.stop()
     _wait_idle(first, qtbot)
-    status = json.loads((run_dir / "status.json").read_text())
+    status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
     status.update(status="running", updated="2020-01-01T00:00:00+00:00")
     (run_dir / "status.json").write_text(json.dumps(status))
     monkeypatch.setattr(train_module, "TrainingJob", TrainingJob)

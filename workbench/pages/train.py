@@ -657,7 +657,7 @@ class TrainPage(QWidget):
         summary = self.selected_run()
         if summary is not None:
             command = summary.path / "command.txt"
-            lines = [ln for ln in command.read_text().splitlines() if ln and not ln.startswith("#")] if command.is_file() else []
+            lines = [ln for ln in command.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")] if command.is_file() else []
             self.command_label.setText(lines[0] if lines else "")
         self._update_buttons()
 

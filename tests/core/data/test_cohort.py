@@ -139,7 +139,7 @@ def test_duplicates_are_reported(tmp_path):
 
 
 def write_manifest(path: Path, rows, header=("subject", "modality", "path", "observation_mask")) -> Path:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)

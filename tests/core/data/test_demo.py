@@ -111,7 +111,7 @@ def test_written_cohort_has_correct_geometry_and_manifest(tmp_path):
     root = manifest.parent
     import csv
 
-    rows = list(csv.DictReader(open(manifest)))
+    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
     incomplete, _ = make_demo_dataset(spec)
     expected = {(s, m) for i, s in enumerate(incomplete.ids) for m in incomplete.modalities if incomplete.masks[m][i]}
     assert {(r["subject"], r["modality"]) for r in rows} == expected
@@ -124,9 +124,9 @@ def test_written_cohort_has_correct_geometry_and_manifest(tmp_path):
         assert np.allclose(image.affine, subject.affine)
         assert np.allclose(image.get_qform(), image.get_sform())
         assert int(image.header["qform_code"]) > 0 and int(image.header["sform_code"]) > 0
-    truth = json.loads((root / "ground_truth.json").read_text())
+    truth = json.loads((root / "ground_truth.json").read_text(encoding="utf-8"))
     assert set(truth["subjects"]) == set(incomplete.ids)
-    assert (root / "participants.tsv").read_text().startswith("participant_id")
+    assert (root / "participants.tsv").read_text(encoding="utf-8").startswith("participant_id")
     with pytest.raises(FileExistsError):
         write_demo_cohort(root, spec)
 

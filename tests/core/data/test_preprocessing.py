@@ -144,7 +144,7 @@ def cohort(tmp_path) -> Path:
                 nib.save(nib.Nifti1Image(fov, t1_aff), root / f"{s}_us_fov.nii.gz")
                 mask = f"{s}_us_fov.nii.gz"
             rows.append([s, "US", f"{s}_us.nii.gz", mask])
-    with open(root / "manifest.csv", "w", newline="") as f:
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["subject", "modality", "path", "observation_mask"])
         w.writerows(rows)

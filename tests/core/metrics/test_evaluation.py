@@ -144,8 +144,8 @@ def test_evaluate_run_writes_json_and_csv_and_the_command_runs(trained, tmp_path
     assert report["coherence"]["joint"]["source"] == "gmm" and (run_dir / "samplers" / "gmm" / "sampler.json").is_file()
     assert {"imputation", "coherence", "likelihood", "latent"} <= set(report) and not report["skipped"]
     as_json = evaluate.write_report(report, tmp_path / "report.json")
-    assert json.loads(as_json.read_text())["model"] == "MVAE"
-    rows = list(csv.DictReader(evaluate.write_report(report, tmp_path / "report.csv").open()))
+    assert json.loads(as_json.read_text(encoding="utf-8"))["model"] == "MVAE"
+    rows = list(csv.DictReader(evaluate.write_report(report, tmp_path / "report.csv").open(encoding="utf-8")))
     assert {r["section"] for r in rows} == {"imputation", "coherence", "likelihood", "latent"}
     assert {r["method"] for r in rows if r["section"] == "imputation"} == {"model", "train_mean", "knn"}
     with pytest.raises(ValueError, match=r"\.json or \.csv"):
@@ -157,7 +157,7 @@ def test_evaluate_run_writes_json_and_csv_and_the_command_runs(trained, tmp_path
     out = tmp_path / "cli.json"
     args = parser.parse_args([str(run_dir), "--out", str(out), "--sections", "imputation", "likelihood", "--nll-k", "5", "--quiet"])
     assert evaluate.run_from_args(args) == 0
-    assert set(json.loads(out.read_text())["config"]["sections"]) == {"imputation", "likelihood"}
+    assert set(json.loads(out.read_text(encoding="utf-8"))["config"]["sections"]) == {"imputation", "likelihood"}
     assert "A+B" in capsys.readouterr().out
 
 

@@ -184,7 +184,7 @@ def test_two_gloo_processes_match_a_single_process_run(tmp_path):
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
 
     ddp = [load_file(str(tmp_path / f"ddp-rank{r}.safetensors")) for r in range(2)]
-    logs = [json.loads((tmp_path / f"ddp-rank{r}.json").read_text()) for r in range(2)]
+    logs = [json.loads((tmp_path / f"ddp-rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
     # The ranks hold the same weights and took the same decisions from the same reduced metrics.
     _same(ddp[0], ddp[1], atol=0, rtol=0)
     assert logs[0] == logs[1]
@@ -197,11 +197,11 @@ def test_two_gloo_processes_match_a_single_process_run(tmp_path):
     # Rank 0 alone wrote one complete run folder.
     run = tmp_path / "ddp-run"
     assert (run / "final_model" / "model.safetensors").is_file()
-    assert (run / "metrics.csv").read_text().count("\n") == 5
-    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert (run / "metrics.csv").read_text(encoding="utf-8").count("\n") == 5
+    assert json.loads((run / "status.json").read_text(encoding="utf-8"))["status"] == "completed"
     latest = run / "checkpoints" / "epoch-0004"
     assert (latest / "rng-rank1.json").is_file()
-    assert json.loads((latest / "trainer_state.json").read_text())["world_size"] == 2
+    assert json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))["world_size"] == 2
     assert not list(run.rglob("*.staging")) and not list(run.rglob("*.tmp"))
 
     # 1 -> 2 processes: resuming the single-process checkpoint continues the same trajectory.
@@ -220,11 +220,11 @@ def test_two_gloo_processes_match_a_single_process_run(tmp_path):
     # MVAE with random subsets and missing modalities trains under DDP with weights kept in sync.
     mvae = [load_file(str(tmp_path / f"mvae-rank{r}.safetensors")) for r in range(2)]
     _same(mvae[0], mvae[1], atol=0, rtol=0)
-    assert json.loads((tmp_path / "mvae-rank0.json").read_text())["status"] == "completed"
+    assert json.loads((tmp_path / "mvae-rank0.json").read_text(encoding="utf-8"))["status"] == "completed"
     for name in available():
         ranks = [load_file(str(tmp_path / f"registry-{name}-rank{r}.safetensors")) for r in range(2)]
         _same(ranks[0], ranks[1], atol=0, rtol=0)
-        assert json.loads((tmp_path / f"registry-{name}-rank0.json").read_text())["status"] == "completed", name
+        assert json.loads((tmp_path / f"registry-{name}-rank0.json").read_text(encoding="utf-8"))["status"] == "completed", name
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit notices raised while torch.compile imports

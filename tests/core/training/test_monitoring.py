@@ -50,7 +50,7 @@ def train(run_dir, callbacks, epochs, resume=False):
 
 
 def csv_column(run_dir, column):
-    with open(run_dir / "metrics.csv") as handle:
+    with open(run_dir / "metrics.csv", encoding="utf-8") as handle:
         return [float(row[column]) for row in csv.DictReader(handle)]
 
 
@@ -81,7 +81,7 @@ def test_a_restart_marker_drops_the_repeated_epochs(tmp_path):
 
 def test_mlflow_run_holds_params_metrics_status_and_continues_after_resume(tmp_path):
     train(tmp_path, [MLflowCallback(experiment="tests")], epochs=2)
-    pointer = json.loads((tmp_path / "mlflow" / "run.json").read_text())
+    pointer = json.loads((tmp_path / "mlflow" / "run.json").read_text(encoding="utf-8"))
     assert pointer["tracking_uri"].startswith("sqlite:///") and (tmp_path / "mlflow" / "mlflow.db").is_file()
     train(tmp_path, [MLflowCallback(experiment="tests")], epochs=4, resume=True)
 

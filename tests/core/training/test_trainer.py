@@ -75,8 +75,8 @@ def test_training_lowers_the_validation_loss_and_writes_the_run(tmp_path, splits
     assert result.status == "completed" and result.epochs_completed == 8
     losses = [r.validation["loss"] for r in result.history]
     assert losses[-1] < losses[0]
-    assert (tmp_path / "metrics.csv").read_text().count("\n") == 9
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+    assert (tmp_path / "metrics.csv").read_text(encoding="utf-8").count("\n") == 9
+    assert json.loads((tmp_path / "status.json").read_text(encoding="utf-8"))["status"] == "completed"
     final = load(tmp_path / "final_model")
     best_record = min(result.history[model.start_keep_best_epoch :], key=lambda r: r.validation["loss"])
     assert result.best_epoch == best_record.epoch
@@ -91,7 +91,7 @@ def test_checkpoints_are_complete_pickle_free_and_atomic(tmp_path, splits):
     suffixes = {p.suffix for p in last.iterdir()}
     assert suffixes <= {".safetensors", ".json"}
     assert not list((tmp_path / "checkpoints").glob(".*staging*"))
-    state = json.loads((last / "trainer_state.json").read_text())
+    state = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["epoch"] == 3 and len(state["history"]) == 3
 
 
@@ -132,7 +132,7 @@ def test_cancel_keeps_the_run_folder_and_last_checkpoint(tmp_path, splits):
     result = Trainer(new_model(), train, validation, config(), [canceller], tmp_path, control).train()
     assert result.status == "cancelled"
     assert latest_checkpoint(tmp_path).name == "epoch-0002"
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "cancelled"
+    assert json.loads((tmp_path / "status.json").read_text(encoding="utf-8"))["status"] == "cancelled"
     # resumable after a cancel too
     resumed = Trainer(new_model(), train, validation, config(), run_dir=tmp_path).train(resume_from=tmp_path)
     assert resumed.status == "completed" and resumed.epochs_completed == 5
@@ -149,7 +149,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged, match="learning rate") as info:
         trainer.train()
     assert "epoch-0002" in str(info.value)
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "status.json").read_text(encoding="utf-8"))["status"] == "failed"
     good = latest_checkpoint(tmp_path)
     assert good.name == "epoch-0002"
     restored = new_model()
