@@ -126,6 +126,10 @@ class ConvDecoder(BaseDecoder):
         self.coarse = [math.ceil(s / 2**n_down) for s in spatial]
         self.widths = widths
         self.project = nn.Sequential(nn.Linear(latent_dim, widths[0] * math.prod(self.coarse)), nn.SiLU())
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        # A convolution on the coarse grid (cheap) mixes neighbours before upsampling, even for small
+        # images that are upsampled only once.
+        self.refine = nn.Sequential(conv(widths[0], widths[0], 3, padding=1), nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU())
         self.upsample = _conv_stack(dims, widths, transpose=True)
         transpose = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
         self.head = transpose(widths[-1], channels, kernel_size=4, stride=2, padding=1)
@@ -133,7 +137,7 @@ class ConvDecoder(BaseDecoder):
     def forward(self, z: torch.Tensor) -> DecoderOutput:
         lead = z.shape[:-1]
         h = self.project(z.reshape(-1, z.shape[-1])).reshape(-1, self.widths[0], *self.coarse)
-        x = self.head(self.upsample(h))
+        x = self.head(self.upsample(self.refine(h)))
         crop = tuple(slice(0, s) for s in self.output_shape[1:])
         x = x[(slice(None), slice(None), *crop)]
         return DecoderOutput(reconstruction=x.reshape(*lead, *self.output_shape))
