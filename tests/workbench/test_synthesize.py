@@ -1,0 +1,292 @@
+"""The Synthesize page end to end (open the demo, train from the GUI, explore, synthesize, export), the
+uncertainty map (zero for one sample, positive for several), leave-one-out metrics that are core's metrics,
+a cancellable batch export that leaves nothing behind, and the linked orthogonal viewer (3D and 2D)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PySide6.QtCore import QPointF, Qt
+
+import workbench.pages.synthesize as synthesize_module
+from core.metrics import mse, psnr, ssim
+from core.runs import parse_run_config, train_run
+from core.synthesis import METRIC_COLUMNS
+from workbench.widgets.ortho_viewer import OrthoViewer, Panel
+
+TIMEOUT = 120_000
+TINY = {"n_subjects": 16, "shape": [16, 16, 16], "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained headless for one epoch on the tiny demo cohort (shared by this module's tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMVAE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mmvae-cache"))
+        config = parse_run_config({"name": "tiny", "data": {"source": "demo", "demo": TINY},
+                                   "model": {"name": "MVAE", "latent_dim": 4},
+                                   "training": {"num_epochs": 1, "batch_size": 4}})
+        run = tmp_path_factory.mktemp("runs") / "tiny-mvae"
+        assert train_run(config, run).status == "completed"
+    return run
+
+
+def _synthesize_page(make_window: Any, qtbot: Any, runs_root: Path) -> tuple[Any, Any]:
+    window = make_window(runs_root=runs_root)
+    page = window.synthesize_page
+    window.go_to_page(4)
+    qtbot.waitUntil(lambda: page.context is not None and not page.runner.is_running, timeout=TIMEOUT)
+    assert not page.messages.has("run"), page.messages.texts()
+    return window, page
+
+
+def _generate(page: Any, qtbot: Any, button: Any) -> None:
+    with qtbot.waitSignal(page.runner.done, timeout=TIMEOUT):
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    assert not page.messages.has("generate"), page.messages.texts()
+
+
+def _subject_lacking(page: Any) -> str:
+    ctx = page.context
+    return next(s for s in ctx.dataset.ids if 2 <= len(ctx.observed(s)) < len(ctx.modalities))
+
+
+def _wait_batch(page: Any, qtbot: Any) -> None:
+    qtbot.waitUntil(lambda: not page.batch_runner.is_running and not page.batch_runner._threads, timeout=TIMEOUT)
+
+
+def test_end_to_end_train_explore_synthesize_export(make_window: Any, qtbot: Any, tmp_path: Path) -> None:
+    """The whole workflow through the real widgets, with assertions on every file written."""
+    window = make_window()
+    with qtbot.waitSignal(window.state.cohort_changed, timeout=TIMEOUT):
+        window.data_page.open_demo()
+    model = window.model_page
+    model.select_model("MVAE")
+    model.model_form.set_values({"latent_dim": 4})
+    model.training_form.set_values({"num_epochs": 1, "batch_size": 4})
+    model.validate()
+    assert window.state.start_blocker is None, window.state.start_blocker
+    window.go_to_page(2)
+    train = window.train_page
+    with qtbot.waitSignal(train.run_started, timeout=5000):
+        qtbot.mouseClick(train.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: train.job is None and train._phase == "idle", timeout=TIMEOUT)
+    assert train.messages.has("result"), train.messages.texts()
+    run_dir = Path(train._run_id)
+    # Explore: the new run is picked up and projected in the background.
+    window.go_to_page(3)
+    explore = window.explore_page
+    qtbot.waitUntil(lambda: explore.projection is not None and not explore.runner.is_running, timeout=TIMEOUT)
+    assert explore.run_picker.current_run() == run_dir
+    assert "showing 16 of 16 subjects" in explore.caption.text()
+    # Synthesize: a subject that lacks a modality, 4 samples.
+    window.go_to_page(4)
+    page = window.synthesize_page
+    qtbot.waitUntil(lambda: page.context is not None and not page.runner.is_running, timeout=TIMEOUT)
+    subject = _subject_lacking(page)
+    assert page.select_subject(subject)
+    missing = page.context.missing(subject)
+    assert [m for m, box in page.condition_boxes.items() if not box.isEnabled()] == missing
+    page.samples.setValue(4)
+    _generate(page, qtbot, page.generate_button)
+    assert set(page.result.results) == set(missing)
+    target = page.shown_modality()
+    assert target in missing
+    assert [p.title for p in page.viewer.panels] == ["real", "synthesized", "difference", "uncertainty"]
+    assert page.viewer.arrays[0] is None and page.viewer.arrays[1] is not None  # no real volume for a missing one
+    assert page.metric_value(target, "no real volume", "Metric") == "no real volume"
+    # Export the shown volume with its uncertainty map: source geometry, sidecar provenance.
+    out = tmp_path / "one" / f"{subject}_{target}.nii.gz"
+    out.parent.mkdir()
+    page.with_uncertainty.setChecked(True)
+    page.export_current(str(out))
+    _wait_batch(page, qtbot)
+    assert not page.messages.has("export") or "Exported" in page.messages.texts()[0], page.messages.texts()
+    record = page.context.records[subject]
+    source = nib.load(record.modalities[record.reference_modality].path)
+    written = nib.load(out)
+    assert written.shape == source.shape
+    assert np.allclose(written.affine, source.affine, atol=1e-5)
+    assert int(written.header["sform_code"]) == int(source.header["sform_code"]) or int(source.header["sform_code"]) == 0
+    std = nib.load(out.with_name(f"{subject}_{target}_std.nii.gz"))
+    assert std.shape == source.shape and float(np.asarray(std.dataobj).max()) > 0
+    sidecar = json.loads(out.with_name(f"{subject}_{target}.json").read_text())
+    assert sidecar["synthetic"] is True and sidecar["subject"] == subject and sidecar["modality"] == target
+    assert sidecar["model"] == "MVAE" and sidecar["n_samples"] == 4
+    assert sidecar["conditioning_modalities"] == page.result.conditioning
+    assert Path(sidecar["run"]) == run_dir.resolve()
+    assert sidecar["reference"]["shape"] == list(source.shape)
+    # Batch export of every missing modality, the metrics CSV and the report.
+    folder = tmp_path / "all"
+    page.export_all_missing(str(folder))
+    _wait_batch(page, qtbot)
+    ctx = page.context
+    expected = {f"{s}_{m}_synth.nii.gz" for s in ctx.dataset.ids for m in ctx.missing(s) if ctx.observed(s)}
+    assert {p.name for p in folder.glob("*_synth.nii.gz")} == expected
+    assert len(list(folder.glob("*_synth.json"))) == len(expected)
+    assert "Wrote" in page.export_label.text()
+    csv_path = tmp_path / "metrics.csv"
+    page.write_metrics_csv(str(csv_path))
+    _wait_batch(page, qtbot)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0]) == METRIC_COLUMNS
+    assert {r["subject"] for r in rows} == {s for s in ctx.dataset.ids if len(ctx.observed(s)) >= 2}
+    report = tmp_path / "report.html"
+    page.write_report(str(report))
+    _wait_batch(page, qtbot)
+    assert report.is_file() and "<h2>Latent space</h2>" in report.read_text()
+    assert not any(p.name.startswith(".") for p in folder.iterdir())
+
+
+def test_uncertainty_is_zero_for_one_sample_and_positive_for_several(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    assert page.select_subject(_subject_lacking(page))
+    page.samples.setValue(1)
+    _generate(page, qtbot, page.generate_button)
+    assert page.result.n_samples == 1
+    for item in page.result.results.values():
+        assert np.all(item.std == 0)
+    uncertainty = page.viewer.arrays[3]
+    assert uncertainty is not None and np.all(uncertainty == 0)
+    page.samples.setValue(5)
+    _generate(page, qtbot, page.generate_button)
+    for item in page.result.results.values():
+        assert float(item.std.mean()) > 0
+    assert float(page.viewer.arrays[3].max()) > 0
+    assert "std over 5 samples" in page.viewer.panels[3].note
+
+
+def test_leave_one_out_metrics_agree_with_core_metrics(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    subject = _subject_lacking(page)
+    assert page.select_subject(subject)
+    hidden = page.context.observed(subject)[-1]
+    page.set_hidden(hidden)
+    page.samples.setValue(1)
+    _generate(page, qtbot, page.loo_button)
+    result = page.result
+    assert result.hidden == hidden and hidden not in result.conditioning
+    assert page.conditioning() == result.conditioning  # the check boxes show what the model was given
+    assert page.shown_modality() == hidden
+    item = result.results[hidden]
+    real, synthesized = page.viewer.arrays[0], page.viewer.arrays[1]
+    assert np.array_equal(real, item.real[0]) and np.array_equal(synthesized, item.mean[0])
+    assert np.allclose(page.viewer.arrays[2], synthesized - real)
+    x, x_hat = torch.from_numpy(item.real)[None], torch.from_numpy(item.mean)[None]
+    observed = torch.from_numpy(item.observed)[None] if item.observed is not None else None
+    baseline = torch.from_numpy(item.mean_image)[None]
+    data_range = page.context.ranges[hidden]
+    expected = {
+        "MSE": (mse(x, x_hat, observed), mse(x, baseline, observed)),
+        "PSNR (dB)": (psnr(x, x_hat, data_range, observed), psnr(x, baseline, data_range, observed)),
+        "SSIM": (ssim(x, x_hat, data_range, observed), ssim(x, baseline, data_range, observed)),
+    }
+    for metric, (model_value, mean_value) in expected.items():  # the table shows 4 significant digits
+        assert float(page.metric_value(hidden, metric, "Model")) == pytest.approx(float(model_value[0]), rel=1e-3)
+        assert float(page.metric_value(hidden, metric, "Mean image")) == pytest.approx(float(mean_value[0]), rel=1e-3)
+    key = {"MSE": "mse", "PSNR (dB)": "psnr", "SSIM": "ssim"}
+    for metric, (model_value, mean_value) in expected.items():  # and the page computed exactly core's numbers
+        assert item.metrics[key[metric]] == pytest.approx(float(model_value[0]), rel=1e-6)
+        assert item.baseline[key[metric]] == pytest.approx(float(mean_value[0]), rel=1e-6)
+    better = "yes" if float(expected["MSE"][0][0]) < float(expected["MSE"][1][0]) else "no"
+    assert page.metric_value(hidden, "MSE", "Better") == better
+    assert "leave-one-out error" in page.metrics_note.text()
+
+
+def test_batch_export_can_be_cancelled_and_leaves_no_partial_files(
+        make_window: Any, qtbot: Any, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "mine.nii.gz").write_bytes(b"the user's own file")
+    real_export = synthesize_module.export_missing
+    written_one = threading.Event()
+
+    def export_and_wait(ctx: Any, out: str, cancel: Any = None, progress: Any = None, **kw: Any) -> Any:
+        calls = {"n": 0}
+
+        def slow_cancel() -> bool:
+            if any(p.name.startswith(".mmvae-export") and any(p.rglob("*.nii.gz")) for p in Path(out).iterdir()):
+                written_one.set()  # something is staged: now wait (at most 20 s) for the user's Cancel
+                for _ in range(400):
+                    if cancel():
+                        break
+                    threading.Event().wait(0.05)
+            calls["n"] += 1
+            return cancel()
+
+        return real_export(ctx, out, cancel=slow_cancel, progress=progress, **kw)
+
+    monkeypatch.setattr(synthesize_module, "export_missing", export_and_wait)
+    page.export_all_missing(str(folder))
+    assert page.batch_progress.isVisible() and page.batch_progress.cancel_button.isEnabled()
+    qtbot.waitUntil(written_one.is_set, timeout=TIMEOUT)
+    with qtbot.waitSignal(page.batch_runner.cancelled, timeout=5000):
+        qtbot.mouseClick(page.batch_progress.cancel_button, Qt.MouseButton.LeftButton)
+    _wait_batch(page, qtbot)
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.nii.gz"]  # nothing half-written stays
+    assert "nothing was written" in page.export_label.text()
+    assert not page.batch_progress.isVisible()
+    assert page.export_all_button.isEnabled()
+
+
+def test_orthogonal_views_share_crosshair_and_window(qtbot: Any) -> None:
+    viewer = OrthoViewer()
+    qtbot.addWidget(viewer)
+    viewer.resize(900, 600)
+    viewer.show()
+    rng = np.random.default_rng(0)
+    real = rng.random((12, 14, 10)).astype(np.float32)
+    synth = real + 0.1
+    viewer.set_panels([Panel("real", real[None]), Panel("synthesized", synth[None]),
+                       Panel("difference", synth - real, "difference"), Panel("uncertainty", np.zeros_like(real), "uncertainty")])
+    assert viewer.planes == ("axial", "coronal", "sagittal") and viewer.position == [6, 7, 5]
+    # A click in the coronal view of the synthesized column moves the one crosshair (x and z).
+    with qtbot.waitSignal(viewer.position_changed, timeout=2000):
+        viewer.click("coronal", 3.4, 8.7)
+    assert viewer.position == [3, 7, 8]
+    assert [b.value() for b in viewer.coords] == [3, 7, 8]
+    for views in viewer.views:
+        axial = views["axial"]
+        assert axial.vline.value() == pytest.approx(3.5) and axial.hline.value() == pytest.approx(7.5)
+    assert np.array_equal(viewer.views[0]["axial"].image.image, real[:, :, 8])
+    assert viewer.value_at("synthesized") == pytest.approx(float(synth[3, 7, 8]))
+    # A real mouse click in an axial view.
+    target = viewer.views[1]["axial"].box.mapViewToScene(QPointF(9.5, 2.5))
+    qtbot.mouseClick(viewer.graphics.viewport(), Qt.MouseButton.LeftButton, pos=viewer.graphics.mapFromScene(target))
+    assert viewer.position[:2] == [9, 2]
+    # One window/level for real and synthesized; difference and uncertainty keep their own.
+    viewer.set_levels(0.2, 0.6)
+    assert viewer.views[0]["axial"].image.levels.tolist() == pytest.approx([0.2, 0.6])
+    assert viewer.views[1]["sagittal"].image.levels.tolist() == pytest.approx([0.2, 0.6])
+    assert viewer.views[2]["axial"].image.levels.tolist()[0] < 0 < viewer.views[2]["axial"].image.levels.tolist()[1]
+    before = viewer.levels
+    viewer.drag_window_level(40, 0)
+    assert viewer.levels[1] - viewer.levels[0] > before[1] - before[0]
+    assert viewer.window_box.value() == pytest.approx(viewer.levels[1] - viewer.levels[0], abs=1e-3)
+    # Keyboard: Up moves through axial slices.
+    z = viewer.position[2]
+    viewer.setFocus()
+    qtbot.keyClick(viewer, Qt.Key.Key_Up)
+    assert viewer.position[2] == min(z + 1, 9)
+
+
+def test_two_dimensional_images_show_a_single_view(qtbot: Any) -> None:
+    viewer = OrthoViewer()
+    qtbot.addWidget(viewer)
+    image = np.arange(16 * 12, dtype=np.float32).reshape(1, 16, 12)
+    viewer.set_panels([Panel("real", image), Panel("synthesized", image * 0.5), Panel("uncertainty", image * 0, "uncertainty")])
+    assert viewer.is_2d and viewer.planes == ("image",)
+    assert all(list(views) == ["image"] for views in viewer.views)
+    viewer.click("image", 4.2, 7.9)
+    assert viewer.position[:2] == [4, 7]
+    assert viewer.value_at("real") == float(image[0, 4, 7])
+    assert not viewer.coords[2].isEnabled()

@@ -1,0 +1,146 @@
+"""What the Explore and Synthesize pages share: the chosen run, the run's prepared data, and "open this subject".
+
+Pages never call each other: both find one :class:`RunSelection` hanging off the window's
+:class:`~workbench.state.WorkbenchState` (:func:`run_selection`) and talk through its signals. The
+selection also keeps the data each run was trained on once it has been prepared (a run's ``config.yaml``
+pins its preprocessing), so the two pages prepare it once; when the Data page already prepared exactly
+that data, it is reused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtWidgets import QComboBox, QWidget
+
+from core.data.sources import LoadedData, load_data, resolved_preprocessing
+from core.models.config import config_to_dict
+from core.runs import RunSummary, list_runs, load_run_config
+from workbench.state import WorkbenchState
+from workbench.workers import TaskState
+
+__all__ = ["RunSelection", "run_selection", "RunPicker", "runs_with_model", "load_run_data_task"]
+
+_NAME = "mmvae-run-selection"
+
+
+def runs_with_model(root: Path) -> list[RunSummary]:
+    """Runs under ``root`` that have a final model, newest first."""
+    return [s for s in list_runs(root) if (s.path / "final_model" / "model_config.json").is_file()]
+
+
+def _data_key(values: dict[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+class RunSelection(QObject):
+    """The run the Explore and Synthesize pages look at, and the subject one page asks the other to open.
+
+    Signals: ``run_changed(path)`` ("" for none), ``subject_requested(subject)``.
+    """
+
+    run_changed = Signal(str)
+    subject_requested = Signal(str)
+
+    def __init__(self, state: WorkbenchState) -> None:
+        super().__init__(state)
+        self.setObjectName(_NAME)
+        self.state = state
+        self.run_dir: Path | None = None
+        self._loaded: OrderedDict[str, LoadedData] = OrderedDict()
+
+    def set_run(self, path: str | Path | None) -> None:
+        new = Path(path) if path else None
+        if new != self.run_dir:
+            self.run_dir = new
+            self.run_changed.emit(str(new) if new else "")
+
+    def request_subject(self, subject: str) -> None:
+        self.subject_requested.emit(subject)
+
+    # ------------------------------------------------------------------ data per run
+    def run_data_key(self, run_dir: Path) -> str:
+        return _data_key(config_to_dict(load_run_config(run_dir / "config.yaml").data))
+
+    def loaded_for(self, run_dir: Path) -> LoadedData | None:
+        """The run's prepared data if some page (or the Data page) has it already."""
+        try:
+            key = self.run_data_key(run_dir)
+        except (OSError, ValueError):
+            return None
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        state = self.state
+        if state.loaded is not None and state.is_loaded_current():
+            values = state.data_config_dict() or {}
+            try:
+                mine = _data_key({**values, "preprocessing": resolved_preprocessing(state.loaded)})
+            except (AttributeError, TypeError, ValueError):
+                return None
+            if mine == key:
+                return state.loaded
+        return None
+
+    def remember(self, run_dir: Path, loaded: LoadedData) -> None:
+        """Keep ``loaded`` as the prepared data of ``run_dir`` (the two most recent datasets are kept)."""
+        try:
+            key = self.run_data_key(run_dir)
+        except (OSError, ValueError):
+            return
+        self._loaded[key] = loaded
+        self._loaded.move_to_end(key)
+        while len(self._loaded) > 2:
+            self._loaded.popitem(last=False)
+
+
+def run_selection(state: WorkbenchState) -> RunSelection:
+    """The window's :class:`RunSelection` (created on first use, owned by ``state``)."""
+    found = state.findChild(RunSelection, _NAME)
+    return found if found is not None else RunSelection(state)
+
+
+def load_run_data_task(run_dir: str, state: TaskState) -> LoadedData:
+    """Prepare a run's data exactly as it was prepared for training (worker thread)."""
+    state.set_status("Preparing the run's data (same preprocessing as in training)")
+    config = load_run_config(Path(run_dir) / "config.yaml")
+    return load_data(config.data, progress=state.progress, cancel=state.is_cancelled)
+
+
+class RunPicker(QComboBox):
+    """The runs that have a final model, newest first; the item data is the run folder."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumWidth(260)
+        self.setToolTip("A trained run (runs folder; a run appears once it has a final model)")
+        self.root: Path | None = None
+
+    def refresh(self, root: Path, keep: Path | None = None) -> None:
+        """Re-list ``root``; keeps ``keep`` (or the current run) selected when it is still there."""
+        self.root = Path(root)
+        keep = keep or self.current_run()
+        self.blockSignals(True)
+        self.clear()
+        for s in runs_with_model(self.root):
+            self.addItem(f"{s.path.name}  ·  {s.model}  ·  {s.status}", str(s.path))
+            self.setItemData(self.count() - 1, f"{s.path}\n{s.epochs_completed}/{s.num_epochs} epochs", 3)
+        if self.count() == 0:
+            self.addItem("no trained run yet: train one on the Train page", "")
+        index = self.findData(str(keep)) if keep else -1
+        self.setCurrentIndex(index if index >= 0 else 0)
+        self.blockSignals(False)
+
+    def current_run(self) -> Path | None:
+        data = self.currentData()
+        return Path(data) if data else None
+
+    @Slot(str)
+    def select(self, path: str) -> None:
+        index = self.findData(path)
+        if index >= 0 and index != self.currentIndex():
+            self.setCurrentIndex(index)

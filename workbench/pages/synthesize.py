@@ -1,0 +1,714 @@
+"""The Synthesize page: fill in the modality a subject lacks, see how sure the model is, take it to a viewer.
+
+Pick a run and a subject, tick which of the subject's modalities to condition on and how many posterior
+samples to draw; every other modality is generated in a background worker (:mod:`core.synthesis`): the
+mean of the N decodings and their voxel-wise standard deviation as the uncertainty map. Linked
+orthogonal views show real (where it exists), synthesized, difference and uncertainty side by side with
+one crosshair and one window/level; where the real volume exists the metrics table scores the synthesis
+and the mean image of the training subjects (MSE, PSNR, SSIM, from :mod:`core.metrics`).
+
+"Leave one out" hides a modality the subject has, synthesizes it from the others and shows the error:
+the user's way to judge whether the model can be trusted. Exports (NIfTI on the subject's original grid
+with a provenance sidecar, optionally the uncertainty map), the batch export of every missing modality,
+the per-subject metrics CSV and the HTML run report all run in the background with progress and Cancel;
+a cancelled batch leaves no file behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, QUrl, Signal, Slot
+from PySide6.QtGui import QColor, QDesktopServices, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.data.sources import LoadedData
+from core.synthesis import (
+    SubjectSynthesis,
+    SynthesisContext,
+    export_missing,
+    export_volume,
+    leave_one_out,
+    leave_one_out_table,
+    synthesize_subject,
+    write_metrics_csv,
+)
+from core.training.trainer import select_device
+from workbench.messages import MessageArea
+from workbench.pages._common import Card, ProgressRow, page_header
+from workbench.pages._runs import RunPicker, load_run_data_task, run_selection
+from workbench.settings import Settings
+from workbench.state import WorkbenchState
+from workbench.widgets.ortho_viewer import OrthoViewer, Panel
+from workbench.workers import TaskError, TaskRunner, TaskState
+
+__all__ = ["SynthesizePage", "open_run_task", "generate_task", "export_missing_task", "metrics_csv_task", "report_task",
+           "METRIC_HEADERS"]
+
+METRIC_HEADERS = ["Modality", "Metric", "Model", "Mean image", "Better"]
+_METRICS = (("mse", "MSE", False), ("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True))
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+# Plain functions run by TaskRunner in a worker thread: data in, result out, no widgets.
+def open_run_task(run_dir: str, loaded: LoadedData | None, state: TaskState) -> tuple[SynthesisContext, LoadedData]:
+    """Prepare the run's data if needed, load its final model, fit the mean-image baseline on its training subjects."""
+    if loaded is None:
+        loaded = load_run_data_task(run_dir, state)
+    state.set_status("Loading the model and the training subjects' mean image")
+    return SynthesisContext.from_run(run_dir, loaded, device=str(select_device("auto"))), loaded
+
+
+def generate_task(ctx: SynthesisContext, subject: str, conditioning: list[str], n_samples: int, hidden: str | None,
+                  state: TaskState) -> SubjectSynthesis:
+    """One subject's synthesis (or leave-one-out check when ``hidden`` names a modality)."""
+    state.set_status(f"Synthesizing {subject} from {'+'.join(conditioning)} ({n_samples} samples)")
+    if hidden:
+        return leave_one_out(ctx, subject, hidden, n_samples=n_samples)
+    return synthesize_subject(ctx, subject, conditioning, n_samples=n_samples)
+
+
+def export_volume_task(ctx: SynthesisContext, synthesis: SubjectSynthesis, modality: str, path: str, uncertainty: bool,
+                       state: TaskState) -> list[Any]:
+    state.set_status(f"Writing {Path(path).name} on the subject's original grid")
+    return [export_volume(ctx, synthesis, modality, path, uncertainty=uncertainty, overwrite=True)]
+
+
+def export_missing_task(ctx: SynthesisContext, folder: str, n_samples: int, uncertainty: bool, state: TaskState) -> list[Any]:
+    """Every missing modality of every subject, staged and moved into ``folder`` only when all are written."""
+    state.set_status("Synthesizing and writing every missing modality")
+    return export_missing(ctx, folder, n_samples=n_samples, uncertainty=uncertainty, progress=state.progress,
+                          cancel=state.is_cancelled)
+
+
+def metrics_csv_task(ctx: SynthesisContext, path: str, state: TaskState) -> Path:
+    """Leave-one-out metrics of every subject and modality it has, as CSV."""
+    state.set_status("Leave-one-out on every subject (each modality it has, from the others)")
+    rows = leave_one_out_table(ctx, progress=state.progress, cancel=state.is_cancelled)
+    return write_metrics_csv(rows, path)
+
+
+def report_task(ctx: SynthesisContext, loaded: LoadedData, path: str, state: TaskState) -> Path:
+    from core.report import write_report
+
+    state.set_status("Writing the run report (curves, projection, metrics, synthesis panels)")
+    return write_report(ctx.run_dir, path, loaded=loaded, model=ctx.model, progress=state.progress, cancel=state.is_cancelled)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+class SynthesizePage(QWidget):
+    """Synthesis, leave-one-out checks and exports for one run (module docstring)."""
+
+    status_message = Signal(str)
+
+    def __init__(self, state: WorkbenchState, settings: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.settings = settings
+        self.selection = run_selection(state)
+        self.runner = TaskRunner(self, "synthesis")
+        self.batch_runner = TaskRunner(self, "export")
+        self.context: SynthesisContext | None = None
+        self.loaded: LoadedData | None = None
+        self.result: SubjectSynthesis | None = None
+        self._context_run: Path | None = None
+        self._pending_subject: str | None = None
+        self._generate_after_open = False
+        self._batch_what = ""
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 12, 16, 12)
+        layout.addWidget(page_header(
+            "Synthesize", "Generate the modalities a subject lacks from those it has, with a voxel-wise uncertainty map "
+            "(spread over the posterior samples). 'Leave one out' hides a modality the subject has and synthesizes it "
+            "back, to show how far the model can be trusted. Exports overlay the subject's original files exactly."))
+        self.messages = MessageArea()
+        layout.addWidget(self.messages)
+
+        # -- run and subject
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Run"))
+        self.run_picker = RunPicker()
+        self.run_picker.currentIndexChanged.connect(self._run_chosen)
+        row.addWidget(self.run_picker, 1)
+        row.addWidget(QLabel("Subject"))
+        self.subject_box = QComboBox()
+        self.subject_box.setMinimumWidth(280)
+        self.subject_box.setToolTip("The subject to synthesize; the list says which modalities each one has")
+        self.subject_box.currentIndexChanged.connect(self._subject_chosen)
+        row.addWidget(self.subject_box)
+        self.only_incomplete = QCheckBox("only subjects missing a modality")
+        self.only_incomplete.setToolTip("List only the subjects that lack at least one modality")
+        self.only_incomplete.toggled.connect(self._fill_subjects)
+        row.addWidget(self.only_incomplete)
+        layout.addLayout(row)
+
+        # -- conditioning, samples, actions
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Condition on"))
+        self.condition_row = QHBoxLayout()
+        row.addLayout(self.condition_row)
+        self.condition_boxes: dict[str, QCheckBox] = {}
+        row.addSpacing(12)
+        row.addWidget(QLabel("Samples"))
+        self.samples = QSpinBox()
+        self.samples.setRange(1, 256)
+        self.samples.setValue(int(settings.value("synthesize/samples", 8) or 8))
+        self.samples.setToolTip("Posterior samples N: the synthesis is their mean and the uncertainty map their voxel-wise "
+                                "standard deviation (N = 1: the decoded posterior mean, no uncertainty)")
+        self.samples.valueChanged.connect(lambda v: self.settings.set_value("synthesize/samples", v))
+        row.addWidget(self.samples)
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setObjectName("Primary")
+        self.generate_button.setToolTip("Generate every modality that is not ticked, from the ticked ones (Ctrl+G)")
+        self.generate_button.setShortcut("Ctrl+G")
+        self.generate_button.clicked.connect(self.generate)
+        row.addWidget(self.generate_button)
+        row.addSpacing(16)
+        self.hide_box = QComboBox()
+        self.hide_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.hide_box.setToolTip("The modality to hide (one the subject has)")
+        row.addWidget(self.hide_box)
+        self.loo_button = QPushButton("Leave one out")
+        self.loo_button.setToolTip("Hide the chosen modality, synthesize it from the subject's other modalities and compare "
+                                   "with the real one")
+        self.loo_button.clicked.connect(self.leave_one_out)
+        row.addWidget(self.loo_button)
+        row.addStretch(1)
+        layout.addLayout(row)
+        self.progress = ProgressRow()
+        self.progress.cancel_requested.connect(self.runner.cancel)
+        layout.addWidget(self.progress)
+
+        # -- viewer
+        viewer_card = Card("")
+        head = QHBoxLayout()
+        self.result_label = QLabel("Nothing generated yet.")
+        self.result_label.setObjectName("CardTitle")
+        head.addWidget(self.result_label, 1)
+        head.addWidget(QLabel("Show"))
+        self.modality_box = QComboBox()
+        self.modality_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.modality_box.setToolTip("Which generated modality the views show")
+        self.modality_box.currentIndexChanged.connect(self._show_modality)
+        head.addWidget(self.modality_box)
+        viewer_card.body.addLayout(head)
+        self.viewer = OrthoViewer()
+        viewer_card.body.addWidget(self.viewer, 1)
+
+        # -- metrics and exports
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        metrics_card = Card("Against the real volume")
+        self.metrics_table = QTableWidget(0, len(METRIC_HEADERS))
+        self.metrics_table.setHorizontalHeaderLabels(METRIC_HEADERS)
+        self.metrics_table.verticalHeader().setVisible(False)
+        self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.metrics_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        header = self.metrics_table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.metrics_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.metrics_table.setToolTip("Over the observed voxels of the real volume. PSNR and SSIM use the modality's "
+                                      "intensity range over the run's training subjects; the mean image is the voxel-wise "
+                                      "mean of the training subjects (the baseline a model must beat).")
+        metrics_card.body.addWidget(self.metrics_table, 1)
+        self.metrics_note = QLabel("")
+        self.metrics_note.setObjectName("PageHint")
+        self.metrics_note.setWordWrap(True)
+        metrics_card.body.addWidget(self.metrics_note)
+        export_card = Card("Export")
+        self.with_uncertainty = QCheckBox("with the uncertainty map (…_std.nii.gz)")
+        self.with_uncertainty.setChecked(bool(settings.value("synthesize/uncertainty", True) not in (False, "false")))
+        self.with_uncertainty.toggled.connect(lambda on: self.settings.set_value("synthesize/uncertainty", on))
+        self.export_button = QPushButton("Export this volume…")
+        self.export_button.setToolTip("The shown synthesized modality as NIfTI on the subject's original grid, with a JSON "
+                                      "provenance sidecar")
+        self.export_button.clicked.connect(lambda: self.export_current())
+        self.export_all_button = QPushButton("Export all missing…")
+        self.export_all_button.setToolTip("Synthesize every missing modality of every subject (N samples) and write them "
+                                          "all into a folder; nothing is written if cancelled")
+        self.export_all_button.clicked.connect(lambda: self.export_all_missing())
+        self.csv_button = QPushButton("Metrics CSV…")
+        self.csv_button.setToolTip("Leave-one-out metrics of every subject and every modality it has, beside the mean "
+                                   "image, as CSV")
+        self.csv_button.clicked.connect(lambda: self.write_metrics_csv())
+        self.report_button = QPushButton("Run report…")
+        self.report_button.setToolTip("A self-contained HTML report: configuration, curves, projection, metrics and "
+                                      "synthesis panels (also: mmvae report RUN --out report.html)")
+        self.report_button.clicked.connect(lambda: self.write_report())
+        export_card.body.addWidget(self.with_uncertainty)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.export_button)
+        buttons.addWidget(self.export_all_button)
+        export_card.body.addLayout(buttons)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.csv_button)
+        buttons.addWidget(self.report_button)
+        export_card.body.addLayout(buttons)
+        self.batch_progress = ProgressRow()
+        self.batch_progress.cancel_requested.connect(self.cancel_batch)
+        export_card.body.addWidget(self.batch_progress)
+        self.export_label = QLabel("")
+        self.export_label.setObjectName("PageHint")
+        self.export_label.setWordWrap(True)
+        self.export_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        export_card.body.addWidget(self.export_label)
+        side_layout.addWidget(metrics_card, 1)
+        side_layout.addWidget(export_card)
+
+        splitter = QSplitter()
+        splitter.addWidget(viewer_card)
+        splitter.addWidget(side)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([780, 440])
+        layout.addWidget(splitter, 1)
+
+        self.runner.progress.connect(self.progress.set_progress)
+        self.runner.status.connect(self.progress.set_status)
+        self.runner.done.connect(self._task_done)
+        self.runner.failed.connect(self._task_failed)
+        self.runner.cancelled.connect(self._task_cancelled)
+        self.runner.running_changed.connect(lambda _: self._update_buttons())
+        self.batch_runner.progress.connect(self.batch_progress.set_progress)
+        self.batch_runner.status.connect(self.batch_progress.set_status)
+        self.batch_runner.done.connect(self._batch_done)
+        self.batch_runner.failed.connect(self._batch_failed)
+        self.batch_runner.cancelled.connect(self._batch_cancelled)
+        self.batch_runner.running_changed.connect(lambda _: self._update_buttons())
+        self.selection.run_changed.connect(self._selection_changed)
+        self.selection.subject_requested.connect(self.open_subject)
+        self.viewer.clear("Choose a run and a subject, then Generate (or Leave one out).")
+        self.refresh_runs()
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ runs
+    @Slot()
+    def refresh_runs(self) -> None:
+        keep = self.selection.run_dir or self.run_picker.current_run()
+        self.run_picker.refresh(self.settings.runs_root(), keep)
+        if self.selection.run_dir is None and self.run_picker.current_run() is not None:
+            self.selection.set_run(self.run_picker.current_run())
+
+    @Slot(int)
+    def _run_chosen(self, index: int) -> None:
+        self.selection.set_run(self.run_picker.current_run())
+
+    @Slot(str)
+    def _selection_changed(self, path: str) -> None:
+        if path and self.run_picker.findData(path) < 0:
+            self.run_picker.refresh(self.settings.runs_root(), Path(path))
+        self.run_picker.select(path)
+        if self.isVisible() or self._pending_subject:
+            self.open_run()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.refresh_runs()
+        if self.run_picker.current_run() != self._context_run and not self.runner.is_running:
+            self.open_run()
+
+    def open_run(self) -> None:
+        """Prepare the selected run (data, model, baseline) in the background."""
+        run = self.run_picker.current_run()
+        if run is None:
+            self.viewer.clear("No trained run yet. Train a model on the Train page; it appears here when it has a final "
+                              "model.")
+            return
+        if run == self._context_run and self.context is not None:
+            return
+        self.context, self._context_run, self.result = None, run, None
+        self.messages.clear("run")
+        self.progress.start(f"Opening {run.name}")
+        self._update_buttons()
+        self.runner.start(open_run_task, str(run), self.selection.loaded_for(run))
+
+    # ------------------------------------------------------------------ subjects and conditioning
+    def subjects(self) -> list[str]:
+        return list(self.context.dataset.ids) if self.context is not None else []
+
+    @Slot()
+    def _fill_subjects(self) -> None:
+        ctx = self.context
+        current = self.current_subject()
+        self.subject_box.blockSignals(True)
+        self.subject_box.clear()
+        if ctx is not None:
+            for s in ctx.dataset.ids:
+                missing = ctx.missing(s)
+                if self.only_incomplete.isChecked() and not missing:
+                    continue
+                has = ", ".join(ctx.observed(s)) or "nothing"
+                text = f"{s} · {has}" + (f" · lacks {', '.join(missing)}" if missing else " · complete")
+                split = ctx.split.get(s)
+                self.subject_box.addItem(text + (f"  ({split})" if split else ""), s)
+        index = self.subject_box.findData(current) if current else -1
+        self.subject_box.setCurrentIndex(max(index, 0) if self.subject_box.count() else -1)
+        self.subject_box.blockSignals(False)
+        self._subject_chosen()
+
+    def current_subject(self) -> str | None:
+        data = self.subject_box.currentData()
+        return str(data) if data else None
+
+    def select_subject(self, subject: str) -> bool:
+        index = self.subject_box.findData(subject)
+        if index < 0 and self.only_incomplete.isChecked():
+            self.only_incomplete.setChecked(False)
+            index = self.subject_box.findData(subject)
+        if index < 0:
+            return False
+        self.subject_box.setCurrentIndex(index)
+        return True
+
+    @Slot()
+    def _subject_chosen(self) -> None:
+        ctx, subject = self.context, self.current_subject()
+        for box in self.condition_boxes.values():
+            self.condition_row.removeWidget(box)
+            box.deleteLater()
+        self.condition_boxes = {}
+        self.hide_box.clear()
+        if ctx is None or subject is None:
+            self._update_buttons()
+            return
+        observed = ctx.observed(subject)
+        for m in ctx.modalities:
+            box = QCheckBox(m)
+            box.setChecked(m in observed)
+            box.setEnabled(m in observed)
+            box.setToolTip(f"Condition on {m}" if m in observed else f"{subject} has no {m}: it can only be generated")
+            box.toggled.connect(self._update_buttons)
+            self.condition_row.addWidget(box)
+            self.condition_boxes[m] = box
+        if len(observed) >= 2:
+            for m in observed:
+                self.hide_box.addItem(f"hide {m}", m)
+        self._update_buttons()
+
+    def conditioning(self) -> list[str]:
+        return [m for m, box in self.condition_boxes.items() if box.isChecked() and box.isEnabled()]
+
+    def set_conditioning(self, modalities: list[str]) -> None:
+        for m, box in self.condition_boxes.items():
+            box.setChecked(m in modalities and box.isEnabled())
+
+    @Slot(str)
+    def open_subject(self, subject: str) -> None:
+        """Show ``subject`` (asked by the Explore page) and synthesize its modalities with the current settings."""
+        self._pending_subject = subject
+        if self.context is not None and self._context_run == self.run_picker.current_run():
+            self._apply_pending_subject()
+        elif not self.runner.is_running:
+            self.open_run()
+
+    def _apply_pending_subject(self) -> None:
+        subject, self._pending_subject = self._pending_subject, None
+        if subject and self.select_subject(subject):
+            self.generate()
+
+    # ------------------------------------------------------------------ generate
+    def _update_buttons(self) -> None:
+        ready = self.context is not None and not self.runner.is_running
+        subject = self.current_subject()
+        cond = self.conditioning()
+        can_generate = ready and subject is not None and bool(cond) and len(cond) < len(self.condition_boxes)
+        self.generate_button.setEnabled(can_generate)
+        if ready and subject is not None and not cond:
+            self.generate_button.setToolTip("Tick at least one modality the subject has to condition on")
+        elif ready and subject is not None and len(cond) == len(self.condition_boxes):
+            self.generate_button.setToolTip("Every modality is ticked: untick one to generate it")
+        else:
+            self.generate_button.setToolTip("Generate every modality that is not ticked, from the ticked ones (Ctrl+G)")
+        self.loo_button.setEnabled(ready and self.hide_box.count() > 0)
+        self.loo_button.setToolTip("Hide the chosen modality, synthesize it from the subject's other modalities and compare "
+                                   "with the real one" if self.hide_box.count() or not ready
+                                   else "This subject has a single modality: nothing is left to synthesize it from")
+        has_result = self.result is not None and bool(self.modality_box.currentData())
+        batch_busy = self.batch_runner.is_running
+        self.export_button.setEnabled(has_result and not batch_busy)
+        for button in (self.export_all_button, self.csv_button, self.report_button):
+            button.setEnabled(self.context is not None and not batch_busy)
+        for widget in (self.subject_box, self.only_incomplete):
+            widget.setEnabled(self.context is not None)
+
+    @Slot()
+    def generate(self) -> None:
+        """Generate every unticked modality from the ticked ones, in the background."""
+        subject, cond = self.current_subject(), self.conditioning()
+        if self.context is None or subject is None or not cond:
+            return
+        self.messages.clear("generate")
+        self.progress.start(f"Synthesizing {subject}")
+        self.runner.start(generate_task, self.context, subject, cond, self.samples.value(), None)
+
+    @Slot()
+    def leave_one_out(self) -> None:
+        """Hide the chosen modality and synthesize it back from the subject's other modalities."""
+        subject, hidden = self.current_subject(), self.hide_box.currentData()
+        if self.context is None or subject is None or not hidden:
+            return
+        others = [m for m in self.context.observed(subject) if m != hidden]
+        self.set_conditioning(others)
+        self.messages.clear("generate")
+        self.progress.start(f"Leave one out: {hidden} of {subject}")
+        self.runner.start(generate_task, self.context, subject, others, self.samples.value(), hidden)
+
+    def set_hidden(self, modality: str) -> None:
+        index = self.hide_box.findData(modality)
+        if index >= 0:
+            self.hide_box.setCurrentIndex(index)
+
+    @Slot(object)
+    def _task_done(self, result: Any) -> None:
+        self.progress.finish()
+        if isinstance(result, SubjectSynthesis):
+            self._show_result(result)
+            return
+        ctx, loaded = result
+        self.context, self.loaded = ctx, loaded
+        self.selection.remember(Path(ctx.run_dir), loaded)
+        self._fill_subjects()
+        self.viewer.clear("Choose a subject, tick what to condition on, then Generate (or Leave one out).")
+        self.result_label.setText(f"{ctx.model.name} · {len(ctx.dataset.ids)} subjects · modalities "
+                                  f"{', '.join(ctx.modalities)}")
+        self.status_message.emit(f"Run {Path(ctx.run_dir).name} ready")
+        if self._pending_subject:
+            self._apply_pending_subject()
+        self._update_buttons()
+
+    def _show_result(self, result: SubjectSynthesis) -> None:
+        self.result = result
+        what = (f"Leave one out: {result.hidden} hidden" if result.hidden else "Synthesized") + \
+            f" · {result.subject} from {'+'.join(result.conditioning)} · N = {result.n_samples}"
+        self.result_label.setText(what)
+        self.modality_box.blockSignals(True)
+        self.modality_box.clear()
+        for m in result.results:
+            item = result.results[m]
+            self.modality_box.addItem(m + ("  (real exists)" if item.real is not None else "  (missing)"), m)
+        preferred = result.hidden or next((m for m, r in result.results.items() if r.real is None), None)
+        index = self.modality_box.findData(preferred) if preferred else 0
+        self.modality_box.setCurrentIndex(max(0, index))
+        self.modality_box.blockSignals(False)
+        self._show_modality()
+        self._fill_metrics(result)
+        self._update_buttons()
+        self.status_message.emit(what)
+
+    @Slot()
+    def _show_modality(self) -> None:
+        result, m = self.result, self.modality_box.currentData()
+        if result is None or not m:
+            return
+        item = result.results[m]
+        std_note = "0 everywhere: one sample" if result.n_samples == 1 else f"std over {result.n_samples} samples"
+        panels = [
+            Panel("real", item.real, "intensity", "" if item.real is not None else f"{result.subject} has no {m}"),
+            Panel("synthesized", item.mean, "intensity", f"from {'+'.join(result.conditioning)}"),
+            Panel("difference", item.difference, "difference", "synthesized − real" if item.real is not None else "no real volume"),
+            Panel("uncertainty", item.std, "uncertainty", std_note),
+        ]
+        self.viewer.set_panels(panels)
+
+    def shown_modality(self) -> str | None:
+        return self.modality_box.currentData()
+
+    def show_modality(self, modality: str) -> None:
+        index = self.modality_box.findData(modality)
+        if index >= 0:
+            self.modality_box.setCurrentIndex(index)
+
+    def _fill_metrics(self, result: SubjectSynthesis) -> None:
+        table = self.metrics_table
+        rows: list[list[str]] = []
+        verdicts: list[bool | None] = []
+        notes = []
+        for m, item in result.results.items():
+            if item.real is None:
+                rows.append([m, "no real volume", "—", "—", ""])
+                verdicts.append(None)
+                notes.append(f"The subject has no real {m}: only the uncertainty map says how sure the model is.")
+                continue
+            for key, label, higher_is_better in _METRICS:
+                ours, base = item.metrics.get(key), item.baseline.get(key)
+                better = None if ours is None or base is None else (ours > base if higher_is_better else ours < base)
+                rows.append([m, label, _fmt(ours), _fmt(base), "" if better is None else ("yes" if better else "no")])
+                verdicts.append(better)
+        table.setRowCount(len(rows))
+        for r, (cells, better) in enumerate(zip(rows, verdicts, strict=True)):
+            for col, text in enumerate(cells):
+                cell = QTableWidgetItem(text)
+                if col >= 2:
+                    cell.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if col == 4 and better is not None:
+                    cell.setForeground(QColor("#2e7d32" if better else "#c62828"))
+                    cell.setToolTip("The synthesis is closer to the real volume than the training subjects' mean image"
+                                    if better else "The mean image of the training subjects is closer to the real volume "
+                                    "than the synthesis: the model knows less about this subject than a population average")
+                table.setItem(r, col, cell)
+        if result.hidden:
+            notes.insert(0, f"{result.hidden} was hidden from the model: its rows are the leave-one-out error.")
+        self.metrics_note.setText(" ".join(notes))
+
+    def metric_value(self, modality: str, metric: str, column: str = "Model") -> str:
+        """The table's text for ``modality``, ``metric`` (MSE, PSNR (dB), SSIM) and ``column``."""
+        col = METRIC_HEADERS.index(column)
+        for row in range(self.metrics_table.rowCount()):
+            if self.metrics_table.item(row, 0).text() == modality and self.metrics_table.item(row, 1).text() == metric:
+                return self.metrics_table.item(row, col).text()
+        raise KeyError((modality, metric))
+
+    def _task_failed(self, error: TaskError) -> None:
+        self.progress.finish()
+        if self.context is None:
+            self._context_run = None
+            self.messages.error("run", f"The run could not be opened: {error.message}", error.details)
+            self.viewer.clear("The run could not be opened; see the message above.")
+        else:
+            self.messages.error("generate", f"The synthesis failed: {error.message}", error.details)
+        self._update_buttons()
+
+    def _task_cancelled(self) -> None:
+        self.progress.finish()
+        if self.context is None:
+            self._context_run = None
+        self.messages.info("generate", "Cancelled.")
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ exports
+    def _last_dir(self) -> str:
+        return self.settings.last_dir() or str(Path.home())
+
+    def export_current(self, path: str | None = None) -> None:
+        """Export the shown synthesized modality (NIfTI + sidecar [+ uncertainty map]) in the background."""
+        result, m = self.result, self.modality_box.currentData()
+        if result is None or not m or self.context is None:
+            return
+        if path is None:
+            suggested = str(Path(self._last_dir()) / f"{result.subject}_{m}_synth.nii.gz")
+            path, _ = QFileDialog.getSaveFileName(self, "Export the synthesized volume", suggested, "NIfTI (*.nii.gz *.nii)")
+            if not path:
+                return
+        self._start_batch("export", f"Writing {Path(path).name}", export_volume_task, self.context, result, m, str(path),
+                          self.with_uncertainty.isChecked())
+
+    def export_all_missing(self, folder: str | None = None) -> None:
+        """Synthesize and export every missing modality of every subject into ``folder`` (background, cancellable)."""
+        if self.context is None:
+            return
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Folder for the synthesized volumes", self._last_dir())
+            if not folder:
+                return
+        self._start_batch("export", "Synthesizing every missing modality", export_missing_task, self.context, str(folder),
+                          self.samples.value(), self.with_uncertainty.isChecked())
+
+    def write_metrics_csv(self, path: str | None = None) -> None:
+        """Leave-one-out metrics of every subject as CSV (background)."""
+        if self.context is None:
+            return
+        if path is None:
+            suggested = str(Path(self._last_dir()) / f"{Path(self.context.run_dir).name}_leave_one_out.csv")
+            path, _ = QFileDialog.getSaveFileName(self, "Per-subject metrics", suggested, "CSV (*.csv)")
+            if not path:
+                return
+        self._start_batch("csv", "Leave-one-out metrics of every subject", metrics_csv_task, self.context, str(path))
+
+    def write_report(self, path: str | None = None) -> None:
+        """The run's HTML report (background)."""
+        if self.context is None or self.loaded is None:
+            return
+        if path is None:
+            suggested = str(Path(self.context.run_dir) / "report.html")
+            path, _ = QFileDialog.getSaveFileName(self, "Run report", suggested, "HTML (*.html)")
+            if not path:
+                return
+        self._start_batch("report", "Writing the run report", report_task, self.context, self.loaded, str(path))
+
+    def _start_batch(self, what: str, text: str, fn: Any, *args: Any) -> None:
+        self._batch_what = what
+        self.messages.clear("export")
+        self.export_label.setText("")
+        self.batch_progress.start(text)
+        self.batch_runner.start(fn, *args)
+        self._update_buttons()
+
+    @Slot()
+    def cancel_batch(self) -> None:
+        self.batch_runner.cancel()
+
+    def _batch_done(self, result: Any) -> None:
+        self.batch_progress.finish()
+        if isinstance(result, list):
+            if not result:
+                self.export_label.setText("Every subject has every modality: nothing to export.")
+                return
+            folder = Path(result[0].image).parent
+            self.settings.set_last_dir(folder)
+            images = ", ".join(r.image.name for r in result[:3]) + (" …" if len(result) > 3 else "")
+            self.export_label.setText(f"Wrote {len(result)} volume(s) to {folder}: {images} (each with a .json sidecar"
+                                      + (" and a _std uncertainty map)" if result[0].uncertainty else ")"))
+            self.messages.info("export", f"Exported {len(result)} synthesized volume(s) to {folder}.",
+                               action=("Open folder", lambda f=folder: QDesktopServices.openUrl(QUrl.fromLocalFile(str(f)))))
+            self.status_message.emit(f"Exported {len(result)} volume(s)")
+        else:
+            path = Path(result)
+            self.settings.set_last_dir(path.parent)
+            self.export_label.setText(f"Wrote {path}")
+            self.messages.info("export", f"Wrote {path.name}.",
+                               action=("Open", lambda p=path: QDesktopServices.openUrl(QUrl.fromLocalFile(str(p)))))
+        self._update_buttons()
+
+    def _batch_failed(self, error: TaskError) -> None:
+        self.batch_progress.finish()
+        self.messages.error("export", f"The {self._batch_what} failed: {error.message}", error.details)
+        self._update_buttons()
+
+    def _batch_cancelled(self) -> None:
+        self.batch_progress.finish()
+        self.export_label.setText("Cancelled: nothing was written.")
+        self._update_buttons()
+
+    def shutdown(self) -> bool:
+        return all([self.runner.shutdown(), self.batch_runner.shutdown()])
+
+
+if __name__ == "__main__":  # python -m workbench.pages.synthesize: the page alone, on the runs folder
+    import sys
+
+    import pyqtgraph as pg
+    from PySide6.QtWidgets import QApplication
+
+    from workbench.main import PYQTGRAPH_OPTIONS
+
+    app = QApplication(sys.argv)
+    pg.setConfigOptions(**PYQTGRAPH_OPTIONS)
+    page = SynthesizePage(WorkbenchState(), Settings())
+    page.resize(1300, 800)
+    page.show()
+    code = app.exec()
+    page.shutdown()
+    sys.exit(code)

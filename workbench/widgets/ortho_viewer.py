@@ -1,0 +1,432 @@
+"""Linked orthogonal slice views of several volumes side by side (real, synthesized, difference, uncertainty).
+
+Every column is one volume, every row one plane (axial, coronal, sagittal), as in ITK-SNAP or 3D Slicer's
+Compare Volumes:
+
+* **one crosshair** for all views: a left click in any view moves the cursor to that voxel, and every
+  view shows the slices through it (the X/Y/Z boxes and the arrow keys move it too);
+* **one window/level** for the intensity columns (real and synthesized, so they are comparable):
+  right-drag on any image (horizontal: window width, vertical: level), the Window/Level boxes, or Auto
+  (1st..99th percentile); the difference column uses a symmetric diverging map around 0 and the
+  uncertainty column its own 0..99th-percentile window;
+* **linked zoom and pan** per plane (mouse wheel, left-drag).
+
+Volumes are arrays ``(X, Y, Z)`` in RAS order (``(1, X, Y, Z)`` accepted); axial slices show X to the
+right and Y (anterior) up, coronal X and Z, sagittal Y and Z. Images ``(H, W)`` or ``(1, H, W)`` are shown
+in a single view per column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, QPointF, Qt, Signal, Slot
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.resources import plot_colors
+
+__all__ = ["OrthoViewer", "Panel", "as_spatial", "KINDS"]
+
+PLANES = ("axial", "coronal", "sagittal")
+#: What a column shows, which decides its colour map and window.
+KINDS = ("intensity", "difference", "uncertainty")
+_CMAPS = {"difference": "CET-D1", "uncertainty": "inferno"}
+
+
+def as_spatial(array: np.ndarray | None) -> np.ndarray | None:
+    """``(X, Y, Z)`` or ``(H, W)`` float32 from model-space arrays (leading channel axes of size 1 dropped)."""
+    if array is None:
+        return None
+    a = np.asarray(array, dtype=np.float32)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 4:  # several channels: the first
+        a = a[0]
+    if a.ndim not in (2, 3):
+        raise ValueError(f"Expected an image or a volume, got shape {np.shape(array)}.")
+    return a
+
+
+@dataclass
+class Panel:
+    """One column: a title, the array (None: nothing to show, e.g. no real volume), its kind and a note."""
+
+    title: str
+    array: np.ndarray | None
+    kind: str = "intensity"
+    note: str = ""
+
+
+class _SliceBox(pg.ViewBox):
+    """A view box where a left click moves the crosshair and a right-drag changes window/level."""
+
+    def __init__(self, viewer: OrthoViewer, plane: str) -> None:
+        super().__init__(lockAspect=True, enableMouse=True, invertY=False)
+        self.viewer, self.plane = viewer, plane
+        self.setMenuEnabled(False)
+
+    def mouseClickEvent(self, ev: object) -> None:
+        if ev.button() == Qt.MouseButton.LeftButton:
+            ev.accept()
+            point = self.mapSceneToView(ev.scenePos())
+            self.viewer.click(self.plane, point.x(), point.y())
+        else:
+            super().mouseClickEvent(ev)
+
+    def mouseDragEvent(self, ev: object, axis: int | None = None) -> None:
+        if ev.button() == Qt.MouseButton.RightButton:
+            ev.accept()
+            delta = ev.screenPos() - ev.lastScreenPos()
+            self.viewer.drag_window_level(delta.x(), delta.y())
+        else:
+            super().mouseDragEvent(ev, axis)
+
+
+class _View:
+    """One plane of one column: view box, image and crosshair lines."""
+
+    def __init__(self, viewer: OrthoViewer, layout: pg.GraphicsLayout, row: int, col: int, plane: str) -> None:
+        self.plane = plane
+        self.box = _SliceBox(viewer, plane)
+        layout.addItem(self.box, row=row, col=col)
+        self.image = pg.ImageItem(axisOrder="col-major")
+        self.box.addItem(self.image)
+        pen = pg.mkPen((255, 196, 0, 170), width=1)
+        self.vline = pg.InfiniteLine(angle=90, movable=False, pen=pen)
+        self.hline = pg.InfiniteLine(angle=0, movable=False, pen=pen)
+        for line in (self.vline, self.hline):
+            line.setZValue(10)
+            self.box.addItem(line, ignoreBounds=True)
+
+
+class OrthoViewer(QWidget):
+    """Columns of linked orthogonal views with a shared crosshair and window/level (module docstring).
+
+    Signals: ``position_changed(x, y, z)``, ``levels_changed(low, high)``.
+    """
+
+    position_changed = Signal(int, int, int)
+    levels_changed = Signal(float, float)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.panels: list[Panel] = []
+        self.arrays: list[np.ndarray | None] = []
+        self.views: list[dict[str, _View]] = []
+        self.shape: tuple[int, ...] = ()
+        self.position: list[int] = [0, 0, 0]
+        self.levels: tuple[float, float] = (0.0, 1.0)
+        self._other_levels: dict[int, tuple[float, float]] = {}
+        self._titles: list[pg.LabelItem] = []
+
+        # -- controls
+        controls = QHBoxLayout()
+        controls.setContentsMargins(0, 0, 0, 0)
+        self.coords: list[QSpinBox] = []
+        for axis in "XYZ":
+            controls.addWidget(QLabel(axis))
+            box = QSpinBox()
+            box.setRange(0, 0)
+            box.setToolTip(f"Crosshair voxel index along {axis} (the slice shown in the planes across {axis})")
+            box.valueChanged.connect(self._coords_edited)
+            self.coords.append(box)
+            controls.addWidget(box)
+        controls.addSpacing(12)
+        controls.addWidget(QLabel("Window"))
+        self.window_box = QDoubleSpinBox()
+        self.level_box = QDoubleSpinBox()
+        for box, tip in ((self.window_box, "Window width of the real and synthesized images (right-drag horizontally)"),
+                         (self.level_box, "Window centre (level) of the real and synthesized images (right-drag vertically)")):
+            box.setDecimals(3)
+            box.setRange(-1e6, 1e6)
+            box.setSingleStep(0.05)
+            box.setKeyboardTracking(False)
+            box.setToolTip(tip)
+            box.valueChanged.connect(self._window_edited)
+        self.window_box.setMinimum(1e-6)
+        controls.addWidget(self.window_box)
+        controls.addWidget(QLabel("Level"))
+        controls.addWidget(self.level_box)
+        self.auto_button = QPushButton("Auto")
+        self.auto_button.setToolTip("Window/level from the 1st to the 99th percentile of the real and synthesized volumes")
+        self.auto_button.clicked.connect(self.auto_levels)
+        controls.addWidget(self.auto_button)
+        controls.addStretch(1)
+        self.readout = QLabel("")
+        self.readout.setObjectName("PageHint")
+        self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.setMinimumSize(240, 200)
+        self.graphics.ci.layout.setSpacing(2)
+        self.message = QLabel("")
+        self.message.setObjectName("PageHint")
+        self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.message.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        layout.addLayout(controls)
+        layout.addWidget(self.graphics, 1)
+        layout.addWidget(self.message, 1)
+        layout.addWidget(self.readout)
+        self.apply_plot_theme()
+        self.show_message("Nothing to show yet.")
+
+    # ------------------------------------------------------------------ content
+    @property
+    def is_2d(self) -> bool:
+        return len(self.shape) == 2
+
+    @property
+    def planes(self) -> tuple[str, ...]:
+        return ("image",) if self.is_2d else PLANES
+
+    def set_panels(self, panels: Sequence[Panel], keep_position: bool = True, levels: tuple[float, float] | None = None) -> None:
+        """Show ``panels`` side by side (arrays of one shape; None arrays show their note)."""
+        arrays = [as_spatial(p.array) for p in panels]
+        shapes = {a.shape for a in arrays if a is not None}
+        if len(shapes) > 1:
+            raise ValueError(f"All panels must have one shape; got {sorted(shapes)}.")
+        if not shapes:
+            self.show_message("Nothing to show.")
+            return
+        shape = shapes.pop()
+        new_shape = shape != self.shape
+        titles = [(p.title, p.kind) for p in panels]
+        if new_shape or titles != [(p.title, p.kind) for p in self.panels]:
+            self.panels = list(panels)
+            self.shape = shape
+            self._build()
+        self.panels, self.arrays = list(panels), arrays
+        if new_shape or not keep_position:
+            self.position = [s // 2 for s in shape] + ([0] if len(shape) == 2 else [])
+        for k, box in enumerate(self.coords):
+            box.blockSignals(True)
+            box.setRange(0, (shape[k] - 1) if k < len(shape) else 0)
+            box.setValue(self.position[k])
+            box.setEnabled(k < len(shape) and not (len(shape) == 2 and k == 2))
+            box.blockSignals(False)
+        self._other_levels = {}
+        for i, (panel, array) in enumerate(zip(self.panels, arrays, strict=True)):
+            if array is None or panel.kind == "intensity":
+                continue
+            finite = np.abs(array[np.isfinite(array)])
+            top = float(np.percentile(finite, 99)) if finite.size else 1.0
+            top = top if top > 0 else max(float(finite.max()) if finite.size else 1.0, 1e-6)
+            self._other_levels[i] = (-top, top) if panel.kind == "difference" else (0.0, top)
+        for i, panel in enumerate(self.panels):
+            note = f"<br><span style='font-size:8pt'>{panel.note}</span>" if panel.note else ""
+            self._titles[i].setText(f"<b>{panel.title}</b>{note}", color=plot_colors()["foreground"])
+        if levels is not None:
+            self.set_levels(*levels)
+        else:
+            self.auto_levels()
+        self._update_slices()
+        self.show_message("")
+        for views in self.views:
+            for view in views.values():
+                view.box.autoRange(padding=0.02)
+
+    def _build(self) -> None:
+        self.graphics.clear()
+        self.views, self._titles = [], []
+        fg = plot_colors()["foreground"]
+        for col, panel in enumerate(self.panels):
+            self._titles.append(self.graphics.addLabel(f"<b>{panel.title}</b>", row=0, col=col + 1, color=fg))
+        for row, plane in enumerate(self.planes):
+            if not self.is_2d:
+                self.graphics.addLabel(plane, row=row + 1, col=0, angle=-90, color=fg, size="8pt")
+        for col, panel in enumerate(self.panels):
+            views = {}
+            for row, plane in enumerate(self.planes):
+                view = _View(self, self.graphics.ci, row + 1, col + 1, plane)
+                cmap = _CMAPS.get(panel.kind)
+                if cmap:
+                    view.image.setColorMap(pg.colormap.get(cmap))
+                if self.views:  # link zoom and pan with the first column's view of this plane
+                    first = self.views[0][plane].box
+                    view.box.setXLink(first)
+                    view.box.setYLink(first)
+                views[plane] = view
+            self.views.append(views)
+
+    def show_message(self, text: str) -> None:
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
+        self.graphics.setVisible(not text)
+        if text:
+            self.readout.setText("")
+
+    def clear(self, message: str = "Nothing to show yet.") -> None:
+        self.panels, self.arrays, self.shape = [], [], ()
+        self.graphics.clear()
+        self.views, self._titles = [], []
+        self.show_message(message)
+
+    # ------------------------------------------------------------------ slices and crosshair
+    def _cuts(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        if array.ndim == 2:
+            return {"image": array}
+        x, y, z = self.position
+        return {"axial": array[:, :, z], "coronal": array[:, y, :], "sagittal": array[x, :, :]}
+
+    def _cross(self, plane: str) -> tuple[float, float]:
+        x, y, z = self.position
+        return {"image": (x, y), "axial": (x, y), "coronal": (x, z), "sagittal": (y, z)}[plane]
+
+    def _update_slices(self) -> None:
+        for i, array in enumerate(self.arrays):
+            levels = self._other_levels.get(i, self.levels)
+            for plane, view in self.views[i].items():
+                if array is None:
+                    view.image.clear()
+                    view.vline.setVisible(False)
+                    view.hline.setVisible(False)
+                    continue
+                view.image.setImage(np.nan_to_num(self._cuts(array)[plane]), levels=levels, autoLevels=False)
+                h, v = self._cross(plane)
+                view.vline.setVisible(True)
+                view.hline.setVisible(True)
+                view.vline.setPos(h + 0.5)
+                view.hline.setPos(v + 0.5)
+        self._update_readout()
+
+    def _update_readout(self) -> None:
+        if not self.arrays:
+            return
+        index = tuple(self.position[: len(self.shape)])
+        parts = [f"voxel ({', '.join(str(i) for i in index)})"]
+        for panel, array in zip(self.panels, self.arrays, strict=True):
+            if array is not None:
+                parts.append(f"{panel.title} {float(array[index]):.4g}")
+        self.readout.setText("  ·  ".join(parts))
+
+    def value_at(self, title: str) -> float | None:
+        """The value of column ``title`` under the crosshair."""
+        for panel, array in zip(self.panels, self.arrays, strict=True):
+            if panel.title == title and array is not None:
+                return float(array[tuple(self.position[: len(self.shape)])])
+        return None
+
+    def set_position(self, x: int, y: int, z: int = 0) -> None:
+        """Move the crosshair (clipped to the volume) and show the slices through it."""
+        if not self.shape:
+            return
+        limits = list(self.shape) + ([1] if self.is_2d else [])
+        new = [int(np.clip(v, 0, n - 1)) for v, n in zip((x, y, z), limits, strict=True)]
+        if new == self.position:
+            return
+        self.position = new
+        for box, value in zip(self.coords, new, strict=True):
+            box.blockSignals(True)
+            box.setValue(value)
+            box.blockSignals(False)
+        self._update_slices()
+        self.position_changed.emit(*new)
+
+    def click(self, plane: str, h: float, v: float) -> None:
+        """A click at view coordinates (h, v) of ``plane`` moves the crosshair there."""
+        x, y, z = self.position
+        h, v = int(np.floor(h)), int(np.floor(v))
+        if plane in ("axial", "image"):
+            x, y = h, v
+        elif plane == "coronal":
+            x, z = h, v
+        else:
+            y, z = h, v
+        self.set_position(x, y, z)
+
+    @Slot()
+    def _coords_edited(self) -> None:
+        self.set_position(*(b.value() for b in self.coords))
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        """Up/Down move through axial slices (Z), Page Up/Down through coronal slices (Y)."""
+        step = {Qt.Key.Key_Up: (2, 1), Qt.Key.Key_Down: (2, -1), Qt.Key.Key_PageUp: (1, 1), Qt.Key.Key_PageDown: (1, -1)}
+        move = step.get(Qt.Key(event.key()))
+        if move is not None and self.shape and not self.is_2d:
+            position = list(self.position)
+            position[move[0]] += move[1]
+            self.set_position(*position)
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    # ------------------------------------------------------------------ window / level
+    def set_levels(self, low: float, high: float) -> None:
+        """The shared intensity window (real and synthesized columns)."""
+        if not (np.isfinite(low) and np.isfinite(high)):
+            return
+        if high <= low:
+            high = low + 1e-6
+        self.levels = (float(low), float(high))
+        for box, value in ((self.window_box, high - low), (self.level_box, (high + low) / 2)):
+            box.blockSignals(True)
+            box.setValue(value)
+            box.blockSignals(False)
+        for i in range(len(self.panels)):
+            if i in self._other_levels or i >= len(self.views):
+                continue
+            for view in self.views[i].values():
+                if self.arrays[i] is not None:
+                    view.image.setLevels(self.levels)
+        self.levels_changed.emit(*self.levels)
+
+    @Slot()
+    def auto_levels(self) -> None:
+        values = [a[np.isfinite(a)].ravel()[:: max(1, a.size // 200_000)] for p, a in zip(self.panels, self.arrays, strict=True)
+                  if a is not None and p.kind == "intensity"]
+        if not values:
+            return
+        v = np.concatenate(values)
+        nz = v[v != 0]
+        v = nz if nz.size > 16 else v
+        if v.size == 0:
+            return
+        low, high = (float(q) for q in np.percentile(v, [1, 99]))
+        self.set_levels(low, high if high > low else low + 1.0)
+
+    @Slot()
+    def _window_edited(self) -> None:
+        width, centre = self.window_box.value(), self.level_box.value()
+        self.set_levels(centre - width / 2, centre + width / 2)
+
+    def drag_window_level(self, dx: float, dy: float) -> None:
+        """Right-drag: horizontal movement widens the window, vertical movement raises the level."""
+        low, high = self.levels
+        width, centre = high - low, (high + low) / 2
+        width = max(1e-6, width * float(np.exp(dx / 200.0)))
+        centre -= dy * width / 200.0
+        self.set_levels(centre - width / 2, centre + width / 2)
+
+    # ------------------------------------------------------------------ theme
+    def apply_plot_theme(self) -> None:
+        self.graphics.setBackground(plot_colors()["background"])
+        if self.panels and self.arrays:
+            self._build()
+            self.set_panels(self.panels, levels=self.levels)
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self.graphics.setBackground(plot_colors()["background"])
+        super().changeEvent(event)
+
+    def view_center(self, column: int, plane: str) -> QPointF:
+        """Scene position of the crosshair in one view (for tests driving clicks)."""
+        view = self.views[column][plane]
+        h, v = self._cross(plane)
+        return view.box.mapViewToScene(QPointF(h + 0.5, v + 0.5))
