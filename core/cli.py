@@ -51,6 +51,10 @@ def _install_interrupt_handler(control: object) -> None:
 
 
 def _report(result: object) -> int:
+    from core.training.distributed import is_main_process
+
+    if not is_main_process():
+        return EXIT_OK if result.status in ("completed", "early_stopped", "stopped") else EXIT_FAILED
     print(f"{result.status}: {result.epochs_completed} epochs" + (f", best validation loss {result.best_validation_loss:.5g} (epoch {result.best_epoch})" if result.best_validation_loss is not None else ""))
     if result.message:
         print(result.message)
@@ -61,33 +65,56 @@ def _report(result: object) -> int:
 
 def _training_callbacks(quiet: bool) -> list:
     from core.training import TqdmProgress
+    from core.training.distributed import is_main_process
 
-    return [TqdmProgress(disable=quiet)]
+    return [TqdmProgress(disable=quiet or not is_main_process())]
+
+
+def _distributed(run: object) -> int:
+    """Run ``run(context)`` inside the process group torchrun describes (a no-op without torchrun)."""
+    from core.training.distributed import init_distributed, shutdown_distributed
+
+    context, created = init_distributed()
+    try:
+        return run(context)
+    finally:
+        if created:
+            shutdown_distributed()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from core.runs import default_run_dir, load_run_config, train_run
     from core.training import TrainingControl
+    from core.training.distributed import broadcast_object
 
     config = load_run_config(args.config)
     if args.epochs is not None:
         config.training.num_epochs = args.epochs
     if args.device is not None:
         config.training.device = args.device
-    run_dir = Path(args.out) if args.out else default_run_dir(config)
-    control = TrainingControl()
-    _install_interrupt_handler(control)
-    print(f"training {config.model_name} -> {run_dir}")
-    return _report(train_run(config, run_dir, _training_callbacks(args.quiet), control))
+
+    def run(context: object) -> int:
+        # Every rank must write into the folder rank 0 chose (the default name holds a timestamp).
+        run_dir = Path(broadcast_object(context, str(Path(args.out) if args.out else default_run_dir(config))))
+        control = TrainingControl()
+        _install_interrupt_handler(control)
+        if context.is_main:
+            print(f"training {config.model_name} -> {run_dir}" + (f" on {context.world_size} processes" if context.enabled else ""))
+        return _report(train_run(config, run_dir, _training_callbacks(args.quiet), control))
+
+    return _distributed(run)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from core.runs import resume_run
     from core.training import TrainingControl
 
-    control = TrainingControl()
-    _install_interrupt_handler(control)
-    return _report(resume_run(args.run, _training_callbacks(args.quiet), control, num_epochs=args.epochs))
+    def run(context: object) -> int:
+        control = TrainingControl()
+        _install_interrupt_handler(control)
+        return _report(resume_run(args.run, _training_callbacks(args.quiet), control, num_epochs=args.epochs))
+
+    return _distributed(run)
 
 
 def _cmd_impute(args: argparse.Namespace) -> int:

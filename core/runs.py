@@ -35,6 +35,7 @@ import torch
 import yaml
 
 import core
+from core.atomic import atomic_write_text
 from core.data.dataset import MultimodalBaseDataset, split_by_subject
 from core.data.sources import DataConfig, LoadedData, load_data, resolved_preprocessing
 from core.models.base import MultimodalVAE
@@ -43,7 +44,8 @@ from core.models.registry import get_model_class
 from core.training.callbacks import Callback
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
-from core.training.serialization import atomic_write_text
+from core.training.distributed import barrier, current_context
+from core.training.monitoring import MonitoringConfig, monitoring_callbacks
 from core.training.trainer import Trainer, TrainingResult, latest_checkpoint
 
 __all__ = [
@@ -71,6 +73,7 @@ class RunConfig:
     model_name: str
     model_params: dict[str, Any]
     training: TrainerConfig
+    monitoring: MonitoringConfig | None = None
 
 
 def _section(values: Mapping[str, Any], key: str, required: bool = True) -> dict[str, Any]:
@@ -88,9 +91,9 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
     """Validate a run description; errors name the section and key (``model.warmpu``)."""
     if not isinstance(values, Mapping):
         raise ConfigError("A run config must be a YAML mapping with data, model and training sections.")
-    unknown = sorted(set(values) - {"name", "data", "model", "training"})
+    unknown = sorted(set(values) - {"name", "data", "model", "training", "monitoring"})
     if unknown:
-        raise ConfigError(f"Unknown top-level keys {unknown}; a run config has name, data, model and training.")
+        raise ConfigError(f"Unknown top-level keys {unknown}; a run config has name, data, model, training and monitoring.")
     name = str(values.get("name") or "run")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ConfigError(f"name '{name}' may only contain letters, digits, '.', '_' and '-'.")
@@ -117,7 +120,13 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
         training = config_from_dict(TrainerConfig, _section(values, "training", required=False))
     except ConfigError as error:
         raise ConfigError(f"training: {error}") from None
-    return RunConfig(name=name, data=data, model_name=cls.name, model_params=model_section, training=training)
+    try:
+        monitoring = config_from_dict(MonitoringConfig, values["monitoring"]) if values.get("monitoring") else None
+    except ConfigError as error:
+        raise ConfigError(f"monitoring: {error}") from None
+    return RunConfig(
+        name=name, data=data, model_name=cls.name, model_params=model_section, training=training, monitoring=monitoring
+    )
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -133,12 +142,28 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
-    return {
+    values = {
         "name": config.name,
         "data": config_to_dict(config.data),
         "model": {"name": config.model_name, **config.model_params},
         "training": config_to_dict(config.training),
     }
+    if config.monitoring is not None:
+        values["monitoring"] = config_to_dict(config.monitoring)
+    return values
+
+
+def _load_data_once(config: RunConfig) -> LoadedData:
+    """Under torchrun, rank 0 prepares the data first (it may write the demo cohort or a cache)."""
+    context = current_context()
+    if not context.enabled:
+        return load_data(config.data)
+    if context.is_main:
+        loaded = load_data(config.data)
+        barrier(context)
+        return loaded
+    barrier(context)
+    return load_data(config.data)
 
 
 def build_model(config: RunConfig, dataset: MultimodalBaseDataset) -> MultimodalVAE:
@@ -210,11 +235,15 @@ def train_run(
     run_dir = Path(run_dir)
     if latest_checkpoint(run_dir) is not None:
         raise FileExistsError(f"{run_dir} already holds a run; resume it (mmvae resume {run_dir}) or choose another folder.")
-    loaded = loaded or load_data(config.data)
+    loaded = loaded or _load_data_once(config)
     config.data = config_from_dict(DataConfig, {**config_to_dict(config.data), "preprocessing": resolved_preprocessing(loaded)})
     parts = split_dataset(config, loaded.dataset)
     model = build_model(config, loaded.dataset)
-    _write_run_files(run_dir, config, loaded, parts)
+    context = current_context()
+    if context.is_main:
+        _write_run_files(run_dir, config, loaded, parts)
+    barrier(context)
+    callbacks = [*callbacks, *monitoring_callbacks(config.monitoring)]
     trainer = Trainer(model, parts[0], parts[1] if len(parts) > 1 else None, config.training, callbacks, run_dir, control)
     return trainer.train()
 
@@ -231,14 +260,16 @@ def resume_run(
     config = load_run_config(run_dir / "config.yaml")
     if num_epochs is not None:
         config.training = config_from_dict(TrainerConfig, {**config_to_dict(config.training), "num_epochs": num_epochs})
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
+        if current_context().is_main:
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
     if latest_checkpoint(run_dir) is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from.")
-    loaded = loaded or load_data(config.data)
+    loaded = loaded or _load_data_once(config)
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     train = _subset_by_ids(loaded.dataset, split["train"])
     validation = _subset_by_ids(loaded.dataset, split["validation"]) if split.get("validation") else None
     model = build_model(config, loaded.dataset)
+    callbacks = [*callbacks, *monitoring_callbacks(config.monitoring)]
     trainer = Trainer(model, train, validation, config.training, callbacks, run_dir, control)
     return trainer.train(resume_from=run_dir)
 

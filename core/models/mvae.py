@@ -71,6 +71,7 @@ class MVAE(MultimodalVAE):
     config_class = MVAEConfig
     supports_incomplete_data = True
     summary = "Product of experts with the prior expert; sub-sampled ELBOs; learns from incomplete data."
+    ddp_find_unused_parameters = False  # every encoder and decoder takes part in every step
 
     def __init__(
         self,

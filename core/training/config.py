@@ -41,6 +41,9 @@ class TrainerConfig:
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_workers: int = Field(0, ge=0, le=64, **advanced("DataLoader worker processes."))
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", **advanced("Autocast on CUDA (ignored on CPU)."))
+    compile: bool = Field(
+        False, **advanced("torch.compile the model's networks (first steps are slow while compiling; helps on GPU).")
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:

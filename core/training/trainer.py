@@ -492,7 +492,7 @@ class Trainer:
 
     def _train(self, started: float, resume_from: str | Path | None) -> TrainingResult:
         self.model.to(self.device)
-        if getattr(self.config, "compile", False):  # opt-in (TrainerConfig.compile); off by default
+        if self.config.compile:
             compile_submodules(self.model)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
