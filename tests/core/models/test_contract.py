@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data import IncompleteDataset, MultimodalBaseDataset
 from core.models import (
     IncompleteDataError,
     TrainingProgress,
@@ -25,18 +24,6 @@ INPUT_DIMS = {"a": (6,), "b": (1, 8, 8), "c": (4,)}
 
 def small_model(name: str):
     return build_model(name, {"n_modalities": 3, "latent_dim": 4, "input_dims": INPUT_DIMS})
-
-
-def complete_batch(n: int = 6):
-    return MultimodalBaseDataset({m: torch.randn(n, *s) for m, s in INPUT_DIMS.items()}).as_batch()
-
-
-def incomplete_batch(n: int = 6):
-    data = {m: torch.randn(n, *s) for m, s in INPUT_DIMS.items()}
-    masks = {m: torch.ones(n, dtype=torch.bool) for m in INPUT_DIMS}
-    masks["b"][::2] = False
-    masks["c"][1] = False
-    return IncompleteDataset(data, masks).as_batch()
 
 
 @pytest.fixture(params=available())
@@ -56,13 +43,13 @@ def test_config_schema_describes_every_field(model_name):
     assert cls.summary, "every model needs a one-line summary for the model card"
 
 
-def test_forward_gives_finite_loss_and_gradients(model_name):
+def test_forward_gives_finite_loss_and_gradients(model_name, make_batch):
     model = small_model(model_name)
     model.train()
     for stage in model.stages:
         model.enter_stage(stage)
         params = model.parameters_for_stage(stage)
-        output = model(complete_batch(), TrainingProgress(stage.first_epoch + 1, 0.5))
+        output = model(make_batch(INPUT_DIMS, 6), TrainingProgress(stage.first_epoch + 1, 0.5))
         assert torch.isfinite(output.loss), stage
         model.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -74,42 +61,35 @@ def test_forward_gives_finite_loss_and_gradients(model_name):
         assert all(isinstance(v, torch.Tensor) for v in output.terms.values())
 
 
-def test_cross_modal_prediction_shapes(model_name):
+def test_cross_modal_prediction_shapes(model_name, make_batch, assert_predictions):
     model = small_model(model_name)
-    batch = complete_batch(5)
+    batch = make_batch(INPUT_DIMS, 5)
     for cond in (["a"], ["a", "b"], "all"):
-        out = model.predict(batch, cond_mod=cond, gen_mod="all", N=2)
-        for m, shape in INPUT_DIMS.items():
-            assert out[m].shape == (2, 5, *shape)
-            assert torch.isfinite(out[m]).all()
+        assert_predictions(model.predict(batch, cond_mod=cond, gen_mod="all", N=2), INPUT_DIMS, (2, 5))
     generated = model.decode(model.generate_from_prior(3))
     assert generated["b"].shape == (3, 1, 8, 8)
 
 
-def test_eval_mode_is_deterministic_given_the_seed(model_name):
+def test_eval_mode_is_deterministic_given_the_seed(model_name, make_batch, under_seed):
     model = small_model(model_name)
     model.eval()
-    batch = complete_batch()
-    torch.manual_seed(1)
-    first = model(batch).loss
-    torch.manual_seed(1)
-    assert torch.equal(first, model(batch).loss)
+    batch = make_batch(INPUT_DIMS, 6)
+    first = under_seed(1, model, batch).loss
+    assert torch.equal(first, under_seed(1, model, batch).loss)
 
 
-def test_missing_modality_values_do_not_matter_or_incomplete_data_is_refused(model_name):
+def test_missing_modality_values_do_not_matter_or_incomplete_data_is_refused(model_name, make_batch, under_seed):
     model = small_model(model_name)
     model.eval()
-    batch = incomplete_batch()
+    batch = make_batch(INPUT_DIMS, 6, missing={"b": [0, 2, 4], "c": [1]})
     if not model.supports_incomplete_data:
         with pytest.raises(IncompleteDataError, match="missing"):
             model(batch)
         return
     changed = dict(batch)
     changed["data"] = {**batch.data, "b": batch.data["b"] + 100 * (~batch.masks["b"]).float().view(-1, 1, 1, 1)}
-    torch.manual_seed(2)
-    loss = model(batch).loss
-    torch.manual_seed(2)
-    assert torch.allclose(loss, model(changed).loss)
+    loss = under_seed(2, model, batch).loss
+    assert torch.allclose(loss, under_seed(2, model, changed).loss)
 
 
 def test_bundle_round_trip(model_name, tmp_path):

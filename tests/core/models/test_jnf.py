@@ -7,43 +7,24 @@ import torch
 import zuko
 from torch import nn
 
-from core.data import DatasetOutput, IncompleteDataset, MultimodalBaseDataset
+from core.data import DatasetOutput
 from core.models import (
     JNF,
     ConfigError,
     IncompleteDataError,
     JNFConfig,
     TrainingProgress,
-    config_from_dict,
-    load,
 )
-from core.models._shared.subsets import all_subsets
-from core.nn import EncoderOutput, MLPDecoder, MLPEncoder
+from core.nn import EncoderOutput
 from core.nn.flows import LatentFlow, ZukoFlow
 from core.nn.joint import MultipleHeadJointEncoder
 
-SHAPES = {
-    "vector": {"a": (8,), "b": (8,), "c": (5,)},
-    "image": {"a": (1, 16, 16), "b": (1, 16, 16)},
-    "volume": {"a": (1, 16, 16, 16), "b": (1, 16, 16, 16)},
-}
-VECTORS = SHAPES["vector"]
 FAST_HMC = {"mcmc_steps": 3, "n_lf": 2}
 
 
-def make_model(input_dims=VECTORS, **overrides) -> JNF:
-    overrides.setdefault("warmup", 2)
-    return JNF(JNFConfig(n_modalities=len(input_dims), latent_dim=4, input_dims=input_dims, **overrides))
-
-
-def make_batch(input_dims=VECTORS, n: int = 5, missing: dict[str, list[int]] | None = None) -> DatasetOutput:
-    data = {m: torch.randn(n, *shape) for m, shape in input_dims.items()}
-    if not missing:
-        return MultimodalBaseDataset(data).as_batch()
-    masks = {m: torch.ones(n, dtype=torch.bool) for m in input_dims}
-    for m, rows in missing.items():
-        masks[m][rows] = False
-    return IncompleteDataset(data, masks).as_batch()
+@pytest.fixture
+def make_model(model_factory):
+    return model_factory(JNF, warmup=2)
 
 
 class IdentityFlow(LatentFlow):
@@ -69,47 +50,39 @@ class NormedJointEncoder(nn.Module):
         return EncoderOutput(embedding=self.mean(h), log_covariance=self.logvar(h))
 
 
-def test_config_defaults_follow_the_seed():
+def test_config_defaults_follow_the_seed(assert_plain_decoders):
     config = JNFConfig(n_modalities=2)
     assert (config.latent_dim, config.warmup, config.beta) == (10, 10, 1.0)
-    assert config.uses_likelihood_rescaling is False and config.rescale_factors is None
-    assert config.decoders_dist is None and config.decoder_dist_params is None and config.custom_architectures == []
+    assert_plain_decoders(config)
     assert JNF.supports_incomplete_data is False and JNF.summary
 
 
-def test_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="'warmpu'.*Did you mean 'warmup'"):
-        config_from_dict(JNFConfig, {"n_modalities": 2, "warmpu": 3})
-    with pytest.raises(ConfigError, match="warmup"):
-        config_from_dict(JNFConfig, {"n_modalities": 2, "warmup": 0})
-    with pytest.raises(ConfigError, match="'alpha' is not a parameter"):
-        config_from_dict(JNFConfig, {"n_modalities": 2, "alpha": 1.0})
+def test_config_errors_name_the_key(assert_config_errors):
+    assert_config_errors(JNFConfig, [
+        ({"n_modalities": 2, "warmpu": 3}, "'warmpu'.*Did you mean 'warmup'"),
+        ({"n_modalities": 2, "warmup": 0}, "warmup"),
+        ({"n_modalities": 2, "alpha": 1.0}, "'alpha' is not a parameter"),
+    ])
 
 
-@pytest.mark.parametrize("kind", list(SHAPES))
 @pytest.mark.parametrize("n_samples", [1, 3])
-def test_encode_and_predict_shapes_for_every_subset(kind, n_samples):
-    dims = SHAPES[kind]
-    model = make_model(dims)
-    batch = make_batch(dims, 4)
-    lead = (4,) if n_samples == 1 else (n_samples, 4)
-    for subset in all_subsets(list(dims)):
-        z = model.encode(batch, cond_mod=list(subset), N=n_samples, **FAST_HMC).z
+def test_encode_and_predict_shapes_for_every_subset(input_dims, n_samples, make_model, every_subset, assert_predictions):
+    model = make_model(input_dims)
+    for batch, subset, lead in every_subset(input_dims, n_samples):
+        z = model.encode(batch, cond_mod=subset, N=n_samples, **FAST_HMC).z
         assert z.shape == (*lead, 4) and torch.isfinite(z).all()
-        flat = model.encode(batch, cond_mod=list(subset), N=n_samples, flatten=True, **FAST_HMC).z
+        flat = model.encode(batch, cond_mod=subset, N=n_samples, flatten=True, **FAST_HMC).z
         assert flat.shape == (n_samples * 4, 4)
-        out = model.predict(batch, cond_mod=list(subset), gen_mod="all", N=n_samples, **FAST_HMC)
-        for m, shape in dims.items():
-            assert out[m].shape == (*lead, *shape) and torch.isfinite(out[m]).all()
+        assert_predictions(model.predict(batch, cond_mod=subset, gen_mod="all", N=n_samples, **FAST_HMC), input_dims, lead)
 
 
-def test_generation_from_the_prior_decodes():
-    model = make_model(SHAPES["volume"])
+def test_generation_from_the_prior_decodes(shapes, make_model):
+    model = make_model(shapes["volume"])
     out = model.decode(model.generate_from_prior(2))
     assert out["b"].shape == (2, 1, 16, 16, 16) and torch.isfinite(out["b"]).all()
 
 
-def test_stages_partition_the_parameters():
+def test_stages_partition_the_parameters(make_model):
     model = make_model(warmup=7)
     assert [(s.name, s.first_epoch) for s in model.stages] == [("joint", 1), ("unimodal", 8)]
     assert model.reset_optimizer_epochs == [8]
@@ -123,7 +96,7 @@ def test_stages_partition_the_parameters():
 
 
 @pytest.mark.parametrize("stage_index", [0, 1])
-def test_finite_gradients_reach_every_parameter_of_each_stage_and_only_those(stage_index):
+def test_finite_gradients_reach_every_parameter_of_each_stage_and_only_those(stage_index, make_model, make_batch):
     model = make_model()
     stage = model.stages[stage_index]
     model.enter_stage(stage)
@@ -137,7 +110,7 @@ def test_finite_gradients_reach_every_parameter_of_each_stage_and_only_those(sta
             assert p.grad is None, f"{name} is not trained in stage {stage.name} but got a gradient"
 
 
-def test_stage_two_freezes_the_joint_vae_in_eval_mode():
+def test_stage_two_freezes_the_joint_vae_in_eval_mode(make_batch):
     dims = {"a": (8,), "b": (8,)}
     model = JNF(JNFConfig(n_modalities=2, latent_dim=4, input_dims=dims), joint_encoder=NormedJointEncoder(dims, 4))
     model.enter_stage(model.stages[1])
@@ -153,7 +126,7 @@ def test_stage_two_freezes_the_joint_vae_in_eval_mode():
     assert model.joint_encoder.training and all(p.requires_grad for p in model.joint_encoder.parameters())
 
 
-def test_forward_enters_the_stage_of_the_epoch():
+def test_forward_enters_the_stage_of_the_epoch(make_model, make_batch):
     model = make_model(warmup=3)
     model(make_batch(), TrainingProgress(4))
     assert model.current_stage.name == "unimodal" and model.joint_frozen
@@ -161,7 +134,7 @@ def test_forward_enters_the_stage_of_the_epoch():
     assert model.current_stage.name == "joint" and set(out.terms) == {"recon", "kl_prior"}
 
 
-def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two():
+def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two(make_batch):
     dims = {"a": (8,), "b": (8,)}
     model = JNF(JNFConfig(n_modalities=2, latent_dim=4, input_dims=dims, warmup=2))
     data = make_batch(dims, 32)
@@ -190,7 +163,7 @@ def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two():
     assert any(k.startswith("joint_encoder.") for k in stage_1) and not any(k.startswith("flows.") for k in stage_1)
 
 
-def test_unimodal_encoding_goes_through_the_flow():
+def test_unimodal_encoding_goes_through_the_flow(make_model, make_batch):
     model = make_model()
     model.eval()
     batch = make_batch()
@@ -202,7 +175,7 @@ def test_unimodal_encoding_goes_through_the_flow():
     assert torch.isfinite(model.unimodal_log_prob("a", z, (mu, logvar))).all() and u.shape == z.shape
 
 
-def test_hmc_samples_are_finite_with_the_right_shape():
+def test_hmc_samples_are_finite_with_the_right_shape(make_model, make_batch):
     model = make_model()
     batch = make_batch(n=6)
     z = model.encode(batch, ["a", "b"], N=4, mcmc_steps=5, n_lf=3, eps_lf=0.05).z
@@ -228,7 +201,7 @@ def test_hmc_targets_the_product_of_posteriors_with_the_prior_divided_out_per_ex
     assert torch.allclose(z.var((0, 1)), 1 / precision[0], rtol=0.1)
 
 
-def test_flows_accept_zuko_objects_and_reject_bad_ones():
+def test_flows_accept_zuko_objects_and_reject_bad_ones(make_batch):
     dims = {"a": (8,), "b": (8,)}
     config = JNFConfig(n_modalities=2, latent_dim=4, input_dims=dims)
     model = JNF(config, flows={"a": zuko.flows.MAF(4, transforms=1), "b": zuko.flows.NSF(4, transforms=1).transform})
@@ -243,47 +216,28 @@ def test_flows_accept_zuko_objects_and_reject_bad_ones():
         JNF(config, flows={"a": zuko.flows.MAF(4)})
 
 
-def test_training_on_incomplete_data_fails_with_a_reason():
+def test_training_on_incomplete_data_fails_with_a_reason(make_model, make_batch):
     model = make_model()
     with pytest.raises(IncompleteDataError, match="JNF cannot train on incomplete data.*'c' is missing"):
         model(make_batch(missing={"c": [0, 2]}), TrainingProgress(1))
 
 
-def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+def test_save_load_round_trip_gives_identical_outputs(make_model, make_batch, round_trip, under_seed):
     model = make_model()
-    model.eval()
     batch = make_batch()
-    model.save(tmp_path / "bundle")
-    loaded = load(tmp_path / "bundle")
-    loaded.eval()
+    loaded = round_trip(model)
     for cond in (["a"], "all"):
         assert torch.equal(model.encode(batch, cond, return_mean=True).z, loaded.encode(batch, cond, return_mean=True).z)
     for epoch in (1, 5):
-        torch.manual_seed(5)
-        first = model(batch, TrainingProgress(epoch)).loss
-        torch.manual_seed(5)
-        assert torch.equal(first, loaded(batch, TrainingProgress(epoch)).loss)
-    torch.manual_seed(6)
-    first = model.encode(batch, ["a", "b"], **FAST_HMC).z
-    torch.manual_seed(6)
-    assert torch.equal(first, loaded.encode(batch, ["a", "b"], **FAST_HMC).z)
+        first = under_seed(5, model, batch, TrainingProgress(epoch)).loss
+        assert torch.equal(first, under_seed(5, loaded, batch, TrainingProgress(epoch)).loss)
+    first = under_seed(6, model.encode, batch, ["a", "b"], **FAST_HMC).z
+    assert torch.equal(first, under_seed(6, loaded.encode, batch, ["a", "b"], **FAST_HMC).z)
 
 
-def _toy(n: int, seed: int) -> MultimodalBaseDataset:
-    """Two 8-d views of a shared 2-d latent through fixed random non-linear maps."""
-    g = torch.Generator().manual_seed(seed)
-    maps = torch.randn(2, 2, 8, generator=torch.Generator().manual_seed(100))
-    z = torch.randn(n, 2, generator=g)
-    return MultimodalBaseDataset({m: torch.tanh(z @ maps[i]) + 0.05 * torch.randn(n, 8, generator=g) for i, m in enumerate("ab")})
-
-
-def test_short_two_stage_training_lowers_each_stage_loss_and_beats_the_mean_baseline():
-    train, val = _toy(256, 0), _toy(128, 1)
-    dims = {"a": (8,), "b": (8,)}
-    config = JNFConfig(n_modalities=2, latent_dim=4, input_dims=dims, warmup=5, decoder_dist_params={m: {"scale": 0.1} for m in dims})
-    encoders = {m: MLPEncoder((8,), 4, hidden=(64,)) for m in dims}  # small: the test is about the objective
-    decoders = {m: MLPDecoder(4, (8,), hidden=(64,)) for m in dims}
-    model = JNF(config, encoders, decoders, MultipleHeadJointEncoder(encoders, 4, hidden=(64,)))
+def test_short_two_stage_training_lowers_each_stage_loss_and_beats_the_mean_baseline(toy):
+    encoders, decoders = toy.small_vaes()
+    model = JNF(toy.config(JNFConfig, warmup=5), encoders, decoders, MultipleHeadJointEncoder(encoders, 4, hidden=(64,)))
     history: dict[str, list[float]] = {}
     optimizer, current = None, None
     for epoch in range(1, 21):
@@ -292,21 +246,10 @@ def test_short_two_stage_training_lowers_each_stage_loss_and_beats_the_mean_base
             model.enter_stage(stage)
             optimizer = torch.optim.Adam(model.parameters_for_stage(stage), lr=3e-3)
             current = stage
-        model.eval()
-        with torch.no_grad():
-            history.setdefault(stage.name, []).append(float(model(val, TrainingProgress(epoch)).loss))
-        model.train()
-        for idx in torch.randperm(256).split(32):
-            loss = model(train.subset(idx.tolist()).as_batch(), TrainingProgress(epoch)).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        history["unimodal"].append(float(model(val, TrainingProgress(20)).loss))
+        history.setdefault(stage.name, []).append(toy.val_loss(model, TrainingProgress(epoch)))
+        toy.train_epoch(model, optimizer, epoch)
+    history["unimodal"].append(toy.val_loss(model, TrainingProgress(20)))
     assert history["joint"][-1] < history["joint"][0]
     assert history["unimodal"][-1] < history["unimodal"][0]
-    prediction = model.predict(val, cond_mod="a", gen_mod="b")["b"]
-    mse = (prediction - val.data["b"]).pow(2).mean()
-    baseline = (train.data["b"].mean(0) - val.data["b"]).pow(2).mean()
+    mse, baseline = toy.b_from_a_errors(model)
     assert mse < 0.5 * baseline
