@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LOAD_AT_START = round(os.getloadavg()[0], 2)  # other work on the machine skews the numbers
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "example_configs.json"
     previous = json.loads(out.read_text(encoding="utf-8"))["results"] if out.is_file() and args.only else {}
-    payload = {"benchmark": "example_configs", "machine": platform.platform(), "cpu_count": os.cpu_count(),
+    payload = {"benchmark": "example_configs", "machine": platform.platform(), "cpu_count": os.cpu_count(), "load_average_1min_at_start": LOAD_AT_START,
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": {**previous, **results}}
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")

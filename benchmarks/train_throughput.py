@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import time
 from pathlib import Path
 
+LOAD_AT_START = round(os.getloadavg()[0], 2)  # other work on the machine skews the numbers
 RESULTS = Path(__file__).resolve().parent / "results"
 
 CASES = {
@@ -94,7 +96,7 @@ def main() -> None:
         process.join()
         print(name, results[name])
     payload = {"benchmark": "train_throughput", "model": "MVAE", "machine": platform.platform(), "processor": platform.processor(),
-               "cpu_count": mp.cpu_count(), "steps": args.steps, "results": results, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "cpu_count": mp.cpu_count(), "load_average_1min_at_start": LOAD_AT_START, "steps": args.steps, "results": results, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
