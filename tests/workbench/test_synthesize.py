@@ -191,7 +191,7 @@ def test_leave_one_out_metrics_agree_with_core_metrics(make_window: Any, qtbot: 
     }
     for metric, (model_value, mean_value) in expected.items():  # the table shows 4 significant digits
         assert float(page.metric_value(hidden, metric, "Model")) == pytest.approx(float(model_value[0]), rel=1e-3)
-        assert float(page.metric_value(hidden, metric, "Mean image")) == pytest.approx(float(mean_value[0]), rel=1e-3)
+        assert float(page.metric_value(hidden, metric, "Mean")) == pytest.approx(float(mean_value[0]), rel=1e-3)
     key = {"MSE": "mse", "PSNR (dB)": "psnr", "SSIM": "ssim"}
     for metric, (model_value, mean_value) in expected.items():  # and the page computed exactly core's numbers
         assert item.metrics[key[metric]] == pytest.approx(float(model_value[0]), rel=1e-6)

@@ -116,7 +116,8 @@ class RunPicker(QComboBox):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setMinimumWidth(260)
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(18)
         self.setToolTip("A trained run (runs folder; a run appears once it has a final model)")
         self.root: Path | None = None
 

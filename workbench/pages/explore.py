@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
@@ -82,6 +82,8 @@ class ExplorePage(QWidget):
         row.addWidget(self.run_picker, 1)
         row.addWidget(QLabel("Projection"))
         self.method = QComboBox()
+        self.method.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.method.setMinimumContentsLength(6)
         usable = available_methods()
         for m in METHODS:
             self.method.addItem(METHOD_LABELS[m] + ("" if m in usable else " (not installed)"), m)
@@ -95,19 +97,19 @@ class ExplorePage(QWidget):
         self.method.setCurrentIndex(max(0, self.method.findData(saved if saved in usable else "pca")))
         self.method.currentIndexChanged.connect(self._settings_changed)
         row.addWidget(self.method)
-        row.addWidget(QLabel("At most"))
+        row.addWidget(QLabel("Subjects"))
         self.max_points = QSpinBox()
-        self.max_points.setRange(5, 100_000)
+        self.max_points.setRange(5, 50_000)
         self.max_points.setSingleStep(500)
         self.max_points.setValue(int(settings.value("explore/max_points", 2000) or 2000))
-        self.max_points.setSuffix(" subjects")
-        self.max_points.setToolTip("Larger cohorts are subsampled to this many subjects, stratified by missingness "
+        self.max_points.setToolTip("At most this many subjects: larger cohorts are subsampled, stratified by missingness "
                                    "pattern (the plot says how many it shows)")
         self.max_points.editingFinished.connect(self._settings_changed)
         row.addWidget(self.max_points)
         row.addWidget(QLabel("Colour by"))
         self.colour_by = QComboBox()
-        self.colour_by.setMinimumWidth(170)
+        self.colour_by.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.colour_by.setMinimumContentsLength(12)
         self.colour_by.setToolTip("What the point colours show")
         self.colour_by.currentIndexChanged.connect(self._colour_changed)
         row.addWidget(self.colour_by)
@@ -124,8 +126,11 @@ class ExplorePage(QWidget):
         info = QHBoxLayout()
         self.caption = QLabel("")
         self.caption.setObjectName("PageHint")
+        self.caption.setWordWrap(True)
         self.agreement_label = QLabel("")
         self.agreement_label.setObjectName("PageHint")
+        self.agreement_label.setWordWrap(True)
+        self.agreement_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.agreement_label.setToolTip(
             "For each modality: the share of subjects whose code from that modality alone is closer to their own "
             "joint code than to any other subject's (in the latent space itself, not in 2D). Chance is 1/N.")
@@ -272,20 +277,3 @@ class ExplorePage(QWidget):
     def shutdown(self) -> bool:
         return self.runner.shutdown()
 
-
-if __name__ == "__main__":  # python -m workbench.pages.explore: the page alone, on the runs folder
-    import sys
-
-    import pyqtgraph as pg
-    from PySide6.QtWidgets import QApplication
-
-    from workbench.main import PYQTGRAPH_OPTIONS
-
-    app = QApplication(sys.argv)
-    pg.setConfigOptions(**PYQTGRAPH_OPTIONS)
-    page = ExplorePage(WorkbenchState(), Settings())
-    page.resize(1200, 760)
-    page.show()
-    code = app.exec()
-    page.shutdown()
-    sys.exit(code)

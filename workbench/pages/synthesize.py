@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QSplitter,
@@ -61,7 +62,7 @@ from workbench.workers import TaskError, TaskRunner, TaskState
 __all__ = ["SynthesizePage", "open_run_task", "generate_task", "export_missing_task", "metrics_csv_task", "report_task",
            "METRIC_HEADERS"]
 
-METRIC_HEADERS = ["Modality", "Metric", "Model", "Mean image", "Better"]
+METRIC_HEADERS = ["Modality", "Metric", "Model", "Mean", "Better"]
 _METRICS = (("mse", "MSE", False), ("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True))
 
 
@@ -90,11 +91,12 @@ def export_volume_task(ctx: SynthesisContext, synthesis: SubjectSynthesis, modal
     return [export_volume(ctx, synthesis, modality, path, uncertainty=uncertainty, overwrite=True)]
 
 
-def export_missing_task(ctx: SynthesisContext, folder: str, n_samples: int, uncertainty: bool, state: TaskState) -> list[Any]:
+def export_missing_task(ctx: SynthesisContext, folder: str, n_samples: int, uncertainty: bool, overwrite: bool,
+                        state: TaskState) -> list[Any]:
     """Every missing modality of every subject, staged and moved into ``folder`` only when all are written."""
     state.set_status("Synthesizing and writing every missing modality")
-    return export_missing(ctx, folder, n_samples=n_samples, uncertainty=uncertainty, progress=state.progress,
-                          cancel=state.is_cancelled)
+    return export_missing(ctx, folder, n_samples=n_samples, uncertainty=uncertainty, overwrite=overwrite,
+                          progress=state.progress, cancel=state.is_cancelled)
 
 
 def metrics_csv_task(ctx: SynthesisContext, path: str, state: TaskState) -> Path:
@@ -152,11 +154,12 @@ class SynthesizePage(QWidget):
         row.addWidget(self.run_picker, 1)
         row.addWidget(QLabel("Subject"))
         self.subject_box = QComboBox()
-        self.subject_box.setMinimumWidth(280)
+        self.subject_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.subject_box.setMinimumContentsLength(26)
         self.subject_box.setToolTip("The subject to synthesize; the list says which modalities each one has")
         self.subject_box.currentIndexChanged.connect(self._subject_chosen)
         row.addWidget(self.subject_box)
-        self.only_incomplete = QCheckBox("only subjects missing a modality")
+        self.only_incomplete = QCheckBox("only incomplete")
         self.only_incomplete.setToolTip("List only the subjects that lack at least one modality")
         self.only_incomplete.toggled.connect(self._fill_subjects)
         row.addWidget(self.only_incomplete)
@@ -225,6 +228,8 @@ class SynthesizePage(QWidget):
         self.metrics_table.verticalHeader().setVisible(False)
         self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.metrics_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.metrics_table.horizontalHeaderItem(3).setToolTip("The voxel-wise mean image of the run's training subjects")
+        self.metrics_table.horizontalHeaderItem(4).setToolTip("Is the synthesis closer to the real volume than the mean image?")
         header = self.metrics_table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
@@ -321,13 +326,13 @@ class SynthesizePage(QWidget):
         if path and self.run_picker.findData(path) < 0:
             self.run_picker.refresh(self.settings.runs_root(), Path(path))
         self.run_picker.select(path)
-        if self.isVisible() or self._pending_subject:
+        if self.isVisible() or self._pending_subject or self._context_run is not None:
             self.open_run()
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         self.refresh_runs()
-        if self.run_picker.current_run() != self._context_run and not self.runner.is_running:
+        if self.run_picker.current_run() != self._context_run:
             self.open_run()
 
     def open_run(self) -> None:
@@ -615,16 +620,29 @@ class SynthesizePage(QWidget):
         self._start_batch("export", f"Writing {Path(path).name}", export_volume_task, self.context, result, m, str(path),
                           self.with_uncertainty.isChecked())
 
-    def export_all_missing(self, folder: str | None = None) -> None:
-        """Synthesize and export every missing modality of every subject into ``folder`` (background, cancellable)."""
-        if self.context is None:
+    def export_all_missing(self, folder: str | None = None, overwrite: bool | None = None) -> None:
+        """Synthesize and export every missing modality of every subject into ``folder`` (background, cancellable).
+
+        Files of an earlier export in ``folder`` are replaced only with ``overwrite`` (asked when None)."""
+        ctx = self.context
+        if ctx is None:
             return
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Folder for the synthesized volumes", self._last_dir())
             if not folder:
                 return
-        self._start_batch("export", "Synthesizing every missing modality", export_missing_task, self.context, str(folder),
-                          self.samples.value(), self.with_uncertainty.isChecked())
+        names = [f"{s}_{m}_synth" for s in ctx.dataset.ids if ctx.observed(s) for m in ctx.missing(s)]
+        existing = [n for n in names if (Path(folder) / f"{n}.nii.gz").exists() or (Path(folder) / f"{n}.json").exists()]
+        if existing and overwrite is None:
+            answer = QMessageBox.question(
+                self, "Replace the earlier export?",
+                f"{len(existing)} synthesized volume(s) from an earlier export are in {folder} (e.g. {existing[0]}.nii.gz). "
+                "Replace them?", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+            overwrite = answer == QMessageBox.StandardButton.Yes
+            if not overwrite:
+                return
+        self._start_batch("export", "Synthesizing every missing modality", export_missing_task, ctx, str(folder),
+                          self.samples.value(), self.with_uncertainty.isChecked(), bool(overwrite))
 
     def write_metrics_csv(self, path: str | None = None) -> None:
         """Leave-one-out metrics of every subject as CSV (background)."""
@@ -695,20 +713,3 @@ class SynthesizePage(QWidget):
     def shutdown(self) -> bool:
         return all([self.runner.shutdown(), self.batch_runner.shutdown()])
 
-
-if __name__ == "__main__":  # python -m workbench.pages.synthesize: the page alone, on the runs folder
-    import sys
-
-    import pyqtgraph as pg
-    from PySide6.QtWidgets import QApplication
-
-    from workbench.main import PYQTGRAPH_OPTIONS
-
-    app = QApplication(sys.argv)
-    pg.setConfigOptions(**PYQTGRAPH_OPTIONS)
-    page = SynthesizePage(WorkbenchState(), Settings())
-    page.resize(1300, 800)
-    page.show()
-    code = app.exec()
-    page.shutdown()
-    sys.exit(code)

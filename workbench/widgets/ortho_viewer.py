@@ -142,6 +142,7 @@ class OrthoViewer(QWidget):
             box.setRange(0, 0)
             box.setToolTip(f"Crosshair voxel index along {axis} (the slice shown in the planes across {axis})")
             box.valueChanged.connect(self._coords_edited)
+            box.setMaximumWidth(64)
             self.coords.append(box)
             controls.addWidget(box)
         controls.addSpacing(12)
@@ -156,6 +157,7 @@ class OrthoViewer(QWidget):
             box.setKeyboardTracking(False)
             box.setToolTip(tip)
             box.valueChanged.connect(self._window_edited)
+            box.setMaximumWidth(96)
         self.window_box.setMinimum(1e-6)
         controls.addWidget(self.window_box)
         controls.addWidget(QLabel("Level"))
@@ -168,6 +170,7 @@ class OrthoViewer(QWidget):
         self.readout = QLabel("")
         self.readout.setObjectName("PageHint")
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.readout.setWordWrap(True)
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setMinimumSize(240, 200)
@@ -207,7 +210,8 @@ class OrthoViewer(QWidget):
         shape = shapes.pop()
         new_shape = shape != self.shape
         titles = [(p.title, p.kind) for p in panels]
-        if new_shape or titles != [(p.title, p.kind) for p in self.panels]:
+        rebuilt = new_shape or titles != [(p.title, p.kind) for p in self.panels] or not self.views
+        if rebuilt:
             self.panels = list(panels)
             self.shape = shape
             self._build()
@@ -237,9 +241,8 @@ class OrthoViewer(QWidget):
             self.auto_levels()
         self._update_slices()
         self.show_message("")
-        for views in self.views:
-            for view in views.values():
-                view.box.autoRange(padding=0.02)
+        if rebuilt or not keep_position:
+            self.reset_views()
 
     def _build(self) -> None:
         self.graphics.clear()
@@ -257,12 +260,30 @@ class OrthoViewer(QWidget):
                 cmap = _CMAPS.get(panel.kind)
                 if cmap:
                     view.image.setColorMap(pg.colormap.get(cmap))
-                if self.views:  # link zoom and pan with the first column's view of this plane
-                    first = self.views[0][plane].box
-                    view.box.setXLink(first)
-                    view.box.setYLink(first)
+                view.box.sigRangeChangedManually.connect(lambda *_, p=plane, c=col: self._sync_plane(p, c))
                 views[plane] = view
             self.views.append(views)
+
+    def _sync_plane(self, plane: str, source: int) -> None:
+        """Zoom and pan of one view apply to that plane in every column (the same data range, unlike pyqtgraph's
+        links, which align side-by-side views in screen space)."""
+        x_range, y_range = self.views[source][plane].box.viewRange()
+        for col, views in enumerate(self.views):
+            if col != source:
+                views[plane].box.setRange(xRange=x_range, yRange=y_range, padding=0)
+
+    def reset_views(self) -> None:
+        """Show every slice whole (after a resize or new volumes)."""
+        for views in self.views:
+            for plane, view in views.items():
+                h, v = self._plane_size(plane)
+                view.box.setRange(xRange=(0, h), yRange=(0, v), padding=0.02)
+
+    def _plane_size(self, plane: str) -> tuple[int, int]:
+        if self.is_2d:
+            return self.shape[0], self.shape[1]
+        x, y, z = self.shape
+        return {"axial": (x, y), "coronal": (x, z), "sagittal": (y, z)}[plane]
 
     def show_message(self, text: str) -> None:
         self.message.setText(text)

@@ -140,10 +140,8 @@ class ProjectionPlot(QWidget):
             self.plots[JOINT].setRange(xRange=(x0 - pad_x, x1 + pad_x), yRange=(y0 - pad_y, y1 + pad_y), padding=0)
         self.plots[JOINT].getViewBox().sigRangeChanged.connect(self._sync_ranges)
         self._sync_ranges()
-        background = QColor(plot_colors()["background"])
-        background.setAlpha(215)
-        self.legend = self.plots[JOINT].addLegend(offset=(8, 8), labelTextColor=fg, brush=pg.mkBrush(background),
-                                                   pen=pg.mkPen(plot_colors()["foreground"], width=0.5))
+        self.legend = pg.LegendItem(colCount=4, labelTextColor=fg, verSpacing=-4, horSpacing=18)
+        self.graphics.addItem(self.legend, row=rows, col=0, colspan=1 + cols)  # below the plots: hides no point
         layout = self.graphics.ci.layout
         layout.setColumnStretchFactor(0, 3)
         for c in range(1, cols + 1):
