@@ -290,3 +290,32 @@ def test_two_dimensional_images_show_a_single_view(qtbot: Any) -> None:
     assert viewer.position[:2] == [4, 7]
     assert viewer.value_at("real") == float(image[0, 4, 7])
     assert not viewer.coords[2].isEnabled()
+
+
+def test_a_run_on_two_dimensional_images(make_window: Any, qtbot: Any, tmp_path: Path) -> None:
+    """2D cohorts (one slice per subject) synthesize, show in a single view per column and export with the slice axis."""
+    config = parse_run_config({"name": "tiny2d", "data": {"source": "demo", "demo": {"n_subjects": 12, "shape": [24, 24], "seed": 1}},
+                               "model": {"name": "MVAE", "latent_dim": 4}, "training": {"num_epochs": 1, "batch_size": 4}})
+    run = tmp_path / "runs" / "tiny2d"
+    assert train_run(config, run).status == "completed"
+    window, page = _synthesize_page(make_window, qtbot, run.parent)
+    subject = _subject_lacking(page)
+    assert page.select_subject(subject)
+    page.set_hidden(page.context.observed(subject)[0])
+    _generate(page, qtbot, page.loo_button)
+    assert page.viewer.is_2d and page.viewer.planes == ("image",)
+    assert page.viewer.arrays[0].shape == (24, 24)
+    out = tmp_path / "slice.nii.gz"
+    page.export_current(str(out))
+    _wait_batch(page, qtbot)
+    record = page.context.records[subject]
+    source = nib.load(record.modalities[record.reference_modality].path)
+    assert nib.load(out).shape == source.shape == (24, 24, 1)
+    # The dark theme redraws the views with the same content.
+    window.set_theme("dark")
+    assert page.viewer.arrays[0].shape == (24, 24) and page.viewer.views
+    window.go_to_page(3)
+    qtbot.waitUntil(lambda: window.explore_page.projection is not None and not window.explore_page.runner.is_running,
+                    timeout=TIMEOUT)
+    window.set_theme("light")
+    assert window.explore_page.plot.scatters
