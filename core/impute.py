@@ -1,8 +1,9 @@
 """Imputation: fill in each subject's missing modalities from the ones it has, with uncertainty.
 
-For a subject with observed modalities S and missing ones T, the model encodes q(z | x_S), draws N
-latent samples and decodes every m in T; the synthesized volume is the mean over the N decodings and
-the uncertainty map is their voxel-wise standard deviation (zero when N = 1). Subjects are grouped by
+For a subject with observed modalities S and missing ones T, the model encodes q(z | x_S) and decodes
+every m in T. With N = 1 it decodes the posterior mean (the best single guess; the uncertainty map is
+zero). With N > 1 it draws N latent samples: the synthesized volume is the mean of the N decodings and
+the uncertainty map their voxel-wise standard deviation. Subjects are grouped by
 missingness pattern so each group is one batched ``predict`` call.
 """
 
@@ -78,7 +79,7 @@ def impute_subjects(
             raise_if_cancelled(cancel, "imputation")
             chunk = members[start : start + batch_size]
             batch = _collate(dataset, chunk)
-            out = model.predict(batch, cond_mod=list(condition), gen_mod=list(wanted), N=n_samples)
+            out = model.predict(batch, cond_mod=list(condition), gen_mod=list(wanted), N=n_samples, return_mean=n_samples == 1)
             for m in wanted:
                 samples = out[m] if n_samples > 1 else out[m].unsqueeze(0)  # (N, B, *shape)
                 mean = samples.mean(0).cpu().numpy()
