@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 
 __all__ = [
@@ -282,9 +283,7 @@ def encode_views(
         plan += [((m,), rows[k : k + batch_size], m) for k in range(0, len(rows), batch_size)]
     joint: np.ndarray | None = None
     single: dict[str, np.ndarray] = {}
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         for step, (cond, rows, view) in enumerate(plan):
             raise_if_cancelled(cancel, "latent projection")
             batch = _batch(dataset, [indices[r] for r in rows])
@@ -295,8 +294,6 @@ def encode_views(
             target = joint if view == JOINT else single.setdefault(view, np.full((len(indices), codes.shape[1]), np.nan))
             target[rows] = codes
             report_progress(progress, step + 1, len(plan) + 1, f"encoding from {'+'.join(cond)}")
-    finally:
-        model.train(was_training)
     if joint is None:
         raise ProjectionError("No subject has an observed modality; there is nothing to encode.")
     for m in modalities:

@@ -42,6 +42,7 @@ from core.metrics._common import (
     seeded,
     subset_name,
 )
+from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["Classifier", "LogisticClassifier", "train_classifiers", "classify", "coherence_metrics"]
@@ -144,10 +145,8 @@ def coherence_metrics(
             ceiling[m] = _scores(y[observed.numpy()], classify(classifiers[m], test.data[m][observed]))
         steps.advance(f"classifier accuracy on real {m}")
 
-    was_training = model.training
-    model.eval()
     cross = []
-    try:
+    with evaluation_mode(model):
         with seeded(seed, model.device), torch.no_grad():
             for s, index in plan:
                 targets = [m for m in modalities if m not in s]
@@ -174,8 +173,6 @@ def coherence_metrics(
                     steps.advance("joint coherence")
                 joint = {"coherence": agree / n_joint, "n_samples": n_joint,
                          "source": getattr(sampler, "name", "sampler") if sampler is not None else "prior"}
-    finally:
-        model.train(was_training)
 
     by_size: dict[str, dict[str, float]] = {}
     for size, rows in itertools.groupby(sorted(cross, key=lambda r: r["subset_size"]), key=lambda r: r["subset_size"]):

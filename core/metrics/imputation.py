@@ -35,6 +35,7 @@ from core.metrics._common import (
 from core.metrics.baselines import KNNImputer, MeanImputer
 from core.metrics.errors import mae, mse, psnr
 from core.metrics.ssim import ssim
+from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["imputation_metrics", "data_ranges", "METHODS"]
@@ -130,9 +131,7 @@ def imputation_metrics(
     # per (subset, target, metric, method): list of per-sample values
     values: dict[tuple[tuple[str, ...], str], dict[str, dict[str, list[torch.Tensor]]]] = {}
     knn_missing: set[tuple[tuple[str, ...], str]] = set()
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         with seeded(seed, device), torch.no_grad():
             for s, targets, index in plan:
                 for chunk, batch in batches_of(test, index, batch_size):
@@ -163,8 +162,6 @@ def imputation_metrics(
                             for metric, per_sample in _errors(x, x_hat, observed, ranges[m]).items():
                                 cell.setdefault(metric, {}).setdefault(method, []).append(per_sample)
                     steps.advance(f"{subset_name(s)} -> {', '.join(targets)}")
-    finally:
-        model.train(was_training)
 
     rows = []
     for (s, m), metrics in values.items():

@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from core.data.dataset import MultimodalBaseDataset
 from core.metrics._common import MetricError, Steps, batches_of, class_scores, labels_of
+from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["latent_means", "latent_metrics"]
@@ -38,9 +39,7 @@ def latent_means(
     usable = observed.any(0) if incomplete_ok else observed.all(0)
     index = torch.nonzero(usable).flatten().tolist()
     chunks = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         with torch.no_grad():
             for _, batch in batches_of(dataset, index, batch_size):
                 if steps is not None:
@@ -49,8 +48,6 @@ def latent_means(
                 chunks.append(z.detach().cpu().double().reshape(z.shape[0], -1).numpy())
                 if steps is not None:
                     steps.advance("encoding")
-    finally:
-        model.train(was_training)
     means = np.concatenate(chunks) if chunks else np.zeros((0, model.latent_dim))
     return means, np.asarray(index, dtype=int)
 

@@ -22,6 +22,7 @@ import torch
 
 from core.data.dataset import MultimodalBaseDataset
 from core.metrics._common import Steps, batches_of, seeded
+from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["joint_nll", "supports_joint_nll"]
@@ -62,14 +63,10 @@ def joint_nll(
         return {"available": False, "reason": "No subject to evaluate (the model needs complete subjects).", "K": K}
     steps = Steps((len(index) + batch_size - 1) // batch_size, progress, cancel, "likelihood")
     total = 0.0
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         with seeded(seed, model.device), torch.no_grad():
             for _, batch in batches_of(dataset, index, batch_size):
                 steps.check()
                 total += float(model.compute_joint_nll(batch, K=K, batch_size_K=min(batch_size_K, K)))
                 steps.advance("importance-sampled NLL")
-    finally:
-        model.train(was_training)
     return {"available": True, "nll": total / len(index), "n_samples": len(index), "K": K, "reason": note}

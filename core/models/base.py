@@ -32,7 +32,7 @@ from core.models._shared.gaussian import rsample
 from core.models._shared.likelihoods import mean_of, reconstruction_log_likelihood
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models.config import BaseMultiVAEConfig, ConfigError, config_from_dict, config_to_dict
-from core.nn.base import as_gaussian, as_reconstruction
+from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
 from core.nn.default_architectures import default_decoder, default_encoder
 
 __all__ = ["MultimodalVAE", "TrainingStage", "IncompleteDataError", "save_bundle", "load_bundle"]
@@ -263,9 +263,7 @@ class MultimodalVAE(nn.Module):
     @torch.no_grad()
     def decode(self, embedding: ModelOutput, modalities: str | Sequence[str] = "all", **kwargs: Any) -> ModelOutput:
         """Mean of p(x_m | z) for each requested modality (sigmoid of the logits for bernoulli)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             z = embedding["z"]
             return ModelOutput(
                 {
@@ -273,8 +271,6 @@ class MultimodalVAE(nn.Module):
                     for m in self.resolve_modalities(modalities)
                 }
             )
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def predict(
@@ -291,16 +287,12 @@ class MultimodalVAE(nn.Module):
         Returns ``(B, *shape)`` per modality for ``N == 1``, ``(N, B, *shape)`` otherwise
         (``(N * B, *shape)`` with ``flatten``).
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             embedding = self.encode(inputs, cond_mod=cond_mod, N=N, flatten=False, **kwargs)
             out = self.decode(embedding, gen_mod)
             if flatten and N > 1:
                 out = ModelOutput({m: x.reshape(-1, *x.shape[2:]) for m, x in out.items()})
             return out
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def generate_from_prior(self, n_samples: int = 1, **kwargs: Any) -> ModelOutput:

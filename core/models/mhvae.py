@@ -58,7 +58,7 @@ from core.models._shared.subsets import all_subsets
 from core.models.base import MultimodalVAE
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, ConfigError
 from core.models.registry import register_model
-from core.nn.base import as_gaussian, as_reconstruction
+from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
 from core.nn.hierarchical import default_mhvae_blocks
 
 __all__ = ["MHVAEConfig", "MHVAE"]
@@ -221,9 +221,7 @@ class MHVAE(MultimodalVAE):
     @torch.no_grad()
     def _dry_run(self) -> list[tuple[int, ...]]:
         """Run every block on a dummy batch of 2 to check their shapes; returns the shape of each z_l."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             dims = self.model_config.input_dims
             skips: dict[str, list[torch.Tensor]] = {}
             if dims is not None:
@@ -266,8 +264,6 @@ class MHVAE(MultimodalVAE):
                 z = p_mu
                 shapes.append(tuple(z.shape[1:]))
             return shapes[::-1]
-        finally:
-            self.train(was_training)
 
     @property
     def z1_shape(self) -> tuple[int, ...]:
@@ -429,9 +425,7 @@ class MHVAE(MultimodalVAE):
         ``temperature`` scales every standard deviation (the paper samples at 0.7). Shapes are
         ``(n_samples, *shape_l)``; ``decode`` reads ``z``.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             z = temperature * torch.randn(n_samples, self.latent_dim, device=self.device)
             all_z = {f"z_{self.n_latent}": z}
             for i in reversed(range(self.n_latent - 1)):
@@ -439,8 +433,6 @@ class MHVAE(MultimodalVAE):
                 z = mu + temperature * (0.5 * logvar).exp() * torch.randn_like(mu)
                 all_z[f"z_{i + 1}"] = z
             return ModelOutput(z=z, all_z=dict(sorted(all_z.items())), one_latent_space=True)
-        finally:
-            self.train(was_training)
 
     # ------------------------------------------------------------------ objective
     def forward(self, inputs: Any, progress: TrainingProgress | None = None) -> LossOutput:

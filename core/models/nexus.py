@@ -54,7 +54,7 @@ from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models.base import MultimodalVAE
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, ConfigError, advanced
 from core.models.registry import register_model
-from core.nn.base import as_gaussian, as_reconstruction
+from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
 from core.nn.default_architectures import MLPDecoder, MLPEncoder, default_decoder, default_encoder, mlp
 
 __all__ = ["NexusConfig", "Nexus"]
@@ -180,9 +180,7 @@ class Nexus(MultimodalVAE):
 
     @torch.no_grad()
     def _check_bottom_dims(self) -> None:
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             for m, shape in (self.model_config.input_dims or {}).items():
                 mu, _ = self.encoder_gaussian(m, torch.zeros(2, *shape))
                 if mu.shape[-1] != self.bottom_dims[m]:
@@ -190,8 +188,6 @@ class Nexus(MultimodalVAE):
                         f"encoders['{m}'] gives a latent of size {mu.shape[-1]} but modalities_specific_dim['{m}'] is "
                         f"{self.bottom_dims[m]}; set modalities_specific_dim to match your encoder."
                     )
-        finally:
-            self.train(was_training)
 
     @property
     def start_keep_best_epoch(self) -> int:
@@ -297,9 +293,7 @@ class Nexus(MultimodalVAE):
         ``use_bottom_z_for_recon``), otherwise the top decoder mean t_m(z_sigma) of ``embedding.z``
         (cross-modal generation, and generation from the prior).
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             z_sigma = embedding["z"]
             bottom = embedding.get("modalities_z") or {}
             out = ModelOutput()
@@ -307,8 +301,6 @@ class Nexus(MultimodalVAE):
                 z_m = bottom[m] if use_bottom_z_for_recon and m in bottom else self.top_decode(m, z_sigma)
                 out[m] = mean_of(self.model_config.decoder_distribution(m), self.decoder_output(m, z_m))
             return out
-        finally:
-            self.train(was_training)
 
     # ------------------------------------------------------------------ objective
     def top_log_likelihood(

@@ -13,7 +13,8 @@ returns such an output, a ``(mean, logvar)`` tuple, or a dict with those keys; :
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,7 +22,15 @@ from torch import nn
 
 from core.outputs import ModelOutput
 
-__all__ = ["BaseEncoder", "BaseDecoder", "EncoderOutput", "DecoderOutput", "as_gaussian", "as_reconstruction"]
+__all__ = [
+    "BaseEncoder",
+    "BaseDecoder",
+    "EncoderOutput",
+    "DecoderOutput",
+    "as_gaussian",
+    "as_reconstruction",
+    "evaluation_mode",
+]
 
 
 class EncoderOutput(ModelOutput):
@@ -59,3 +68,15 @@ def as_reconstruction(output: Any) -> torch.Tensor:
     if isinstance(output, Mapping) and "reconstruction" in output:
         return output["reconstruction"]
     raise TypeError(f"A decoder must return a tensor or a DecoderOutput with 'reconstruction'; got {type(output).__name__}.")
+
+
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``module`` in eval mode (dropout off, norm statistics frozen), then restore the
+    mode it had, even if the block raises: inference inside training must not leave a model in eval."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

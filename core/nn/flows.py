@@ -27,6 +27,8 @@ import torch
 import zuko
 from torch import nn
 
+from core.nn.base import evaluation_mode
+
 __all__ = ["LatentFlow", "ZukoFlow", "default_flow", "as_latent_flow"]
 
 
@@ -99,9 +101,7 @@ def as_latent_flow(flow: Any, latent_dim: int, name: str = "flow") -> LatentFlow
 
 
 def _check_flow(flow: nn.Module, latent_dim: int, name: str) -> None:
-    was_training = flow.training
-    flow.eval()
-    try:
+    with evaluation_mode(flow):
         with torch.no_grad():
             param = next(flow.parameters(), None)
             z = torch.zeros(2, latent_dim, device=param.device if param is not None else None)
@@ -120,5 +120,3 @@ def _check_flow(flow: nn.Module, latent_dim: int, name: str) -> None:
             back = flow.inverse(u)
             if tuple(back.shape) != (2, latent_dim):
                 raise ValueError(f"{name}.inverse returns shape {tuple(back.shape)}; expected (2, {latent_dim}).")
-    finally:
-        flow.train(was_training)

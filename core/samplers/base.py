@@ -30,6 +30,7 @@ from core.atomic import atomic_save_tensors, atomic_write_json
 from core.data.dataset import MultimodalBaseDataset
 from core.metrics._common import Steps, batches_of, seeded
 from core.models._shared.outputs import ModelOutput
+from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["LatentSampler", "SamplerError", "encode_training_latents", "register_sampler", "load_sampler",
@@ -69,17 +70,13 @@ def encode_training_latents(
         raise SamplerError("No training subject can be encoded (the model needs complete subjects and none is complete).")
     steps = Steps((len(index) + batch_size - 1) // batch_size, progress, cancel, "encoding the training latents")
     chunks = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         with seeded(seed, model.device), torch.no_grad():
             for _, batch in batches_of(dataset, index, batch_size):
                 steps.check()
                 z = model.encode(batch, cond_mod="all", N=1, ignore_incomplete=incomplete_ok).z
                 chunks.append(z.detach().cpu().double())
                 steps.advance("encoding")
-    finally:
-        model.train(was_training)
     return torch.cat(chunks)
 
 
