@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 import core
+from core.display import display_window
 from core.progress import CancelFn, ProgressFn, ProgressReporter, raise_if_cancelled, report_progress
 
 __all__ = [
@@ -99,17 +100,6 @@ def _middle_axial(array: np.ndarray) -> np.ndarray:
         a = a[0]
     cut = a[:, :, a.shape[2] // 2] if a.ndim == 3 else a
     return cut.T[::-1]  # rows: Y from anterior (top) to posterior; columns: X
-
-
-def _levels(*arrays: np.ndarray | None) -> tuple[float, float]:
-    values = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in arrays if a is not None] or [np.zeros(1)])
-    values = values[np.isfinite(values)]
-    nz = values[values != 0]
-    values = nz if nz.size > 16 else values
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = (float(q) for q in np.percentile(values, [1, 99]))
-    return (low, high) if high > low else (low, low + 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- SVG
@@ -337,7 +327,7 @@ def projection_html(projection: Any, colour_by: str = "missingness") -> str:
 
 def _panel_html(ctx: Any, synthesis: Any, modality: str) -> str:
     item = synthesis.results[modality]
-    levels = _levels(item.real, item.mean)
+    levels = display_window((item.real, item.mean)) or (0.0, 1.0)
     diff = item.difference
     d_max = float(np.nanpercentile(np.abs(diff), 99)) if diff is not None else 1.0
     s_max = float(np.nanpercentile(item.std, 99)) or 1.0

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.display import display_window
 from workbench.resources import plot_colors
 
 __all__ = ["OrthoViewer", "Panel", "as_spatial", "KINDS"]
@@ -409,17 +410,12 @@ class OrthoViewer(QWidget):
 
     @Slot()
     def auto_levels(self) -> None:
-        values = [a[np.isfinite(a)].ravel()[:: max(1, a.size // 200_000)] for p, a in zip(self.panels, self.arrays, strict=True)
-                  if a is not None and p.kind == "intensity"]
-        if not values:
-            return
-        v = np.concatenate(values)
-        nz = v[v != 0]
-        v = nz if nz.size > 16 else v
-        if v.size == 0:
-            return
-        low, high = (float(q) for q in np.percentile(v, [1, 99]))
-        self.set_levels(low, high if high > low else low + 1.0)
+        window = display_window(
+            (a for p, a in zip(self.panels, self.arrays, strict=True) if a is not None and p.kind == "intensity"),
+            max_values=200_000,
+        )
+        if window is not None:
+            self.set_levels(*window)
 
     @Slot()
     def _window_edited(self) -> None:

@@ -16,6 +16,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt
 from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
+from core.display import display_window
 from workbench.resources import plot_colors
 
 __all__ = ["SliceView", "SliceGrid", "middle_slices", "display_levels", "PLANES"]
@@ -45,21 +46,8 @@ def middle_slices(array: np.ndarray, planes: Sequence[str] = PLANES) -> dict[str
 
 
 def display_levels(*arrays: np.ndarray | None) -> tuple[float, float]:
-    """A shared display window: 1st..99th percentile of the non-zero finite voxels of all ``arrays``."""
-    # A strided sample is plenty for a display window and keeps this cheap on the UI thread.
-    values = [np.asarray(a, dtype=np.float32).ravel()[:: max(1, np.asarray(a).size // 20_000)] for a in arrays if a is not None]
-    if not values:
-        return 0.0, 1.0
-    v = np.concatenate(values)
-    v = v[np.isfinite(v)]
-    nz = v[v != 0]
-    v = nz if nz.size > 16 else v
-    if v.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(q) for q in np.percentile(v, [1, 99]))
-    if hi <= lo:
-        hi = lo + 1.0
-    return lo, hi
+    """A shared display window for ``arrays`` (see :func:`core.display.display_window`), sampled for speed."""
+    return display_window(arrays, max_values=20_000) or (0.0, 1.0)
 
 
 class SliceView(QWidget):
