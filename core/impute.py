@@ -24,7 +24,7 @@ from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progr
 from core.runs import load_run_config
 from core.training.trainer import select_device
 
-__all__ = ["Imputation", "impute_subjects", "impute_run"]
+__all__ = ["Imputation", "predict_with_uncertainty", "impute_subjects", "to_grid", "impute_run"]
 
 
 @dataclass
@@ -34,6 +34,24 @@ class Imputation:
     mean: dict[str, dict[str, np.ndarray]]
     std: dict[str, dict[str, np.ndarray]]
     conditioning: dict[str, list[str]]
+
+
+@torch.no_grad()
+def predict_with_uncertainty(
+    model: MultimodalVAE, batch: Any, conditioning: list[str], targets: list[str], n_samples: int = 1
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{m: (mean, std)}``, each ``(B, *shape)`` float32, for a batch whose subjects all have ``conditioning``.
+
+    The rule of the module docstring: N = 1 decodes the posterior mean (std zero), N > 1 draws samples.
+    """
+    if n_samples < 1:
+        raise ValueError(f"The number of samples must be at least 1, got {n_samples}.")
+    out = model.predict(batch, cond_mod=list(conditioning), gen_mod=list(targets), N=n_samples, return_mean=n_samples == 1)
+    result = {}
+    for m in targets:
+        samples = (out[m] if n_samples > 1 else out[m].unsqueeze(0)).float()  # (N, B, *shape)
+        result[m] = (samples.mean(0).cpu().numpy(), samples.std(0, unbiased=False).cpu().numpy())
+    return result
 
 
 @torch.no_grad()
@@ -53,8 +71,7 @@ def impute_subjects(
     observed modalities, even where they exist (leave-one-out checks).
     """
     if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
-    model.eval()
+        raise ValueError(f"The number of samples must be at least 1, got {n_samples}.")
     index = {s: i for i, s in enumerate(dataset.ids)}
     chosen = subjects if subjects is not None else list(dataset.ids)
     unknown = [s for s in chosen if s not in index]
@@ -79,11 +96,8 @@ def impute_subjects(
             raise_if_cancelled(cancel, "imputation")
             chunk = members[start : start + batch_size]
             batch = _collate(dataset, chunk)
-            out = model.predict(batch, cond_mod=list(condition), gen_mod=list(wanted), N=n_samples, return_mean=n_samples == 1)
-            for m in wanted:
-                samples = out[m] if n_samples > 1 else out[m].unsqueeze(0)  # (N, B, *shape)
-                mean = samples.mean(0).cpu().numpy()
-                std = samples.std(0, unbiased=False).cpu().numpy()
+            predicted = predict_with_uncertainty(model, batch, list(condition), list(wanted), n_samples)
+            for m, (mean, std) in predicted.items():
                 for j, i in enumerate(chunk):
                     subject = dataset.ids[i]
                     result.mean.setdefault(subject, {})[m] = mean[j].astype(np.float32)
@@ -98,6 +112,14 @@ def _collate(dataset: Any, indices: list[int]) -> Any:
     from core.data.dataset import collate_multimodal
 
     return collate_multimodal([dataset[i] for i in indices])
+
+
+def to_grid(volume: np.ndarray, record: Any) -> np.ndarray:
+    """A model-space array ``(C, *spatial)`` on the subject's model grid ``(X, Y, Z)`` (2D slices regain their axis)."""
+    array = np.asarray(volume, dtype=np.float32)
+    if array.ndim >= 3 and array.shape[0] == 1:
+        array = array[0]
+    return array.reshape(record.grid.shape)
 
 
 def impute_run(
@@ -129,11 +151,10 @@ def impute_run(
     if lacking:
         raise ValueError(f"The run's model needs modalities {lacking}, which {data} does not have.")
     imputation = impute_subjects(model, loaded.dataset, n_samples=n_samples, progress=progress, cancel=cancel)
-    for maps in (imputation.mean, imputation.std):  # back to the model grid (2D slices regain their axis)
+    for maps in (imputation.mean, imputation.std):
         for subject, volumes in maps.items():
-            grid = loaded.records[subject].grid.shape
             for m, volume in volumes.items():
-                volumes[m] = volume.reshape(grid)
+                volumes[m] = to_grid(volume, loaded.records[subject])
     provenance = Provenance(model=model.name, run=str(run_dir.resolve()), n_samples=n_samples, checkpoint="final_model")
     return export_cohort(
         imputation.mean,

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset
+from core.impute import impute_subjects, predict_with_uncertainty, to_grid
 from core.metrics._common import batches_of, seeded, spatial_dims
 from core.metrics.baselines import MeanImputer
 from core.metrics.errors import mse, psnr
@@ -47,14 +48,12 @@ __all__ = [
     "ModalitySynthesis",
     "SubjectSynthesis",
     "compare",
-    "predict_subjects",
     "synthesize_subject",
     "leave_one_out",
     "leave_one_out_table",
     "write_metrics_csv",
     "METRIC_COLUMNS",
     "impute_missing",
-    "to_grid",
     "export_volume",
     "export_missing",
 ]
@@ -204,24 +203,6 @@ def compare(real: np.ndarray | torch.Tensor, predicted: np.ndarray | torch.Tenso
     return out
 
 
-@torch.no_grad()
-def predict_subjects(model: Any, batch: Any, conditioning: Sequence[str], targets: Sequence[str], n_samples: int = 1,
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{m: (mean (B, *shape), std (B, *shape))}`` for a batch whose subjects all have ``conditioning``."""
-    if n_samples < 1:
-        raise SynthesisError(f"The number of samples must be at least 1, got {n_samples}.")
-    model.eval()
-    if n_samples == 1:
-        out = model.predict(batch, cond_mod=list(conditioning), gen_mod=list(targets), N=1, return_mean=True)
-        return {m: (out[m].float().cpu().numpy(), np.zeros(tuple(out[m].shape), np.float32)) for m in targets}
-    out = model.predict(batch, cond_mod=list(conditioning), gen_mod=list(targets), N=n_samples)
-    result = {}
-    for m in targets:
-        samples = out[m].float()  # (N, B, *shape)
-        result[m] = (samples.mean(0).cpu().numpy(), samples.std(0, unbiased=False).cpu().numpy())
-    return result
-
-
 def synthesize_subject(ctx: SynthesisContext, subject: str, conditioning: Sequence[str] | None = None,
                        n_samples: int = 1, seed: int = 0, hidden: str | None = None) -> SubjectSynthesis:
     """Generate every modality of ``subject`` outside ``conditioning`` (default: all it has) and score
@@ -238,7 +219,7 @@ def synthesize_subject(ctx: SynthesisContext, subject: str, conditioning: Sequen
         raise SynthesisError("Every modality is a conditioning modality; leave at least one out to generate it.")
     batch = ctx.sample(subject)
     with seeded(seed, ctx.model.device):
-        predicted = predict_subjects(ctx.model, batch, conditioning, targets, n_samples)
+        predicted = predict_with_uncertainty(ctx.model, batch, conditioning, targets, n_samples)
     results = {}
     for m in targets:
         mean, std = predicted[m][0][0], predicted[m][1][0]
@@ -291,7 +272,7 @@ def leave_one_out_table(ctx: SynthesisContext, subjects: Sequence[str] | None = 
         for step, (cond, m, members) in enumerate(steps):
             raise_if_cancelled(cancel, "leave-one-out metrics")
             _, batch = next(batches_of(ctx.dataset, [ctx.index[s] for s in members], len(members)))
-            mean, _ = predict_subjects(ctx.model, batch, cond, [m], n_samples)[m]
+            mean, _ = predict_with_uncertainty(ctx.model, batch, cond, [m], n_samples)[m]
             obs = (batch.get("observation_masks") or {}).get(m)
             for j, s in enumerate(members):
                 real = batch.data[m][j].float().numpy()
@@ -332,37 +313,12 @@ def impute_missing(ctx: SynthesisContext, subjects: Sequence[str] | None = None,
                    batch_size: int = 4, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
     """``(mean, std, conditioning)`` for every missing modality of ``subjects`` (default: every subject
-    that lacks one), each generated from all the modalities the subject has."""
-    chosen = list(subjects if subjects is not None else ctx.dataset.ids)
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for s in chosen:
-        observed = tuple(ctx.observed(s))
-        if observed and len(observed) < len(ctx.modalities):
-            groups.setdefault(observed, []).append(s)
-    steps = [(cond, members[k : k + batch_size]) for cond, members in groups.items() for k in range(0, len(members), batch_size)]
-    means: dict[str, dict[str, np.ndarray]] = {}
-    stds: dict[str, dict[str, np.ndarray]] = {}
-    conditioning: dict[str, list[str]] = {}
+    that lacks one), each generated from all the modalities the subject has (:func:`core.impute.impute_subjects`)."""
+    chosen = [s for s in (subjects if subjects is not None else ctx.dataset.ids) if ctx.observed(s)]
     with seeded(seed, ctx.model.device):
-        for step, (cond, members) in enumerate(steps):
-            raise_if_cancelled(cancel, "imputation")
-            targets = [m for m in ctx.modalities if m not in cond]
-            _, batch = next(batches_of(ctx.dataset, [ctx.index[s] for s in members], len(members)))
-            predicted = predict_subjects(ctx.model, batch, cond, targets, n_samples)
-            for j, s in enumerate(members):
-                means[s] = {m: predicted[m][0][j].astype(np.float32) for m in targets}
-                stds[s] = {m: predicted[m][1][j].astype(np.float32) for m in targets}
-                conditioning[s] = list(cond)
-            report_progress(progress, step + 1, len(steps), f"{len(members)} subjects from {'+'.join(cond)}")
-    return means, stds, conditioning
-
-
-def to_grid(volume: np.ndarray, record: Any) -> np.ndarray:
-    """A model-space array ``(C, *spatial)`` on the subject's model grid ``(X, Y, Z)`` (2D slices regain their axis)."""
-    array = np.asarray(volume, dtype=np.float32)
-    if array.ndim >= 3 and array.shape[0] == 1:
-        array = array[0]
-    return array.reshape(record.grid.shape)
+        result = impute_subjects(ctx.model, ctx.dataset, n_samples, subjects=chosen, batch_size=batch_size,
+                                 progress=progress, cancel=cancel)
+    return result.mean, result.std, result.conditioning
 
 
 def _provenance(ctx: SynthesisContext, conditioning: Sequence[str] | None, n_samples: int, extra: Mapping[str, Any] | None = None) -> Any:
