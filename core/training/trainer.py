@@ -236,6 +236,7 @@ class Trainer:
         self.history: list[EpochRecord] = []
         self._partial_train = _MeanAccumulator()
         self._step_seconds: float | None = None
+        self._steps_in_epoch = (0, 0)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._scaler: torch.amp.GradScaler | None = None
@@ -339,8 +340,7 @@ class Trainer:
             getattr(callback, event)(self, *args)
 
     def _heartbeat(self, epoch: int, phase: str, batch: int, num_batches: int, loss: float, started: float) -> None:
-        n_train = math.ceil(len(self.train_dataset) / self.config.batch_size)
-        n_eval = len(self._eval_batches())
+        n_train, n_eval = self._steps_in_epoch
         per_epoch = n_train + n_eval
         done_in_epoch = batch if phase == "train" else n_train + batch
         done = (epoch - 1) * per_epoch + done_in_epoch
@@ -370,6 +370,7 @@ class Trainer:
         """Run the remaining training steps of ``epoch``; returns 'stopped'/'cancelled' if interrupted."""
         self._forward_module.train()
         batches = self._train_batches(epoch)
+        self._steps_in_epoch = (len(batches), len(self._eval_batches()))  # for the ETA, counted once per epoch
         # This rank's share of each remaining global batch (all of it when not distributed).
         steps = [(step, shard_batch(b, self.dist.rank, self.dist.world_size)) for step, b in enumerate(batches)]
         steps = [(step, local) for step, local in steps[self.step_in_epoch :] if local]
