@@ -6,23 +6,16 @@ The ``resources/`` folder sits at the repository root (``make run`` runs from th
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-import yaml
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
+
+from core.presets import Preset, load_presets, resources_dir
 
 __all__ = ["THEMES", "resources_dir", "stylesheet", "apply_theme", "plot_colors", "load_presets", "Preset"]
 
 THEMES = ("light", "dark")
-
-
-def resources_dir() -> Path:
-    """The folder holding ``styles/`` and ``presets/``."""
-    env = os.environ.get("MMVAE_RESOURCES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "resources"
 
 
 def stylesheet(theme: str) -> str:
@@ -83,34 +76,3 @@ def plot_colors(theme: str | None = None) -> dict[str, Any]:
     return {"background": "#ffffff", "foreground": "#3b4652", "grid": 40}
 
 
-class Preset(dict):
-    """One preset: ``name``, ``description``, ``model`` (parameters) and ``training`` (TrainerConfig values)."""
-
-    @property
-    def name(self) -> str:
-        return str(self.get("name", "?"))
-
-
-def load_presets(model_name: str) -> list[Preset]:
-    """The presets of ``model_name`` from ``resources/presets/<model>.yaml`` (none if there is no file).
-
-    Raises ValueError naming the file when it is not a list of presets, so a broken file is reported
-    instead of silently ignored.
-    """
-    path = resources_dir() / "presets" / f"{model_name}.yaml"
-    if not path.is_file():
-        return []
-    try:
-        payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"Preset file {path} is not valid YAML: {error}") from None
-    items = payload.get("presets") if isinstance(payload, dict) else None
-    if not isinstance(items, list):
-        raise ValueError(f"Preset file {path} must hold a 'presets:' list of name/model/training entries.")
-    presets = []
-    for item in items:
-        if not isinstance(item, dict) or "name" not in item:
-            raise ValueError(f"Preset file {path}: every preset needs a name; got {item!r}.")
-        presets.append(Preset(name=str(item["name"]), description=str(item.get("description", "")),
-                              model=dict(item.get("model") or {}), training=dict(item.get("training") or {})))
-    return presets
