@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
+# Qt's X11 plugin needs system libraries pip cannot install: as root they are installed with apt-get,
+# otherwise the check prints the apt-get command and make stops.
 run: $(STAMP)
+	$(PY) -m workbench.system_libs --install
 	$(PY) app.py
 
 lint: $(STAMP)
