@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 import core
-from core.atomic import atomic_save_tensors, atomic_write_json
+from core.atomic import atomic_save_tensors, atomic_write_json, load_tensors
 from core.data.dataset import DatasetOutput, MultimodalBaseDataset
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.gaussian import rsample
@@ -376,7 +375,7 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
     weights_path = folder / BUNDLE_WEIGHTS
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path} is missing; the bundle is incomplete.")
-    state = load_file(str(weights_path), device=str(map_location))
+    state = load_tensors(weights_path, device=str(map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"Weights in {weights_path} do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")

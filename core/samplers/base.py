@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file
 
-from core.atomic import atomic_save_tensors, atomic_write_json
+from core.atomic import atomic_save_tensors, atomic_write_json, load_tensors
 from core.data.dataset import MultimodalBaseDataset
 from core.metrics._common import Steps, batches_of, seeded
 from core.models._shared.outputs import ModelOutput
@@ -184,5 +183,5 @@ def load_sampler(folder: str | os.PathLike[str]) -> LatentSampler:
     sampler = _SAMPLERS[kind](**info.get("config", {}))
     sampler.latent_dim = int(info["latent_dim"])
     sampler.latent_shape = tuple(int(s) for s in info.get("latent_shape", [sampler.latent_dim]))
-    sampler.load_state(load_file(str(weights_path)), info)
+    sampler.load_state(load_tensors(weights_path), info)
     return sampler

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from core.atomic import atomic_write_text
+from core.atomic import atomic_write_text, load_tensors
 
 __all__ = ["split_tensors", "merge_tensors", "save_state", "load_state", "atomic_write_text", "replace_directory"]
 
@@ -64,7 +64,7 @@ def save_state(state: Any, folder: Path, name: str) -> None:
 
 def load_state(folder: Path, name: str) -> Any:
     structure = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / f"{name}.safetensors"))
+    tensors = load_tensors(folder / f"{name}.safetensors")
     return merge_tensors(structure, tensors)
 
 

@@ -38,11 +38,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from core.atomic import atomic_save_tensors
+from core.atomic import atomic_save_tensors, load_tensors
 from core.data.dataset import collate_multimodal
 from core.models._shared.annealing import TrainingProgress
 from core.models.base import MultimodalVAE, TrainingStage, save_bundle
@@ -671,7 +670,7 @@ class Trainer:
                 raise FileNotFoundError(f"No complete checkpoint in {path}; nothing to resume.")
             path = found
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        weights = load_file(str(path / "model.safetensors"), device=str(self.device))
+        weights = load_tensors(path / "model.safetensors", device=str(self.device))
         self.model.load_state_dict(weights)
         stages = {s.name: s for s in self.model.stages}
         if state["stage"] not in stages:
@@ -686,7 +685,7 @@ class Trainer:
         if self._scaler is not None and optim_state.get("scaler"):
             self._scaler.load_state_dict(optim_state["scaler"])
         best_path = path / "best.safetensors"
-        self.best_state = load_file(str(best_path)) if best_path.is_file() else None
+        self.best_state = load_tensors(best_path) if best_path.is_file() else None
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.best_loss = state["best_loss"] if state["best_loss"] is not None else math.inf
