@@ -47,12 +47,14 @@ __all__ = [
     "MissingSpec",
     "DemoSpec",
     "DemoSubject",
+    "DemoCohort",
     "spec_from_dict",
     "spec_to_dict",
     "template_path",
     "generate_subject",
     "simulate_masks",
     "make_demo_dataset",
+    "make_demo_cohort",
     "write_demo_cohort",
     "add_arguments",
     "run_from_args",
@@ -245,7 +247,11 @@ def _grid_affine(grid_shape: tuple[int, int, int]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- subjects
 @dataclass
 class DemoSubject:
-    """One synthesized subject: volumes on the working grid, its geometry and its ground truth."""
+    """One synthesized subject: volumes on the working grid, its geometry and its ground truth.
+
+    ``lesion`` (tumour core + edema fraction > 0.5) and ``brain`` (the skull-stripping mask of the MR
+    volumes) are boolean masks on the volumes' grid, so synthesis can be scored where it matters.
+    """
 
     subject_id: str
     volumes: dict[str, np.ndarray]
@@ -254,6 +260,8 @@ class DemoSubject:
     labels: dict[str, float]
     factors: dict[str, Any]
     covariates: dict[str, Any]
+    lesion: np.ndarray
+    brain: np.ndarray
 
 
 def _rng(spec: DemoSpec, index: int) -> np.random.Generator:
@@ -416,12 +424,14 @@ def generate_subject(index: int, spec: DemoSpec) -> DemoSubject:
         else:
             volumes[m] = _mr(m, fractions, factors, spacing, noise_rng)
     lesion_ml = float((core + edema).sum() * spacing**3 / 1000.0)
+    lesion = (core + edema) > 0.5
+    brain = tissues["brain"] > 0.5
     factors["lesion_centre_vox"] = centre if factors["lesion"] else None
     if spec.dims == 2:
         # Every subject is sliced at its drawn centre height, so the slice level says nothing of the label.
         k = int(round(centre[2]))
         volumes = {m: v[:, :, k] for m, v in volumes.items()}
-        fov = fov[:, :, k]
+        fov, lesion, brain = fov[:, :, k], lesion[:, :, k], brain[:, :, k]
         factors["slice_index"] = k
         slice_affine = affine.copy()
         slice_affine[:3, 3] = affine[:3, :3] @ np.array([0, 0, k]) + affine[:3, 3]
@@ -434,6 +444,8 @@ def generate_subject(index: int, spec: DemoSpec) -> DemoSubject:
         labels={"lesion_present": float(factors["lesion"]), "lesion_volume_ml": lesion_ml},
         factors=factors,
         covariates={"site": factors["site"], "age": factors["age"]},
+        lesion=lesion,
+        brain=brain,
     )
 
 
@@ -474,6 +486,17 @@ def _normalized(subject: DemoSubject) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclass(frozen=True)
+class DemoCohort:
+    """The demo cohort in memory with the masks that score synthesis: ``lesion`` and ``brain`` are
+    boolean ``(n, 1, *shape)`` tensors in the datasets' subject order."""
+
+    dataset: IncompleteDataset
+    ground_truth: MultimodalBaseDataset
+    lesion: torch.Tensor
+    brain: torch.Tensor
+
+
 def make_demo_dataset(
     spec: DemoSpec, normalize: bool = True, progress: ProgressFn | None = None, cancel: CancelFn | None = None
 ) -> tuple[IncompleteDataset, MultimodalBaseDataset]:
@@ -484,6 +507,14 @@ def make_demo_dataset(
     normalised as the file pipeline's default preprocessing does, so in-memory experiments see the same
     data a run on the written cohort sees; ``normalize=False`` keeps the phantom's raw units.
     """
+    cohort = make_demo_cohort(spec, normalize, progress, cancel)
+    return cohort.dataset, cohort.ground_truth
+
+
+def make_demo_cohort(
+    spec: DemoSpec, normalize: bool = True, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+) -> DemoCohort:
+    """:func:`make_demo_dataset` plus each subject's lesion and brain masks (one generation pass)."""
     volumes = []
     subjects = []
     for i in range(spec.n_subjects):
@@ -498,7 +529,8 @@ def make_demo_dataset(
     observation = {"US": torch.from_numpy(np.stack([s.fov for s in subjects]))[:, None]} if "US" in spec.modalities else {}
     complete = MultimodalBaseDataset(data, labels=labels, ids=ids, observation_masks=observation)
     incomplete = IncompleteDataset(data, simulate_masks(spec), labels=labels, ids=ids, observation_masks=observation)
-    return incomplete, complete
+    lesion, brain = (torch.from_numpy(np.stack([getattr(s, name) for s in subjects]))[:, None] for name in ("lesion", "brain"))
+    return DemoCohort(incomplete, complete, lesion, brain)
 
 
 def write_demo_cohort(out_dir: str | os.PathLike, spec: DemoSpec, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Path:

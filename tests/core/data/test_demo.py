@@ -10,6 +10,7 @@ from core.data.demo import (
     DemoSpec,
     MissingSpec,
     generate_subject,
+    make_demo_cohort,
     make_demo_dataset,
     spec_from_dict,
     template_path,
@@ -98,6 +99,22 @@ def test_two_dimensional_variant():
     incomplete, complete = make_demo_dataset(DemoSpec(n_subjects=3, shape=(32, 32), dims=2, template="procedural"))
     assert complete.data["FLAIR"].shape == (3, 1, 32, 32)
     assert complete.observation_masks["US"].shape == (3, 1, 32, 32)
+
+
+def test_cohort_masks_mark_the_lesion_and_the_skull_stripped_brain():
+    spec = DemoSpec(n_subjects=4, shape=(24, 28, 24), seed=3, lesion_probability=0.5)
+    cohort = make_demo_cohort(spec, normalize=False)
+    truth = cohort.ground_truth
+    assert cohort.lesion.shape == cohort.brain.shape == (4, 1, 24, 28, 24) and cohort.lesion.dtype == torch.bool
+    assert cohort.dataset.ids == truth.ids
+    for i, has_lesion in enumerate(truth.labels["lesion_present"].bool().tolist()):
+        lesion, brain, flair = cohort.lesion[i], cohort.brain[i], truth.data["FLAIR"][i]
+        assert bool(torch.all(flair[~brain] == 0)) and bool(torch.all(flair[brain] > 0))  # MR is skull-stripped to it
+        assert bool(lesion.any()) == has_lesion and not bool((lesion & ~brain).any())
+        if has_lesion:  # the lesion is bright on FLAIR against the rest of the brain
+            assert flair[lesion].mean() > 1.3 * flair[brain & ~lesion].mean()
+    sliced = generate_subject(1, DemoSpec(n_subjects=2, shape=(24, 24), dims=2, template="procedural"))
+    assert sliced.lesion.shape == sliced.brain.shape == sliced.fov.shape == (24, 24)
 
 
 def test_procedural_fallback_needs_no_template():
