@@ -7,7 +7,7 @@
     mmvae evaluate RUN DATA --out FILE       metrics beside mean and k-NN baselines (JSON or CSV)
     mmvae report RUN [DATA] --out FILE.html  self-contained HTML report: curves, latent space, synthesis
     mmvae models                             list the registered models
-    mmvae info DATA                          summarise a cohort and its missingness
+    mmvae info DATA [--strict]               the cohort report: every file checked, every problem named
 
 Ctrl-C during training stops after the current step and saves a checkpoint (resume later);
 a second Ctrl-C cancels at once, keeping the last checkpoint.
@@ -83,7 +83,7 @@ def _distributed(run: object) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from core.runs import default_run_dir, load_run_config, train_run
+    from core.runs import default_run_dir, load_run_config, load_run_data, train_run
     from core.training import TrainingControl
     from core.training.distributed import broadcast_object
 
@@ -98,9 +98,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(broadcast_object(context, str(Path(args.out) if args.out else default_run_dir(config))))
         control = TrainingControl()
         _install_interrupt_handler(control)
+        loaded = load_run_data(config)
         if context.is_main:
+            _print_preparation_issues(loaded, args.strict)
             print(f"training {config.model_name} -> {run_dir}" + (f" on {context.world_size} processes" if context.enabled else ""))
-        return _report(train_run(config, run_dir, _training_callbacks(args.quiet), control))
+        return _report(train_run(config, run_dir, _training_callbacks(args.quiet), control, loaded=loaded))
 
     return _distributed(run)
 
@@ -144,14 +146,47 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from core.data.dataset import missingness_summary
-    from core.data.sources import DataConfig, load_data
-
-    loaded = load_data(DataConfig(source=args.data))
-    print(loaded.dataset)
-    print(missingness_summary(loaded.dataset))
+def _print_issue_summary(issues: Sequence[object], strict: bool) -> int:
+    """The last lines of a report on stderr; EXIT_FAILED when an error (or, with ``strict``, a warning) remains."""
+    errors = [i for i in issues if i.level == "error" or (strict and i.level == "warning")]
+    warnings = [i for i in issues if i.level == "warning" and not strict]
+    if errors:
+        print(f"{len(errors)} error(s)" + (" (--strict: warnings count as errors)" if strict else "")
+              + ": the files named above are treated as missing; fix them or remove them from the cohort.", file=sys.stderr)
+        return EXIT_FAILED
+    if warnings:
+        print(f"{len(warnings)} warning(s); the cohort is usable (--strict refuses it).", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from core.data.cohort import check_cohort
+    from core.data.dataset import missingness_summary
+    from core.data.sources import DataConfig, ensure_demo_cohort, load_data
+
+    if str(args.data).lower().endswith((".h5", ".hdf5")):
+        loaded = load_data(DataConfig(source=args.data))
+        print(loaded.dataset)
+        print(missingness_summary(loaded.dataset))
+        issues = list(loaded.records.issues)
+        for issue in issues:
+            print(f"  {issue}")
+        return _print_issue_summary(issues, args.strict)
+    source = ensure_demo_cohort({}) if args.data == "demo" else Path(args.data)
+    _, report = check_cohort(source, strict=args.strict, check_voxels=not args.headers_only)
+    print(report)
+    return _print_issue_summary(report.issues, strict=False)
+
+
+def _print_preparation_issues(loaded: object, strict: bool) -> None:
+    """What preparing the data found, in the cohort report's words, before training starts."""
+    from core.data.io import Issue
+
+    issues = [i for i in loaded.records.issues if isinstance(i, Issue) and i.level in ("error", "warning")]
+    for issue in issues:
+        print(f"  {issue}", file=sys.stderr)
+    if issues and strict:
+        raise ValueError(f"--strict: the data has {len(issues)} error(s) or warning(s) (listed above); nothing was trained.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override training.num_epochs")
     train.add_argument("--device", help="override training.device (auto, cpu, cuda, mps)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--strict", action="store_true", help="refuse to train when the data has any warning")
     train.set_defaults(func=_cmd_train)
 
     resume = commands.add_parser("resume", help="continue a stopped or crashed run")
@@ -206,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=reporting.run_from_args)
 
     info = commands.add_parser("info", help="summarise a cohort")
-    info.add_argument("data")
+    info.add_argument("data", help="cohort folder, manifest CSV, HDF5 cache, or 'demo'")
+    info.add_argument("--strict", action="store_true", help="warnings are errors (exit status 1)")
+    info.add_argument("--headers-only", action="store_true", help="read headers only (faster; misses NaN, "
+                      "constant and truncated compressed volumes)")
     info.set_defaults(func=_cmd_info)
     return parser
 

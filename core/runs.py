@@ -57,6 +57,7 @@ __all__ = [
     "build_model",
     "split_dataset",
     "train_run",
+    "load_run_data",
     "resume_run",
     "list_runs",
     "read_run_summary",
@@ -153,8 +154,9 @@ def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
     return values
 
 
-def _load_data_once(config: RunConfig) -> LoadedData:
-    """Under torchrun, rank 0 prepares the data first (it may write the demo cohort or a cache)."""
+def load_run_data(config: RunConfig) -> LoadedData:
+    """The run's data, prepared once; under torchrun rank 0 prepares it first (it may write the demo cohort
+    or a cache)."""
     context = current_context()
     if not context.enabled:
         return load_data(config.data)
@@ -235,7 +237,7 @@ def train_run(
     run_dir = Path(run_dir)
     if latest_checkpoint(run_dir) is not None:
         raise FileExistsError(f"{run_dir} already holds a run; resume it (mmvae resume {run_dir}) or choose another folder.")
-    loaded = loaded or _load_data_once(config)
+    loaded = loaded or load_run_data(config)
     config.data = config_from_dict(DataConfig, {**config_to_dict(config.data), "preprocessing": resolved_preprocessing(loaded)})
     parts = split_dataset(config, loaded.dataset)
     model = build_model(config, loaded.dataset)
@@ -264,7 +266,7 @@ def resume_run(
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
     if latest_checkpoint(run_dir) is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from.")
-    loaded = loaded or _load_data_once(config)
+    loaded = loaded or load_run_data(config)
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     train = _subset_by_ids(loaded.dataset, split["train"])
     validation = _subset_by_ids(loaded.dataset, split["validation"]) if split.get("validation") else None

@@ -20,6 +20,15 @@ built-in rules: ``{"*-US-before*": "US", "*_US_sector*": "US:mask"}`` (``:mask``
 
 A ``participants.tsv`` (BIDS; also looked for beside a manifest or at the root of a folder layout) gives
 per-subject covariates, returned as labels.
+
+Names and paths that enter here are checked once: subject ids and modality names must follow
+:data:`core.atomic.SAFE_NAME_RULE` (they become file names of exports; a row or folder breaking it is skipped
+with an error), a manifest path that is not an image file type is refused without being opened, and a file
+that resolves outside the cohort folder (``..``, an absolute path or a symlink) is used with a warning naming
+where it really is.
+
+:func:`check_cohort` is the one cohort report the command line (``mmvae info``) and the workbench's Data
+page both show; ``strict=True`` turns its warnings into errors.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from core.atomic import SAFE_NAME_RULE, is_safe_name
 from core.data.io import (
     HeaderInfo,
     ImageReadError,
@@ -62,6 +72,7 @@ __all__ = [
     "FileReport",
     "CohortReport",
     "cohort_report",
+    "check_cohort",
     "BIDS_SUFFIXES",
     "FOLDER_SUFFIXES",
     "MODALITY_ORDER",
@@ -270,12 +281,25 @@ class _Collector:
         self.issues: list[Issue] = []
         self.unmatched: list[Path] = []
 
+    def accepts(self, subject: str, modality: str | None = None, where: str = "") -> bool:
+        """The one safe-name rule for ids and modality names; a broken one is an error issue, not a crash."""
+        for kind, name in (("subject id", subject), ("modality name", modality)):
+            if name is not None and not is_safe_name(name):
+                self.issues.append(Issue("error", f"{where}{kind} {name!r} is not a safe name; skipped",
+                                         subject=subject if kind == "modality name" and is_safe_name(subject) else None,
+                                         path=str(self.root), fix=f"rename it: {SAFE_NAME_RULE}"))
+                return False
+        return True
+
     def add_subject(self, subject: str) -> None:
         if subject not in self.subjects:
             self.subjects.append(subject)
 
     def add(self, subject: str, modality: str, path: Path, is_mask: bool) -> None:
+        if not self.accepts(subject, modality, where=f"{path.name}: "):
+            return
         table = self.masks if is_mask else self.images
+        self.warn_if_outside(subject, modality, path)
         key = (subject, modality)
         if key in table:
             self.issues.append(Issue(
@@ -284,6 +308,17 @@ class _Collector:
                 fix="remove one, or give modality_patterns that tell them apart"))
             return
         table[key] = path
+
+    def warn_if_outside(self, subject: str, modality: str, path: Path) -> None:
+        try:
+            real, root = path.resolve(), self.root.resolve()
+        except OSError:
+            return
+        if real != root and root not in real.parents:
+            self.issues.append(Issue(
+                "warning", f"{path.name} resolves to {real}, outside the cohort folder {self.root}", subject=subject,
+                modality=modality, path=str(path), fix="copy the file into the cohort folder (the rule: a cohort reads "
+                "files inside its own folder), or check the path or symlink is the one you meant"))
 
     def cohort(self, requested: Sequence[str] | None, covariates: dict[str, dict[str, str]]) -> Cohort:
         found = [m for _, m in self.images]
@@ -378,6 +413,8 @@ def discover_bids(
         sessions = sessions_of(sdir)
         groups = [(f"{sdir.name}_{p.name}" if multi else sdir.name, p) for p in sessions] or [(sdir.name, sdir)]
         for sid, folder in groups:
+            if not col.accepts(sid, where=f"folder {folder.name}: "):
+                continue
             col.add_subject(sid)
             for path in _iter_images(folder):
                 rel = path.relative_to(root).as_posix()
@@ -415,6 +452,8 @@ def discover_folders(
         images = _iter_images(sdir)
         if not images:
             col.issues.append(Issue("info", f"folder {sdir.name} holds no image file; not a subject", path=str(sdir)))
+            continue
+        if not col.accepts(sdir.name, where=f"folder {sdir.name}: "):
             continue
         col.add_subject(sdir.name)
         for path in images:
@@ -473,12 +512,15 @@ def read_manifest(
     unknown = [f for f in fields if f not in ("subject", "modality", "path", "observation_mask")]
     if unknown:
         col.issues.append(Issue("info", f"manifest columns {unknown} are ignored", path=str(path)))
+    absent: dict[str, list[Issue]] = {}  # modality -> its rows naming files that do not exist
     for line_no, raw in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
         subject, modality = row.get("subject", ""), row.get("modality", "")
         if not subject or not modality:
             col.issues.append(Issue("warning", f"manifest line {line_no} has no subject or modality; skipped",
                                     path=str(path), fix="fill in both columns"))
+            continue
+        if not col.accepts(subject, modality, where=f"manifest line {line_no}: "):
             continue
         col.add_subject(subject)
         if modality not in declared:
@@ -487,10 +529,17 @@ def read_manifest(
             continue
         file = Path(row["path"]).expanduser()
         file = file if file.is_absolute() else base / file
+        if not (is_image_path(file) or file.is_dir() or has_dicom_preamble(file)):
+            col.issues.append(Issue("error", f"manifest line {line_no}: {row['path']} is not an image file type; not "
+                                    f"opened, {modality} is treated as missing", subject=subject, modality=modality,
+                                    path=str(file), fix="point the row at a NIfTI, NRRD, MetaImage file or a DICOM "
+                                    "series folder"))
+            continue
         if not file.exists():
-            col.issues.append(Issue("error", f"manifest line {line_no}: file {file} does not exist; {modality} is "
-                                    "treated as missing", subject=subject, modality=modality, path=str(file),
-                                    fix="correct the path in the manifest (relative paths start at the CSV's folder)"))
+            absent.setdefault(modality, []).append(Issue(
+                "error", f"manifest line {line_no}: file {file} does not exist; {modality} is treated as missing",
+                subject=subject, modality=modality, path=str(file),
+                fix="correct the path in the manifest (relative paths start at the CSV's folder)"))
             continue
         col.add(subject, modality, file, False)
         if row.get("observation_mask"):
@@ -502,6 +551,7 @@ def read_manifest(
                                         path=str(mask), fix="correct the observation_mask path"))
             else:
                 col.add(subject, modality, mask, True)
+    col.issues += _absent_file_issues(absent, {m for _, m in col.images}, path)
     if not col.subjects:
         raise CohortError(f"Manifest {path} has no data rows. Fix: add one row per subject and modality.")
     cov: dict[str, dict[str, str]] = {}
@@ -511,6 +561,20 @@ def read_manifest(
         col.issues += cov_issues
     requested = modalities if modalities is not None else _order_modalities(declared, None)
     return col.cohort(requested, cov)
+
+
+def _absent_file_issues(absent: Mapping[str, list[Issue]], found: set[str], manifest: Path) -> list[Issue]:
+    """One issue per missing file, except for a modality none of whose files exists: one issue says so."""
+    issues: list[Issue] = []
+    for modality, rows in absent.items():
+        if modality in found or len(rows) == 1:
+            issues += rows
+            continue
+        issues.append(Issue(
+            "error", f"none of the {len(rows)} {modality} files the manifest names exists (e.g. {rows[0].path})",
+            modality=modality, path=str(manifest), fix=f"correct the {modality} paths in the manifest (relative paths "
+            "start at the CSV's folder), or remove its rows"))
+    return issues
 
 
 def read_covariates(path: str | os.PathLike, id_column: str | None = None) -> tuple[dict[str, dict[str, str]], list[Issue]]:
@@ -632,6 +696,12 @@ class CohortReport:
     def warnings(self) -> list[Issue]:
         return [i for i in self.issues if i.level == "warning"]
 
+    def strict(self) -> CohortReport:
+        """The same report with every warning raised to an error (``mmvae info --strict``)."""
+        issues = [Issue("error", i.message, i.subject, i.modality, i.path, i.fix) if i.level == "warning" else i
+                  for i in self.issues]
+        return CohortReport(self.subjects, self.modalities, self.presence, self.counts, self.files, issues, self.layout)
+
     @property
     def usable(self) -> np.ndarray:
         """Presence matrix minus the entries whose image file has an error."""
@@ -722,7 +792,7 @@ def cohort_report(
                 if i.level == "error":
                     fr.error = i.message
             if check_voxels and fr.error is None:
-                fr.error = _check_voxels(path, e, issues)
+                fr.error = _check_voxels(path, e, issues, constant_is_error=role == "image")
             if fr.error is None:
                 headers[(e.subject, e.modality, role)] = info
         except ImagingError as exc:
@@ -736,7 +806,30 @@ def cohort_report(
                         issues, cohort.layout)
 
 
-def _check_voxels(path: Path, e: FileEntry, issues: list[Issue]) -> str | None:
+def check_cohort(
+    source: str | os.PathLike | Cohort,
+    *,
+    check_voxels: bool = True,
+    strict: bool = False,
+    layout: Literal["auto", "bids", "folders", "manifest"] = "auto",
+    modality_patterns: Mapping[str, str] | None = None,
+    modalities: Sequence[str] | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> tuple[Cohort, CohortReport]:
+    """Discover ``source`` and report every file: the one cohort report of the CLI and the workbench.
+
+    With ``check_voxels`` (the default) every volume is also loaded once, so truncated compressed files,
+    NaN voxels and constant volumes are named before preparation, not during it. ``strict`` makes every
+    warning an error.
+    """
+    cohort = source if isinstance(source, Cohort) else discover_cohort(
+        source, layout=layout, modality_patterns=modality_patterns, modalities=modalities)
+    report = cohort_report(cohort, check_voxels=check_voxels, progress=progress, cancel=cancel)
+    return cohort, report.strict() if strict else report
+
+
+def _check_voxels(path: Path, e: FileEntry, issues: list[Issue], constant_is_error: bool = True) -> str | None:
     try:
         vol = read_volume(path)
     except ImageReadError as exc:
@@ -748,7 +841,7 @@ def _check_voxels(path: Path, e: FileEntry, issues: list[Issue]) -> str | None:
             if i.level == "error":
                 return i.message
     finite = vol.array[np.isfinite(vol.array)]
-    if finite.size and float(finite.max()) == float(finite.min()):
+    if constant_is_error and finite.size and float(finite.max()) == float(finite.min()):
         msg = f"the volume is constant ({float(finite.min()):g} everywhere)"
         issues.append(Issue("error", msg, e.subject, e.modality, str(path),
                             "re-export it (it holds no image), or remove it; it is treated as missing"))

@@ -70,6 +70,13 @@ _FLIP_XY = np.diag([-1.0, -1.0, 1.0])
 # Displacement (mm) between qform and sform placements above which they are reported as disagreeing.
 XFORM_TOLERANCE_MM = 1e-3
 
+# The largest volume read into memory (2**30 voxels = 4 GiB as float32). A header declaring more is refused
+# before anything is allocated.
+MAX_VOXELS = 1 << 30
+# Deflate compresses at most about 1032:1, so a .nii.gz whose header needs more bytes than this many times
+# its size on disk is certainly truncated (or its header lies).
+_MAX_GZIP_RATIO = 1100
+
 
 class ImagingError(ValueError):
     """Base class for imaging input/output errors; messages name the file and the fix.
@@ -558,9 +565,30 @@ def _nifti_header_info(img: Any, path: Path, strict: bool) -> HeaderInfo:
     )
 
 
+def _size_problem(shape: tuple[int, ...], itemsize: int, path: Path) -> str | None:
+    """Why a header's declared size cannot be read into memory, checked before anything is allocated."""
+    n_voxels = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    if n_voxels > MAX_VOXELS:
+        return (f"the header declares {n_voxels:.3g} voxels ({'x'.join(str(int(s)) for s in shape)}), more than "
+                f"the {MAX_VOXELS:.3g} this workbench reads into memory")
+    if str(path).lower().endswith(".gz"):
+        try:
+            on_disk = path.stat().st_size
+        except OSError:
+            return None
+        needed = n_voxels * itemsize
+        if needed > _MAX_GZIP_RATIO * on_disk:
+            return (f"the file is truncated or its header is wrong: the header declares {needed / 2**20:.1f} MiB of "
+                    f"voxels, more than the {on_disk} compressed bytes on disk can hold")
+    return None
+
+
 def _truncation_issues(img: Any, path: Path) -> list[Issue]:
-    """Cheap size checks: exact for .nii, the gzip size trailer for .nii.gz."""
+    """Cheap size checks: exact for .nii, the gzip size trailer for .nii.gz, the declared size for both."""
     header = img.header
+    problem = _size_problem(img.shape, header.get_data_dtype().itemsize, path)
+    if problem is not None:
+        return [Issue("error", problem, path=str(path), fix=_CORRUPT_FIX)]
     try:
         expected = int(img.dataobj.offset) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
         if str(path).lower().endswith(".nii"):
@@ -584,6 +612,9 @@ def _read_nifti(path: Path, volume_index: int | None, strict: bool) -> Volume:
     img = _load_nifti(path)
     info = _nifti_header_info(img, path, strict)
     shape = tuple(int(s) for s in img.shape)
+    problem = _size_problem(shape[:3], img.header.get_data_dtype().itemsize, path)
+    if problem is not None:
+        raise _read_error(path, problem, _CORRUPT_FIX)
     if info.ndim < 3:
         raise _read_error(path, f"it is a {info.ndim}D image of shape {shape}, a 3D volume was expected", "supply the 3D volume")
     if info.ndim > 4:
@@ -630,8 +661,10 @@ def _read_nifti(path: Path, volume_index: int | None, strict: bool) -> Volume:
 def _read_itk(path: Path, volume_index: int | None) -> Volume:
     import SimpleITK as sitk
 
-    if not path.exists():
-        raise _read_error(path, "the file does not exist", "check the path (and the manifest, if it came from one)")
+    header = _itk_header_info(path)
+    problem = _size_problem(header.geometry.shape, 4, path)
+    if problem is not None:
+        raise _read_error(path, problem, _CORRUPT_FIX)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -709,6 +742,9 @@ def _itk_header_info(path: Path) -> HeaderInfo:
         issues.append(Issue("error", f"it has {n_comp} components per voxel (RGB/vector)", path=str(path),
                             fix="convert it to a single-channel volume"))
     n_volumes = size[3] if ndim == 4 else 1
+    problem = _size_problem(size, 1, path)
+    if problem is not None:
+        issues.append(Issue("error", problem, path=str(path), fix=_CORRUPT_FIX))
     if ndim < 3 or ndim > 4 or n_volumes > 1:
         issues.append(Issue("error", f"it is {ndim}D with size {size}, a 3D volume was expected", path=str(path),
                             fix="supply a 3D volume, or extract one volume"))
