@@ -1,8 +1,9 @@
 """Start the workbench: ``python app.py [--demo-subjects N] [--settings FILE] [--runs DIR]``.
 
-``main`` creates the application, routes uncaught exceptions (UI thread and worker threads) to an
-in-window message, applies the saved theme, opens the window and (unless ``--no-demo``) the bundled demo
-cohort, so the first thing a new user sees is data.
+``main`` creates the application and at once shows a start-up screen (importing PyTorch and building
+the pages takes seconds on a cold disk), routes uncaught exceptions (UI thread and worker threads) to an
+in-window message, applies the saved theme, opens the window and reopens, in the background, the last
+cohort and run (a new user gets the bundled demo cohort; ``--no-demo`` opens nothing new).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PySide6.QtWidgets import QSplashScreen
 
 __all__ = ["main", "build_parser", "PYQTGRAPH_OPTIONS"]
 
@@ -22,7 +27,8 @@ PYQTGRAPH_OPTIONS = {"imageAxisOrder": "col-major", "antialias": True, "backgrou
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="The mmvae workbench (PySide6 GUI).")
-    parser.add_argument("--no-demo", action="store_true", help="start without opening the demo cohort")
+    parser.add_argument("--no-demo", action="store_true",
+                        help="do not open the demo cohort when there is no last cohort to reopen")
     parser.add_argument("--demo-subjects", type=int, default=48, help="subjects in the demo cohort (default 48)")
     parser.add_argument("--demo-shape", type=int, nargs=3, default=[32, 32, 32], metavar=("X", "Y", "Z"),
                         help="volume shape of the demo cohort (default 32 32 32)")
@@ -40,23 +46,50 @@ def _log_file() -> Path:
     return folder / "workbench.log"
 
 
+def _startup_screen() -> QSplashScreen:
+    """A window on screen within a fraction of a second, saying what the wait is for."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
+    from PySide6.QtWidgets import QApplication, QSplashScreen
+
+    pixmap = QPixmap(460, 120)
+    pixmap.fill(QColor("#1f4e79"))
+    painter = QPainter(pixmap)
+    painter.setPen(QColor("white"))
+    font = QFont(painter.font())
+    font.setPointSize(16)
+    font.setBold(True)
+    painter.setFont(font)
+    painter.drawText(pixmap.rect().adjusted(20, 18, -20, -60), Qt.AlignmentFlag.AlignLeft, "mmvae workbench")
+    painter.end()
+    splash = QSplashScreen(pixmap)
+    splash.showMessage("Starting: loading PyTorch and the pages…", Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom,
+                       QColor("white"))
+    splash.show()
+    QApplication.processEvents()
+    return splash
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv if argv is not None else sys.argv)[1:])
     from PySide6.QtWidgets import QApplication
 
-    from workbench.main_window import MainWindow
-    from workbench.messages import install_excepthooks
     from workbench.settings import APPLICATION, ORGANIZATION, Settings
-    from workbench.workers import UiThreadGarbageCollector
 
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "mmvae-workbench"])
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("mmvae workbench")
+    splash = _startup_screen()
     try:
         logging.basicConfig(filename=_log_file(), level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     except OSError:
         logging.basicConfig(level=logging.WARNING)
+    # torch and core: seconds on a cold disk, behind the start-up screen
+    from workbench.main_window import MainWindow
+    from workbench.messages import install_excepthooks
+    from workbench.workers import UiThreadGarbageCollector
+
     settings = Settings.at(args.settings) if args.settings else Settings()
     demo = {"n_subjects": args.demo_subjects, "shape": list(args.demo_shape), "seed": 0}
     window = MainWindow(settings, demo_settings=demo, runs_root=args.runs)
@@ -64,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     collector = UiThreadGarbageCollector(app)
     collector.start()
     window.show()
-    if not args.no_demo and window.state.info is None:
-        window.data_page.open_demo()
+    splash.finish(window)
+    if window.state.info is None:
+        window.restore_session(open_demo=not args.no_demo)
     if args.screenshots:
         from workbench.screenshots import take_screenshots
 

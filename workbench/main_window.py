@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.models.config import ConfigError
+from core.runs import load_run_config
 from workbench.environment import device_info, versions
 from workbench.messages import ErrorReporter, MessageArea
 from workbench.pages.data import DataPage
@@ -299,6 +301,36 @@ class MainWindow(QMainWindow):
                 self.go_to_page(1)
         else:
             self.messages.warning("recent", f"{path} no longer exists.")
+
+    def restore_session(self, open_demo: bool = True) -> str | None:
+        """Reopen the last cohort (with the last run on it, when there is one), else the demo.
+
+        Returns what was opened: a run folder, a cohort source, or None when nothing was.
+        """
+        cohorts = [c for c in self.settings.recent_cohorts() if c == "demo" or Path(c).exists()]
+        cohort = cohorts[0] if cohorts else ("demo" if open_demo else None)
+        if cohort is None:
+            return None
+        run = self._last_run_on(cohort)
+        if run is not None and self.model_page.load_yaml(run / "config.yaml"):
+            self.train_page.select_run(run)
+            return str(run)
+        self.data_page.open_source(cohort)
+        return cohort
+
+    def _last_run_on(self, cohort: str) -> Path | None:
+        """The most recently used run folder if it was trained on ``cohort``."""
+        for recent in self.settings.recent_runs()[:1]:
+            path = Path(recent)
+            folder = path.parent if path.name == "config.yaml" else path
+            if not (folder / "status.json").is_file():
+                return None
+            try:
+                source = load_run_config(folder / "config.yaml").data.source
+            except (ConfigError, OSError, ValueError):
+                return None
+            return folder if source == cohort else None
+        return None
 
     @Slot()
     def choose_runs_root(self) -> None:

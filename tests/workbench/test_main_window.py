@@ -96,3 +96,45 @@ def test_a_gpu_torch_cannot_use_is_reported(make_window: Any, monkeypatch: Any) 
     assert window.messages.has("device")
     assert window.device_status.property("level") == "warning"
     assert "Warning" in window.about_text() and "NVIDIA GPU is present" in window.about_text()
+
+
+def test_a_new_user_gets_the_demo_and_a_returning_one_their_last_cohort(make_window: Any, qtbot: Any, tmp_path: Path,
+                                                                        manifest_cohort: Path) -> None:
+    first = make_window()
+    assert first.restore_session() == "demo"
+    qtbot.waitUntil(lambda: first.state.info is not None, timeout=60_000)
+    assert first.state.source == "demo"
+    settings = Settings.at(tmp_path / "returning.ini")
+    settings.add_recent_cohort("demo")
+    settings.add_recent_cohort(str(manifest_cohort))
+    again = make_window(settings=settings)
+    assert again.restore_session() == str(manifest_cohort)
+    qtbot.waitUntil(lambda: again.state.info is not None, timeout=30_000)
+    assert again.state.source == str(manifest_cohort)
+    gone = Settings.at(tmp_path / "gone.ini")
+    gone.add_recent_cohort(str(tmp_path / "deleted-cohort"))
+    assert make_window(settings=gone).restore_session(open_demo=False) is None
+
+
+def test_the_last_run_on_the_last_cohort_is_reopened_and_selected(make_window: Any, qtbot: Any, tmp_path: Path,
+                                                                  manifest_cohort: Path) -> None:
+    import json
+
+    import yaml
+
+    run = tmp_path / "runs" / "mvae-last"
+    run.mkdir(parents=True)
+    config = {"name": "mvae-last", "data": {"source": str(manifest_cohort)}, "model": {"name": "MVAE", "latent_dim": 5},
+              "training": {"num_epochs": 2}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (run / "status.json").write_text(json.dumps({"status": "stopped", "epochs_completed": 1, "num_epochs": 2,
+                                                 "updated": "2024-01-01T00:00:00"}), encoding="utf-8")
+    settings = Settings.at(tmp_path / "run.ini")
+    settings.add_recent_cohort(str(manifest_cohort))
+    settings.add_recent_run(str(run / "config.yaml"))
+    window = make_window(settings=settings)
+    assert window.restore_session() == str(run)
+    qtbot.waitUntil(lambda: window.state.info is not None, timeout=30_000)
+    assert window.state.source == str(manifest_cohort)
+    assert window.model_page.model_name() == "MVAE" and window.model_page.name_edit.text() == "mvae-last"
+    assert window.train_page.selected_run() is not None and window.train_page.selected_run().path == run
