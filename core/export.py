@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 import core
+from core.atomic import SAFE_NAME_RULE, UnsafePathError, ensure_inside
 from core.data.io import (
     ImageWriteError,
     Issue,
@@ -338,6 +339,11 @@ def export_cohort(
     if missing:
         raise ExportError(f"No preprocessing record for subjects {missing[:5]}. Fix: pass the records returned by load_cohort_dataset.")
     names = [filename.format(subject=s, modality=m) for s, m in items]
+    for name in names:  # a subject id or pattern must never lead a writer out of out_dir
+        if Path(name).name != name:
+            raise UnsafePathError(f"Refusing to export {name!r}: it is not a plain file name inside {out_dir}. "
+                                  f"Fix: subject ids and modality names must follow the rule {SAFE_NAME_RULE}.")
+        ensure_inside(out_dir / name, out_dir)
     if len(set(names)) != len(names):
         raise ExportError(f"filename pattern {filename!r} gives the same name to several volumes; include {{subject}} and {{modality}}.")
     if not overwrite:

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.data.cohort import cohort_report, discover_cohort
+from core.data.cohort import check_cohort
 from core.data.dataset import missingness_summary
 from core.data.io import read_volume
 from core.data.preprocessing import PreprocessingConfig, preprocess_subject
@@ -68,10 +68,8 @@ def open_cohort_task(source: str, demo_settings: dict[str, Any], state: TaskStat
         states = np.stack([ds.masks[m].numpy() for m in ds.modalities], axis=1).astype(np.int8)
         issues = list(getattr(loaded.records, "issues", []))
         return CohortInfo(source, root, list(ds.ids), list(ds.modalities), states, issues, loaded=loaded, layout="HDF5 cache")
-    state.set_status("Finding subjects and modalities")
-    cohort = discover_cohort(root)
-    state.set_status("Checking every file's header")
-    report = cohort_report(cohort, progress=state.progress, cancel=state.is_cancelled)
+    state.set_status("Finding subjects and checking every file (the cohort report `mmvae info` prints)")
+    cohort, report = check_cohort(root, progress=state.progress, cancel=state.is_cancelled)
     presence = np.asarray(report.presence, dtype=bool)
     states = np.where(presence, PRESENT, MISSING).astype(np.int8)
     states[presence & ~report.usable] = UNREADABLE
