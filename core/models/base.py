@@ -28,7 +28,13 @@ from core.atomic import atomic_save_tensors, atomic_write_json, load_tensors
 from core.data.dataset import DatasetOutput, MultimodalBaseDataset
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.gaussian import rsample
-from core.models._shared.likelihoods import mean_of, reconstruction_log_likelihood
+from core.models._shared.likelihoods import (
+    SCALED_DISTRIBUTIONS,
+    analytic_log_scale,
+    mean_of,
+    reconstruction_log_likelihood,
+    soft_floor,
+)
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models.config import BaseMultiVAEConfig, ConfigError, config_from_dict, config_to_dict
 from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
@@ -88,6 +94,50 @@ class MultimodalVAE(nn.Module):
         self.latent_dim = model_config.latent_dim
         self.encoders = self._modules_or_default("encoders", encoders, self.build_default_encoder)
         self.decoders = self._modules_or_default("decoders", decoders, self.build_default_decoder)
+        self._build_decoder_scales()
+
+    def _build_decoder_scales(self) -> None:
+        """One log-scale per normal/laplace modality when the scale is calibrated (``decoder_scale``).
+
+        ``learned``: a parameter. ``analytic``: a buffer holding a running mean of the batch optimum, so
+        that evaluation (validation loss, likelihood estimates) does not depend on the batch it sees.
+        """
+        self.decoder_log_scales: nn.ParameterDict | None = None
+        mode = self.model_config.decoder_scale
+        scaled = [m for m in self.modalities if self.model_config.decoder_distribution(m) in SCALED_DISTRIBUTIONS]
+        if mode == "fixed" or not scaled:
+            return
+        self.decoder_log_scales = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(()), requires_grad=mode == "learned") for m in scaled}
+        )
+
+    def decoder_log_scale(self, modality: str) -> torch.Tensor | None:
+        """The current log-scale of a calibrated decoder (None for a fixed scale)."""
+        if self.decoder_log_scales is None or modality not in self.decoder_log_scales:
+            return None
+        log_scale = self.decoder_log_scales[modality]
+        return soft_floor(log_scale) if self.model_config.decoder_scale == "learned" else log_scale.detach()
+
+    def _calibrated_params(self, batch: DatasetOutput, modality: str, x_hat: torch.Tensor) -> dict[str, Any]:
+        """``decoder_dist_params`` of ``modality`` with the calibrated scale in place of the fixed one."""
+        cfg = self.model_config
+        params: dict[str, Any] = cfg.decoder_params(modality)
+        if self.decoder_log_scales is None or modality not in self.decoder_log_scales:
+            return params
+        if cfg.decoder_scale == "analytic" and self.training:
+            log_scale = analytic_log_scale(
+                cfg.decoder_distribution(modality),
+                batch.data[modality],
+                x_hat,
+                batch.masks[modality],
+                batch.observation_masks.get(modality),
+            )
+            with torch.no_grad():  # running mean for evaluation; 0.9 forgets the first epochs quickly
+                self.decoder_log_scales[modality].lerp_(log_scale.detach(), 0.1)
+        else:
+            log_scale = self.decoder_log_scale(modality)
+        params["scale"] = log_scale.exp()
+        return params
 
     # ------------------------------------------------------------------ construction helpers
     def build_default_encoder(self, modality: str, shape: tuple[int, ...]) -> nn.Module:
@@ -237,7 +287,7 @@ class MultimodalVAE(nn.Module):
             cfg.decoder_distribution(modality),
             batch.data[modality],
             x_hat,
-            cfg.decoder_params(modality),
+            self._calibrated_params(batch, modality, x_hat),
             rescale=cfg.likelihood_rescale(modality) if rescale else 1.0,
             observed_voxels=batch.observation_masks.get(modality),
         )

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from core.models._shared.likelihoods import DecoderDistribution
+from core.models._shared.likelihoods import DecoderDistribution, DecoderScale
 
 __all__ = [
     "MODEL_CONFIG_DICT",
@@ -64,6 +64,13 @@ class BaseMultiVAEConfig:
     )
     decoder_dist_params: dict[str, dict[str, float]] | None = Field(
         None, **advanced("Parameters of the output distributions, e.g. {'T1': {'scale': 0.75}}.")
+    )
+    decoder_scale: DecoderScale = Field(
+        "fixed",
+        **advanced(
+            "Scale of normal/laplace decoders: 'fixed' (decoder_dist_params, 1 by default), 'learned' (one per "
+            "modality, trained) or 'analytic' (the batch optimum, sigma-VAE). Calibrated scales sharpen synthesis."
+        ),
     )
     custom_architectures: list[str] = Field(
         default_factory=list, **advanced("Names of the modules supplied by the user rather than built by default.")

@@ -124,3 +124,57 @@ def test_subsets_and_annealing():
     assert linear_warmup_per_step(TrainingProgress(11), 10, 2.0) == 2.0
     assert linear_warmup_per_step(None, 10, 2.0) == 2.0
     assert linear_warmup_per_epoch(TrainingProgress(1), 20) == pytest.approx(0.05)
+
+
+def test_analytic_scale_is_the_elbo_optimum_over_observed_voxels_only():
+    from core.models._shared.likelihoods import analytic_log_scale
+
+    x = torch.zeros(3, 1, 4)
+    x_hat = torch.tensor([[[1.0, -1.0, 1.0, -1.0]], [[2.0, 2.0, 2.0, 2.0]], [[50.0, 50.0, 50.0, 50.0]]])
+    observed_samples = torch.tensor([True, True, False])  # the third sample is missing: ignored
+    voxels = torch.ones(3, 1, 4, dtype=torch.bool)
+    voxels[1, 0, 2:] = False  # and half of the second sample lies outside its field of view
+    # normal: sigma^2 = mean squared error over the 6 kept voxels = (4 * 1 + 2 * 4) / 6 = 2. The soft
+    # floor at -6 moves a log-scale near 0 by log(1 + e^-6) = 0.0025 at most.
+    log_sigma = analytic_log_scale("normal", x, x_hat, observed_samples, voxels)
+    assert log_sigma.item() == pytest.approx(0.5 * math.log(2.0), abs=2.5e-3)
+    # laplace: b = mean |error| = (4 * 1 + 2 * 2) / 6
+    log_b = analytic_log_scale("laplace", x, x_hat, observed_samples, voxels)
+    assert log_b.item() == pytest.approx(math.log(8 / 6), abs=2.5e-3)
+    # The optimum maximises the Gaussian likelihood over a shared scale.
+    def summed(log_s: float) -> float:
+        log_p = reconstruction_log_likelihood("normal", x, x_hat, {"scale": torch.tensor(log_s).exp()},
+                                              observed_voxels=voxels)
+        return float((log_p * observed_samples).sum())
+    best = summed(log_sigma.item())
+    assert best > summed(log_sigma.item() + 0.05) and best > summed(log_sigma.item() - 0.05)
+    # A perfect fit is floored rather than infinite, and nothing observed gives scale 1.
+    assert analytic_log_scale("normal", x, x, observed_samples).item() == pytest.approx(-6.0, abs=1e-3)
+    assert analytic_log_scale("normal", x, x_hat, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["learned", "analytic"])
+def test_calibrated_decoder_scale_trains_and_evaluates_deterministically(mode):
+    from core.models import MVAE, MVAEConfig
+
+    torch.manual_seed(0)
+    dims = {"a": (6,), "b": (4,)}
+    model = MVAE(MVAEConfig(n_modalities=2, input_dims=dims, latent_dim=2, decoder_scale=mode))
+    assert model.decoder_log_scales is not None and set(model.decoder_log_scales) == {"a", "b"}
+    batch = {"data": {"a": torch.randn(8, 6) * 0.1, "b": torch.randn(8, 4) * 0.1}}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        optimizer.zero_grad()
+        model(batch).loss.backward()
+        optimizer.step()
+    # On data of std 0.1 the calibrated scale falls well below the fixed default of 1.
+    assert model.decoder_log_scale("a").item() < -0.5
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(batch).loss
+        torch.manual_seed(1)
+        second = model(batch).loss
+    assert first.item() == second.item()
+    fixed = MVAE(MVAEConfig(n_modalities=2, input_dims=dims, latent_dim=2))
+    assert fixed.decoder_log_scales is None and "decoder_log_scales.a" not in fixed.state_dict()
