@@ -175,7 +175,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     source = ensure_demo_cohort({}) if args.data == "demo" else Path(args.data)
     _, report = check_cohort(source, strict=args.strict, check_voxels=not args.headers_only)
     print(report)
-    return _print_issue_summary(report.issues, strict=False)
+    return _print_issue_summary(report.issues, args.strict)
 
 
 def _print_preparation_issues(loaded: object, strict: bool) -> None:

@@ -1,0 +1,128 @@
+"""Nothing lost, nothing silent: hostile and broken inputs through the command line, the writers' path
+rules, weights that are not safetensors, crafted HDF5 caches and config errors."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import pytest
+import yaml
+from bad_inputs import CASES, HEALTHY, digest, unmet, write_bad_cohort
+
+from core.atomic import UnsafePathError, check_safe_name, ensure_inside, load_tensors
+from core.cli import main
+from core.data.cohort import check_cohort
+from core.data.sources import DataConfig, load_data
+
+
+@pytest.fixture(scope="module")
+def bad_cohort(tmp_path_factory):
+    return write_bad_cohort(tmp_path_factory.mktemp("bad"))
+
+
+def test_info_names_every_broken_file_once_from_the_cohort_report(bad_cohort, capsys):
+    before = digest(bad_cohort.parent)
+    assert main(["info", str(bad_cohort)]) == 1  # errors: the named files are treated as missing
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    _, report = check_cohort(bad_cohort)
+    assert unmet(report.issues) == []
+    for issue in report.issues:  # the CLI prints the report itself, every issue with its fix
+        assert str(issue) in out
+    assert "error(s)" in err
+    assert digest(bad_cohort.parent) == before, "checking a cohort never writes"
+
+
+def test_strict_turns_warnings_into_errors(tmp_path, capsys):
+    cohort = write_bad_cohort(tmp_path)
+    rows = (cohort / "manifest.csv").read_text(encoding="utf-8").splitlines()
+    keep = {"good-1", "good-2", "xform"}  # only a qform/sform warning is left
+    (cohort / "manifest.csv").write_text("\n".join([rows[0]] + [r for r in rows[1:] if r.split(",")[0] in keep
+                                                                 and ",FLAIR," not in r]) + "\n")
+    assert main(["info", str(cohort)]) == 0
+    assert "1 warning(s)" in capsys.readouterr().err
+    assert main(["info", str(cohort), "--strict"]) == 1
+    out, err = capsys.readouterr()
+    assert "ERROR: [xform] T2: qform" in out and "--strict" in err
+
+
+def test_the_rest_of_the_cohort_loads_and_preparing_names_the_same_cases(bad_cohort):
+    loaded = load_data(DataConfig(source=str(bad_cohort)))
+    dataset = loaded.dataset
+    assert unmet(loaded.records.issues) == []
+    assert dataset.modalities == ["T1", "T2"]
+    for subject in HEALTHY:
+        i = dataset.ids.index(subject)
+        assert bool(dataset.masks["T1"][i]) and bool(dataset.masks["T2"][i])
+    for case in CASES:
+        if case.level == "error" and case.subject is not None and case.modality in dataset.modalities:
+            i = dataset.ids.index(case.subject)
+            assert not bool(dataset.masks[case.modality][i]), case.name  # unusable -> missing, never zeros
+    assert "../../outside/pwn" not in dataset.ids
+
+
+def test_one_safe_name_rule_and_writers_stay_inside(tmp_path):
+    for good in ("sub-01", "BraTS2021_00001", "T1ce", "sub-01_ses-pre"):
+        assert check_safe_name("subject id", good) == good
+    for bad in ("../../outside/pwn", "/etc/passwd", "a/b", "..", ".hidden", "", "x\\y", "a..b"):
+        with pytest.raises(UnsafePathError, match="not a safe name"):
+            check_safe_name("subject id", bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert ensure_inside(out / "a.nii.gz", out) == out / "a.nii.gz"
+    with pytest.raises(UnsafePathError, match="outside the output folder"):
+        ensure_inside(out / ".." / "a.nii.gz", out)
+    (out / "link").symlink_to(tmp_path)
+    with pytest.raises(UnsafePathError):
+        ensure_inside(out / "link" / "a.nii.gz", out)
+
+
+def test_folder_layouts_apply_the_rule_to_subject_folders(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    for name in ("good", "bad;name"):
+        (tmp_path / name).mkdir()
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), tmp_path / name / "x_t1.nii.gz")
+    cohort, report = check_cohort(tmp_path, check_voxels=False)
+    assert cohort.subjects == ["good"]
+    assert any("'bad;name' is not a safe name" in i.message and i.fix for i in report.errors)
+
+
+def test_weights_that_are_not_safetensors_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))
+    with pytest.raises(ValueError, match="is not a safetensors weights file") as error:
+        load_tensors(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cohort = root / "cohort"
+    assert main(["demo-data", str(cohort), "--n", "8", "--shape", "16", "16", "16", "--seed", "1"]) == 0
+    config = {"name": "rel", "data": {"source": str(cohort), "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0}},
+              "model": {"name": "MVAE", "latent_dim": 2}, "training": {"num_epochs": 1, "batch_size": 4}}
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(root / "run.yaml"), "--out", str(root / "run"), "--quiet"]) == 0
+    return root, cohort
+
+
+@pytest.mark.parametrize("command", ["impute", "evaluate", "resume"])
+def test_cli_refuses_pickled_weights_in_one_line(trained_run, tmp_path, capsys, command):
+    root, cohort = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    for weights in run.rglob("model.safetensors"):
+        weights.write_bytes(pickle.dumps({"weight": 1}))
+    args = {"impute": ["impute", str(run), str(cohort), "--out", str(tmp_path / "synth"), "--quiet"],
+            "evaluate": ["evaluate", str(run), "--out", str(tmp_path / "m.json")],
+            "resume": ["resume", str(run), "--epochs", "2", "--quiet"]}[command]
+    capsys.readouterr()
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "not a safetensors weights file" in line]
+    assert len(lines) == 1 and "model.safetensors" in lines[0], err
