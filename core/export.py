@@ -20,6 +20,11 @@ overlays the chosen source file exactly, in ITK-SNAP, 3D Slicer, FSL or nibabel:
   ``SYNTHETIC``; a JSON sidecar (``<name>.json``) with ``"synthetic": true``, the model, run, conditioning
   modalities, number of samples, date, software version, source reference and intensity handling. An
   uncertainty map (voxel-wise std over the samples) can be written beside the mean (``<name>_std.nii.gz``).
+* **field of view** (``field_of_view=``, :class:`core.impute.FieldOfView`): the volume and its uncertainty
+  map are 0 outside it (in the written units), and the sidecar's ``"field_of_view"`` says which one it was
+  (``"subject"``, ``"cohort majority of N subjects"``, or the whole grid without one).
+* **verdict** (``verdict=``): whether the model beats the training subjects' mean image on held-out
+  subjects (:class:`core.synthesis.Verdict` as a dict) goes into the sidecar and, short, into ``descrip``.
 
 Writes are atomic (temporary name, then rename). :func:`export_cohort` stages a whole batch in a hidden
 folder and moves it into place only when every file is written, so a cancelled or failed batch leaves
@@ -35,7 +40,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -59,6 +64,9 @@ from core.data.preprocessing import (
     to_source_space,
 )
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
+
+if TYPE_CHECKING:
+    from core.impute import FieldOfView
 
 __all__ = ["ExportError", "Provenance", "ExportResult", "write_synthesized", "export_cohort", "sidecar_path", "uncertainty_path"]
 
@@ -179,6 +187,8 @@ def write_synthesized(
     intensity_params: NormalizationParams | None = None,
     records: CohortRecords | None = None,
     overwrite: bool = False,
+    field_of_view: FieldOfView | None = None,
+    verdict: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Write ``volume`` (model-grid array or tensor, ``(X, Y, Z)`` or ``(1, X, Y, Z)``) of ``modality`` for
     ``record``'s subject as NIfTI on the grid of ``reference``'s source file (default: the subject's
@@ -224,14 +234,29 @@ def write_synthesized(
                             record.subject, modality))
     if std is not None:
         std = np.nan_to_num(std, nan=0.0, posinf=0.0, neginf=0.0)
+    fov_mask = None
+    if field_of_view is not None:
+        fov_mask = np.asarray(field_of_view.mask, dtype=bool)
+        if fov_mask.size != mean.size:
+            raise ExportError(f"The field of view of {modality} for {record.subject} has shape {fov_mask.shape}; the "
+                              f"subject's model grid is {record.grid.shape}.")
+        fov_mask = fov_mask.reshape(mean.shape)
 
     params, params_source = _resolve_intensity(record, modality, intensity, intensity_params, records)
     units = "source" if params is not None else "normalized"
     if params is not None:
         mean = denormalize(mean, params)
         std = denormalize(std, params, is_std=True) if std is not None else None
+    if fov_mask is not None:  # background 0 in the written units, before and after resampling
+        mean = np.where(fov_mask, mean, 0.0).astype(np.float32)
+        std = np.where(fov_mask, std, 0.0).astype(np.float32) if std is not None else None
     out, geometry, inside = to_source_space(mean, record, reference, order=1)
     out_std = to_source_space(std, record, reference, order=1)[0] if std is not None else None
+    if fov_mask is not None:
+        outside_fov = to_source_space(fov_mask.astype(np.float32), record, reference, order=0)[0] < 0.5
+        out[outside_fov] = 0.0
+        if out_std is not None:
+            out_std[outside_fov] = 0.0
     foreground = records.config.normalization_for(modality).foreground if records is not None else "nonzero"
     background_rule = "none"
     if units == "source" and _foreground_zero(params):
@@ -255,7 +280,8 @@ def write_synthesized(
     scode = ref_rec.sform_code or ref_rec.qform_code or 1
     conditioning = list(prov.conditioning_modalities) if prov.conditioning_modalities is not None else [
         m for m in record.modalities if m != modality]
-    description = f"SYNTHETIC {modality} mmvae from {'+'.join(conditioning) or 'prior'}"
+    judged = f"; {verdict['short']}" if verdict else ""
+    description = f"SYNTHETIC {modality} mmvae{judged}; from {'+'.join(conditioning) or 'prior'}"
     intent = "synthetic" if units == "source" else "synth_norm"
     written: list[Path] = []
     try:
@@ -280,6 +306,8 @@ def write_synthesized(
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "software": {"name": "mmvae-workbench", "version": core.__version__},
             "uncertainty": std_path.name if std_path is not None and out_std is not None else None,
+            "field_of_view": field_of_view.source if field_of_view is not None else "whole grid (no observation mask)",
+            "verdict": dict(verdict) if verdict else None,
             "reference": {
                 "modality": reference,
                 "source_path": ref_rec.path,
@@ -324,8 +352,11 @@ def export_cohort(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    fields_of_view: Mapping[str, Mapping[str, FieldOfView]] | None = None,
+    verdicts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[ExportResult]:
-    """Export ``volumes[subject][modality]`` for a whole cohort into ``out_dir``.
+    """Export ``volumes[subject][modality]`` for a whole cohort into ``out_dir``, each inside
+    ``fields_of_view[subject][modality]`` and with ``verdicts[modality]`` where given (:func:`write_synthesized`).
 
     Everything is first written to a hidden staging folder inside ``out_dir``; only when all files are
     written and verified are they moved into place. Cancelling (``cancel()`` polled between volumes,
@@ -362,6 +393,7 @@ def export_cohort(
             res = write_synthesized(
                 volumes[s][m], records[s], m, staging / name, provenance=prov, reference=reference,
                 uncertainty=std, intensity=intensity, records=cohort_records, overwrite=True,
+                field_of_view=(fields_of_view or {}).get(s, {}).get(m), verdict=(verdicts or {}).get(m),
             )
             results.append(res)
             report_progress(progress, k + 1, len(items), f"{s} {m}")

@@ -5,13 +5,23 @@ every m in T. With N = 1 it decodes the posterior mean (the best single guess; t
 zero). With N > 1 it draws N latent samples: the synthesized volume is the mean of the N decodings and
 the uncertainty map their voxel-wise standard deviation. Subjects are grouped by
 missingness pattern so each group is one batched ``predict`` call.
+
+**Field of view.** A model learns nothing where a modality is never observed (outside an ultrasound
+probe's sector, beyond a partial slab), so a synthesized modality that has observation masks is written
+only inside a field of view, with background 0 elsewhere (the value unobserved voxels hold in model space),
+and so is its uncertainty map. The field of view is the subject's own observation mask for that modality
+when it has a non-empty one, else the cohort's most common field of view: the voxels observed in at least
+half of the reference subjects that observe the modality (the run's training subjects; the voxels any of
+them observes if no voxel reaches half). Modalities without observation masks are observed everywhere and
+written whole. :class:`FieldsOfView` holds that rule; every imputation here applies it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +29,86 @@ import numpy as np
 import torch
 
 from core.data.sources import DataConfig, load_data
+from core.metrics._common import batches_of
 from core.models.base import MultimodalVAE, load_bundle
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 from core.runs import load_run_config
 from core.training.trainer import select_device
 
-__all__ = ["Imputation", "predict_with_uncertainty", "impute_subjects", "to_grid", "impute_run"]
+__all__ = ["Imputation", "FieldOfView", "FieldsOfView", "own_field_of_view", "predict_with_uncertainty", "impute_subjects", "to_grid",
+           "impute_run"]
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """Where one synthesized volume is written: ``mask`` (bool, the per-sample shape) and which field it is."""
+
+    mask: np.ndarray
+    source: str  # "subject" or "cohort majority of N subjects" (or "cohort union of N subjects")
+
+
+class FieldsOfView:
+    """The cohort's most common field of view of each modality with observation masks, and the rule that
+    picks one per subject (module docstring)."""
+
+    def __init__(self, cohort: dict[str, FieldOfView]) -> None:
+        self.cohort = cohort
+
+    @classmethod
+    def fit(cls, dataset: Any, subjects: list[str] | None = None, batch_size: int = 16) -> FieldsOfView:
+        """The per-voxel majority over the observation masks of ``subjects`` (default: all) that observe each modality."""
+        index = {s: i for i, s in enumerate(dataset.ids)}
+        chosen = [index[s] for s in (subjects if subjects is not None else dataset.ids) if s in index]
+        counts: dict[str, torch.Tensor] = {}
+        n_subjects: dict[str, int] = defaultdict(int)
+        for _, batch in batches_of(dataset, chosen, batch_size):
+            for m, observed in (batch.get("observation_masks") or {}).items():
+                has = batch.masks[m].bool() & observed.flatten(1).any(1)
+                if has.any():
+                    counts[m] = counts.get(m, 0) + observed[has].sum(0, dtype=torch.int32)
+                    n_subjects[m] += int(has.sum())
+        cohort = {}
+        for m, count in counts.items():
+            n = n_subjects[m]
+            majority = (2 * count >= n).numpy()
+            if majority.any():
+                cohort[m] = FieldOfView(majority, f"cohort majority of {n} subjects")
+            else:
+                cohort[m] = FieldOfView((count > 0).numpy(), f"cohort union of {n} subjects")
+        return cls(cohort)
+
+    def choose(self, modality: str, own: np.ndarray | torch.Tensor | None) -> FieldOfView | None:
+        """The subject's own field of view if it has one (non-empty), else the cohort's; None: written whole."""
+        if own is not None:
+            own = np.asarray(own, dtype=bool)
+            if own.any():
+                return FieldOfView(own, "subject")
+        return self.cohort.get(modality)
+
+    def apply(self, modality: str, mean: np.ndarray, std: np.ndarray, own: np.ndarray | torch.Tensor | None,
+              ) -> tuple[np.ndarray, np.ndarray, FieldOfView | None]:
+        """``mean`` and ``std`` of one subject with background 0 outside its field of view."""
+        fov = self.choose(modality, own)
+        if fov is None:
+            return mean, std, None
+        return np.where(fov.mask, mean, 0).astype(np.float32), np.where(fov.mask, std, 0).astype(np.float32), fov
+
+
+def own_field_of_view(batch: Any, modality: str, j: int) -> np.ndarray | None:
+    """Sample ``j``'s observation mask of ``modality`` in ``batch`` (None without one)."""
+    observed = (batch.get("observation_masks") or {}).get(modality)
+    return None if observed is None else observed[j].cpu().numpy()
 
 
 @dataclass
 class Imputation:
-    """Synthesized volumes in model space: ``mean[subject][modality]`` and ``std[subject][modality]``."""
+    """Synthesized volumes in model space: ``mean[subject][modality]`` and ``std[subject][modality]``, each
+    background outside ``field_of_view[subject][modality]`` (absent: written whole)."""
 
     mean: dict[str, dict[str, np.ndarray]]
     std: dict[str, dict[str, np.ndarray]]
     conditioning: dict[str, list[str]]
+    field_of_view: dict[str, dict[str, FieldOfView]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -64,11 +139,13 @@ def impute_subjects(
     batch_size: int = 4,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    fields_of_view: FieldsOfView | None = None,
 ) -> Imputation:
     """Synthesize the missing modalities (or ``targets``, hiding them) of ``subjects`` (default: all).
 
     ``targets`` given: those modalities are generated for every chosen subject from its *other*
-    observed modalities, even where they exist (leave-one-out checks).
+    observed modalities, even where they exist (leave-one-out checks). Each volume is masked to its
+    field of view (``fields_of_view``, default: the cohort's fitted on every subject of ``dataset``).
     """
     if n_samples < 1:
         raise ValueError(f"The number of samples must be at least 1, got {n_samples}.")
@@ -88,6 +165,7 @@ def impute_subjects(
         if not condition:
             raise ValueError(f"Subject {subject} has no observed modality left to condition on for {wanted}.")
         groups[(condition, tuple(wanted))].append(i)
+    fields_of_view = fields_of_view if fields_of_view is not None else FieldsOfView.fit(dataset)
     result = Imputation(mean={}, std={}, conditioning={})
     total = sum(len(v) for v in groups.values())
     done = 0
@@ -100,8 +178,11 @@ def impute_subjects(
             for m, (mean, std) in predicted.items():
                 for j, i in enumerate(chunk):
                     subject = dataset.ids[i]
-                    result.mean.setdefault(subject, {})[m] = mean[j].astype(np.float32)
-                    result.std.setdefault(subject, {})[m] = std[j].astype(np.float32)
+                    own = own_field_of_view(batch, m, j)
+                    result.mean.setdefault(subject, {})[m], result.std.setdefault(subject, {})[m], fov = \
+                        fields_of_view.apply(m, mean[j].astype(np.float32), std[j].astype(np.float32), own)
+                    if fov is not None:
+                        result.field_of_view.setdefault(subject, {})[m] = fov
                     result.conditioning[subject] = list(condition)
             done += len(chunk)
             report_progress(progress, done, total, f"{len(chunk)} subjects from {'+'.join(condition)}")
@@ -150,7 +231,18 @@ def impute_run(
     lacking = [m for m in model.modalities if m not in loaded.dataset.modalities]
     if lacking:
         raise ValueError(f"The run's model needs modalities {lacking}, which {data} does not have.")
-    imputation = impute_subjects(model, loaded.dataset, n_samples=n_samples, progress=progress, cancel=cancel)
+    # The fields of view of the run's training subjects where they are in ``data`` (else of all its subjects),
+    # and the run's cached verdict (core.synthesis) where it is current.
+    from core.synthesis import stored_verdicts, unchecked_verdicts
+
+    split = run_dir / "split.json"
+    train = json.loads(split.read_text(encoding="utf-8")).get("train", []) if split.is_file() else []
+    train = [s for s in train if s in set(loaded.dataset.ids)] or None
+    fields_of_view = FieldsOfView.fit(loaded.dataset, train)
+    verdicts = stored_verdicts(run_dir) or unchecked_verdicts(
+        model.modalities, f"the run has no current check; open it on the Synthesize page or run 'mmvae report {run_dir}'")
+    imputation = impute_subjects(model, loaded.dataset, n_samples=n_samples, progress=progress, cancel=cancel,
+                                 fields_of_view=fields_of_view)
     for maps in (imputation.mean, imputation.std):
         for subject, volumes in maps.items():
             for m, volume in volumes.items():
@@ -164,4 +256,6 @@ def impute_run(
         uncertainty=imputation.std if uncertainty else None,
         progress=progress,
         cancel=cancel,
+        fields_of_view=imputation.field_of_view,
+        verdicts={m: v.to_dict() for m, v in verdicts.items()},
     )
