@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.data import DatasetOutput, IncompleteDataset, MultimodalBaseDataset
-from core.metrics import KNNImputer, MeanImputer, MetricError
+from core.metrics import KNNImputer, MeanImputer, MetricError, VoxelRegressionImputer
 
 
 def test_mean_imputer_averages_observed_subjects_and_voxels_only():
@@ -63,3 +63,44 @@ def test_knn_returns_none_when_no_training_subject_has_both_and_mean_raises_for_
     assert knn.predict(DatasetOutput(data={"a": torch.ones(1, 1)}, observation_masks={}), ("a",), "b") is None
     with pytest.raises(MetricError, match="'c'"):
         MeanImputer().fit(dataset).predict("c", 1)
+
+
+def _voxel_pairs(n: int = 6) -> IncompleteDataset:
+    """'b' = 2 * 'a' + 1 inside a foreground box, 0 outside it; 'c' = the 3x3x3 mean of 'a' there."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.zeros(n, 1, 8, 8, 8)
+    a[:, :, 2:6, 2:6, 2:6] = torch.rand(n, 1, 4, 4, 4, generator=generator) + 0.5
+    foreground = a != 0
+    b = torch.where(foreground, 2 * a + 1, torch.zeros(()))
+    local = torch.nn.functional.avg_pool3d(a, 3, stride=1, padding=1, count_include_pad=False)
+    c = torch.where(foreground, local, torch.zeros(()))
+    masks = {"a": torch.ones(n, dtype=torch.bool), "b": torch.ones(n, dtype=torch.bool), "c": torch.ones(n, dtype=torch.bool)}
+    masks["b"][0] = False  # a subject without the target is left out of the fit
+    b[0] = 1000.0
+    return IncompleteDataset({"a": a, "b": b, "c": c}, masks)
+
+
+def test_voxel_regression_recovers_a_linear_map_and_a_neighbourhood_mean():
+    train = _voxel_pairs()
+    test = _voxel_pairs(3)
+    batch = DatasetOutput(data={"a": test.data["a"]}, observation_masks={})
+    imputer = VoxelRegressionImputer(alpha=1e-6).fit(train)
+    predicted = imputer.predict(batch, ("a",), "b")
+    assert predicted.shape == (3, 1, 8, 8, 8)
+    foreground = test.data["a"] != 0
+    assert torch.allclose(predicted[foreground], 2 * test.data["a"][foreground] + 1, atol=1e-3)
+    assert torch.allclose(predicted[~foreground], torch.zeros(()))  # background: the training background mean
+    local = imputer.predict(batch, ("a",), "c")
+    assert torch.allclose(local[foreground], test.data["c"][foreground], atol=1e-3)
+    plain = VoxelRegressionImputer(alpha=1e-6, neighbourhood=1, coordinates=False).fit(train).predict(batch, ("a",), "c")
+    assert (plain - test.data["c"])[foreground].abs().mean() > 10 * (local - test.data["c"])[foreground].abs().mean()
+
+
+def test_voxel_regression_needs_training_pairs_and_volumes():
+    train = _voxel_pairs()
+    train.masks["b"][:] = False
+    assert VoxelRegressionImputer().fit(train).predict(DatasetOutput(data={"a": train.data["a"]}), ("a",), "b") is None
+    with pytest.raises(MetricError, match="images or volumes"):
+        VoxelRegressionImputer().fit(MultimodalBaseDataset({"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}))
+    with pytest.raises(ValueError, match="odd"):
+        VoxelRegressionImputer(neighbourhood=2)
