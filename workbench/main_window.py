@@ -8,8 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, QTimer, Slot
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtCore import QRect, QSize, Qt, QTimer, Slot
+from PySide6.QtGui import (
+    QAction,
+    QActionGroup,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QKeySequence,
+)
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -37,7 +45,7 @@ from workbench.resources import apply_theme
 from workbench.settings import Settings
 from workbench.state import WorkbenchState, source_label
 
-__all__ = ["MainWindow", "PAGES"]
+__all__ = ["MainWindow", "PAGES", "fit_inside"]
 
 PAGES = ("Data", "Model", "Train", "Explore", "Synthesize")
 _PAGE_HINTS = {
@@ -47,6 +55,20 @@ _PAGE_HINTS = {
     "Explore": "Latent space and reconstructions (part 2)",
     "Synthesize": "Impute missing modalities (part 2)",
 }
+
+
+#: Room left for the window manager's title bar and borders around the client area.
+_FRAME_MARGIN = QSize(16, 48)
+
+
+def fit_inside(window: QRect, available: QRect, frame: QSize = _FRAME_MARGIN) -> QRect:
+    """``window`` shrunk to fit ``available`` (with room for the frame) and moved inside it."""
+    width = min(window.width(), available.width() - frame.width())
+    height = min(window.height(), available.height() - frame.height())
+    x = min(max(window.x(), available.x() + frame.width() // 2), available.right() + 1 - width - frame.width() // 2)
+    y = min(max(window.y(), available.y() + frame.height() - frame.width() // 2),
+            available.bottom() + 1 - height - frame.width() // 2)
+    return QRect(x, y, width, height)
 
 
 def _optional_page(module: str, cls_name: str, *args: Any) -> QWidget | None:
@@ -427,8 +449,15 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if state is not None:
             self.restoreState(state)
+        self.fit_to_screen()
         self.set_theme(self.settings.theme())
         self.go_to_page(min(max(0, self.settings.last_page()), len(PAGES) - 1))
+
+    def fit_to_screen(self) -> None:
+        """Keep the window inside its screen's available area (a saved layout may come from a larger screen)."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is not None:
+            self.setGeometry(fit_inside(self.geometry(), screen.availableGeometry()))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.train_page.is_training and not self._closing:

@@ -138,3 +138,36 @@ def test_the_last_run_on_the_last_cohort_is_reopened_and_selected(make_window: A
     assert window.state.source == str(manifest_cohort)
     assert window.model_page.model_name() == "MVAE" and window.model_page.name_edit.text() == "mvae-last"
     assert window.train_page.selected_run() is not None and window.train_page.selected_run().path == run
+
+
+def test_a_long_cohort_path_does_not_widen_the_window(make_window: Any, qtbot: Any) -> None:
+    window = make_window()
+    share = "//hospital-share/neuroradiology/research/2024/glioma-cohort-with-a-very-long-name/" * 4
+    window.data_page.source_label.setText(f"cohort · BIDS · {share}")
+    window.data_page.set_recent([share, "demo"])
+    window.train_page.run_label.setText(f"MVAE · {share}")
+    QApplication.processEvents()
+    for index, page in enumerate(window.pages):
+        window.go_to_page(index)
+        QApplication.processEvents()
+        assert page.minimumSizeHint().width() <= 1280 - window.nav.width(), type(page).__name__
+        assert window.minimumSizeHint().width() <= 1280, type(page).__name__
+    window.resize(1280, 800)
+    QApplication.processEvents()
+    assert window.width() == 1280
+    label = window.data_page.source_label
+    assert label.text().endswith(share) and label.toolTip() == label.text()
+    assert "…" in label.elided_text() and len(label.elided_text()) < len(label.text())
+
+
+def test_the_window_opens_inside_the_available_screen() -> None:
+    from PySide6.QtCore import QRect
+
+    from workbench.main_window import fit_inside
+
+    laptop = QRect(0, 0, 1280, 800 - 32)  # a 1280x800 screen with a panel
+    for saved in (QRect(400, 300, 1600, 1000), QRect(-2400, 100, 1360, 860), QRect(3000, 2000, 900, 700)):
+        placed = fit_inside(saved, laptop)
+        assert laptop.contains(placed), (saved, placed)
+    small = QRect(100, 50, 900, 600)
+    assert fit_inside(small, laptop) == small

@@ -39,6 +39,7 @@ from core.models.config import config_from_dict, config_schema, config_to_dict
 from workbench.messages import MessageArea
 from workbench.pages._common import Card, ProgressRow, page_header
 from workbench.state import CohortInfo, WorkbenchState, source_label
+from workbench.widgets.elided_label import ElidedLabel
 from workbench.widgets.presence_matrix import MISSING, PRESENT, UNREADABLE, PresenceMatrix
 from workbench.widgets.schema_form import SchemaForm, fields_named_in
 from workbench.widgets.slice_preview import SliceGrid, SliceView
@@ -173,15 +174,17 @@ class DataPage(QWidget):
         self.demo_button.setToolTip("The bundled synthetic MR/US cohort with missing modalities")
         self.recent = QComboBox()
         self.recent.setToolTip("Cohorts opened lately")
-        self.recent.setMinimumWidth(180)
+        self.recent.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.recent.setMinimumContentsLength(18)  # a long recent path must not widen the window
+        self.recent.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.recent.activated.connect(self._recent_chosen)
         for button in (self.folder_button, self.manifest_button, self.h5_button, self.demo_button):
             row.addWidget(button)
         row.addWidget(self.recent)
-        row.addStretch(1)
-        self.source_label = QLabel("No cohort open")
+        self.source_label = ElidedLabel("No cohort open")
         self.source_label.setObjectName("PageHint")
-        row.addWidget(self.source_label)
+        self.source_label.setAlignment(Qt.AlignmentFlag.AlignRight)
+        row.addWidget(self.source_label, 1)
         layout.addLayout(row)
         self.folder_button.clicked.connect(self.choose_folder)
         self.manifest_button.clicked.connect(self.choose_manifest)

@@ -38,6 +38,7 @@ from core.training import BatchProgress, EpochRecord, TrainingResult, format_sec
 from workbench.messages import MessageArea
 from workbench.pages._common import Card, badge, page_header
 from workbench.state import WorkbenchState
+from workbench.widgets.elided_label import ElidedLabel
 from workbench.widgets.loss_plot import LossPlot, read_metrics_csv
 from workbench.widgets.slice_preview import SliceGrid
 from workbench.workers import QUEUED, SynthesisPreview, TaskError, TrainingJob
@@ -124,7 +125,7 @@ class TrainPage(QWidget):
             controls.addWidget(b)
         self.state_badge = badge("idle")
         controls.addWidget(self.state_badge)
-        self.run_label = QLabel("")
+        self.run_label = ElidedLabel("")
         self.run_label.setObjectName("PageHint")
         controls.addWidget(self.run_label, 1)
         layout.addLayout(controls)
