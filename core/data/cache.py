@@ -15,7 +15,10 @@ Layout (``schema_version`` 1)::
 
 The file is written under a temporary name beside ``path`` and renamed when complete, so a reader never
 sees a half-written cache and a cancelled build leaves nothing behind. Only numbers and JSON text are
-stored; nothing is ever unpickled.
+stored; nothing is ever unpickled. Opening a cache validates its layout first (:func:`validate_cache`: only
+plain datasets and groups, no external or soft links, the expected dtypes and shapes, no variable-length
+data but the id and record strings, volumes no larger than :data:`core.data.io.MAX_VOXELS`), so a damaged
+or crafted file is one :class:`CacheError` naming what is wrong, before any model is built.
 
 :class:`H5CohortDataset` opens the file lazily in each process (the handle is pid-checked and dropped
 when pickled), so it works with ``DataLoader(num_workers>0)`` under fork, spawn and forkserver.
@@ -37,9 +40,10 @@ import torch
 from torch.utils.data import Dataset
 
 import core
+from core.atomic import SAFE_NAME_RULE, is_safe_name
 from core.data.cohort import Cohort
 from core.data.dataset import DatasetOutput, IncompleteDataset, collate_multimodal
-from core.data.io import ImagingError, Issue
+from core.data.io import MAX_VOXELS, ImagingError, Issue
 from core.data.preprocessing import (
     CohortRecords,
     PreprocessingConfig,
@@ -50,7 +54,8 @@ from core.data.preprocessing import (
 )
 from core.progress import CancelFn, ProgressFn
 
-__all__ = ["CacheError", "SCHEMA_VERSION", "build_cache", "cache_is_current", "cache_fingerprint", "H5CohortDataset"]
+__all__ = ["CacheError", "SCHEMA_VERSION", "build_cache", "cache_is_current", "cache_fingerprint", "validate_cache",
+           "H5CohortDataset"]
 
 SCHEMA_VERSION = 1
 _FORMAT = "mmvae-cohort-cache"
@@ -81,6 +86,89 @@ def cache_is_current(path: str | os.PathLike, cohort: Cohort, config: Preprocess
                     and f.attrs.get("fingerprint") == cache_fingerprint(cohort, config))
     except OSError:
         return False
+
+
+def _links_outside(group: h5py.Group, prefix: str = "") -> list[str]:
+    """Every soft or external link below ``group`` (a cache holds none; they could point anywhere)."""
+    found = []
+    for key in group:
+        link = group.get(key, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            found.append(f"{prefix}/{key}")
+        elif isinstance(group.get(key), h5py.Group):
+            found += _links_outside(group[key], f"{prefix}/{key}")
+    return found
+
+
+def _attr_text(f: h5py.File, name: str) -> str | None:
+    try:
+        value = f.attrs.get(name)
+    except (TypeError, OSError, ValueError):
+        return None
+    return value.decode() if isinstance(value, bytes) else value if isinstance(value, str) else None
+
+
+def validate_cache(f: h5py.File, path: Path) -> list[str]:
+    """What is wrong with an open cache's layout, dtypes and sizes (empty when it can be read safely)."""
+    links = _links_outside(f)
+    if links:
+        return [f"it holds soft or external links {links[:3]}"]
+    problems: list[str] = []
+    try:
+        cohort = json.loads(_attr_text(f, "cohort") or "")
+        modalities = list(cohort["modalities"])
+    except (ValueError, KeyError, TypeError):
+        return ["its 'cohort' attribute is not the JSON text a cache holds"]
+    bad = [m for m in modalities if not isinstance(m, str) or not is_safe_name(m)]
+    if bad:
+        return [f"modality names {bad[:3]} break the rule {SAFE_NAME_RULE}"]
+
+    def dataset(name: str, kind: str, ndim: int) -> h5py.Dataset | None:
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            problems.append(f"'{name}' is missing")
+            return None
+        dtype = ds.dtype
+        ok = {"text": h5py.check_string_dtype(dtype) is not None, "bool": dtype == np.bool_,
+              "float32": dtype == np.float32,
+              "number": dtype.kind in "fiub" and h5py.check_vlen_dtype(dtype) is None}[kind]
+        if not ok or len(ds.shape) != ndim:
+            problems.append(f"'{name}' has dtype {dtype} and {len(ds.shape)} dimensions; expected {ndim}D {kind}")
+            return None
+        return ds
+
+    ids = dataset("ids", "text", 1)
+    dataset("records", "text", 1)
+    n = ids.shape[0] if ids is not None else None
+    for m in modalities:
+        data = dataset(f"modalities/{m}/data", "float32", 5)
+        present = dataset(f"modalities/{m}/present", "bool", 1)
+        if data is not None:
+            voxels = int(np.prod(data.shape[2:], dtype=np.float64))
+            if data.shape[1] != 1 or voxels > MAX_VOXELS:
+                problems.append(f"'modalities/{m}/data' declares {data.shape}, more than one channel or above "
+                                f"{MAX_VOXELS:.3g} voxels per subject")
+            if data.shape[0] != n:
+                problems.append(f"'modalities/{m}/data' holds {data.shape[0]} subjects, 'ids' {n}")
+        if present is not None and present.shape[0] != n:
+            problems.append(f"'modalities/{m}/present' holds {present.shape[0]} entries, 'ids' {n}")
+        if data is not None and f"modalities/{m}/observation" in f:
+            obs = dataset(f"modalities/{m}/observation", "bool", 5)
+            if obs is not None and obs.shape != data.shape:
+                problems.append(f"'modalities/{m}/observation' has shape {obs.shape}, its data {data.shape}")
+    labels = f.get("labels")
+    if labels is not None and not isinstance(labels, h5py.Group):
+        problems.append("'labels' is not a group")
+    elif labels is not None:
+        for name in labels:
+            ds = dataset(f"labels/{name}", "number", 1)
+            if ds is not None and ds.shape[0] != n:
+                problems.append(f"'labels/{name}' holds {ds.shape[0]} entries, 'ids' {n}")
+    if ids is not None and not problems:
+        unsafe = [s for s in (x.decode() if isinstance(x, bytes) else str(x) for x in ids[()]) if not is_safe_name(s)]
+        if unsafe:
+            problems.append(f"subject ids {unsafe[:3]} break the rule {SAFE_NAME_RULE}")
+    return problems
 
 
 def _check_name(name: str) -> str:
@@ -223,12 +311,19 @@ class H5CohortDataset(Dataset):
         except OSError as exc:
             raise CacheError(f"Cache {path} is not a readable HDF5 file ({exc}). Fix: delete it and rebuild it.") from None
         with f:
-            if f.attrs.get("format") != _FORMAT:
-                raise CacheError(f"{path} is not a cohort cache (format {f.attrs.get('format')!r}). Fix: rebuild it.")
-            version = int(f.attrs.get("schema_version", -1))
+            if _attr_text(f, "format") != _FORMAT:
+                raise CacheError(f"{path} is not a cohort cache (no format attribute {_FORMAT!r}). Fix: rebuild it.")
+            try:
+                version = int(f.attrs.get("schema_version", -1))
+            except (TypeError, ValueError, OSError):
+                version = -1
             if version != SCHEMA_VERSION:
                 raise CacheError(f"Cache {path} has schema version {version}; this software reads {SCHEMA_VERSION}. "
                                  "Fix: rebuild it.")
+            problems = validate_cache(f, path)
+            if problems:
+                raise CacheError(f"Cache {path} is damaged or not written by this workbench: {'; '.join(problems[:4])}. "
+                                 "Fix: delete it and rebuild it from the cohort.", path=path)
             cohort = json.loads(f.attrs["cohort"])
             modalities = list(cohort["modalities"])
             ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]]

@@ -126,3 +126,95 @@ def test_cli_refuses_pickled_weights_in_one_line(trained_run, tmp_path, capsys, 
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if "not a safetensors weights file" in line]
     assert len(lines) == 1 and "model.safetensors" in lines[0], err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged or crafted HDF5 caches: one CacheError at open, before any model is built
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_cache(bad_cohort, tmp_path_factory):
+    from core.data.loading import load_cohort_dataset
+    from core.data.preprocessing import PreprocessingConfig
+
+    path = tmp_path_factory.mktemp("cache") / "cohort.h5"
+    dataset, _ = load_cohort_dataset(bad_cohort, PreprocessingConfig(), cache_path=path)
+    dataset.close()
+    return path
+
+
+def _no_present(f):
+    del f["modalities/T1/present"]
+
+
+def _opaque_attribute(f):
+    import numpy as np
+
+    f.attrs["format"] = np.void(b"\x00\x01opaque")
+
+
+def _vlen_labels(f):
+    import h5py
+    import numpy as np
+
+    data = np.empty(len(f["ids"]), dtype=object)
+    data[:] = [np.arange(k + 1, dtype="f4") for k in range(len(data))]
+    f.create_dataset("labels/age", data=data, dtype=h5py.vlen_dtype(np.float32))
+
+
+def _external_link(f):
+    import h5py
+
+    del f["modalities/T2/present"]
+    f["modalities/T2/present"] = h5py.ExternalLink("/etc/elsewhere.h5", "/present")
+
+
+def _huge_dataset(f):
+    n = len(f["ids"])
+    del f["modalities/T1/data"]
+    f.create_dataset("modalities/T1/data", shape=(n, 1, 2000, 2000, 2000), dtype="f4", chunks=(1, 1, 64, 64, 64))
+
+
+def _hostile_id(f):
+    ids = f["ids"][()]
+    ids[0] = b"../../outside/pwn"
+    f["ids"][...] = ids
+
+
+@pytest.mark.parametrize("damage, words", [
+    (_no_present, "'modalities/T1/present' is missing"),
+    (_opaque_attribute, "not a cohort cache"),
+    (_vlen_labels, "'labels/age' has dtype"),
+    (_external_link, "soft or external links"),
+    (_huge_dataset, "voxels per subject"),
+    (_hostile_id, "subject ids ['../../outside/pwn']"),
+], ids=["missing-present", "opaque-attribute", "vlen", "external-link", "2000-cubed", "hostile-id"])
+def test_crafted_caches_are_refused_at_open_in_one_line(good_cache, tmp_path, capsys, damage, words):
+    import h5py
+
+    from core.data.cache import CacheError, H5CohortDataset
+
+    path = tmp_path / "cache.h5"
+    shutil.copy(good_cache, path)
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    with pytest.raises(CacheError) as error:
+        H5CohortDataset(path)
+    assert words in str(error.value) and str(path) in str(error.value) and "rebuild" in str(error.value)
+    config = {"name": "c", "data": {"source": str(path)}, "model": {"name": "MVAE", "latent_dim": 2},
+              "training": {"num_epochs": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and words in err
+    assert not (tmp_path / "run").exists(), "nothing is built or written for a refused cache"
+
+
+def test_a_valid_cache_still_opens(good_cache):
+    from core.data.cache import H5CohortDataset
+
+    dataset = H5CohortDataset(good_cache)
+    assert set(HEALTHY) <= set(dataset.ids) and dataset.modalities == ["T1", "T2"]
+    dataset.close()
