@@ -15,8 +15,9 @@ import SimpleITK as sitk
 import core
 from core.data.io import Geometry, write_volume
 from core.data.loading import load_cohort_dataset
-from core.data.preprocessing import PreprocessingConfig
+from core.data.preprocessing import PreprocessingConfig, to_source_space
 from core.export import ExportError, Provenance, export_cohort, sidecar_path, write_synthesized
+from core.impute import FieldOfView
 from core.progress import Cancelled, CancelToken, ProgressReporter
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -271,3 +272,33 @@ def test_export_on_real_oblique_and_las_files_from_nibabel(tmp_path):
             assert int(img.header[form]) == int(src.header[form])
     assert nib.aff2axcodes(nib.load(anat).affine) == ("L", "A", "S")
     assert records["epi"].modalities["T1"].source_geometry.is_oblique
+
+
+def test_a_field_of_view_and_a_verdict_go_into_the_file_and_its_sidecar(loaded, tmp_path):
+    ds, records = loaded
+    rec = records["s2"]  # s2 lacks US: its synthesized US is written inside the given field of view only
+    mask = np.zeros(rec.grid.shape, bool)
+    mask[4:12, 5:15, 3:11] = True
+    volume = np.full(rec.grid.shape, 2.0, np.float32)
+    verdict = {"passed": False, "short": "NOT better than mean image 3/7", "text": "not better than the average brain"}
+    out = write_synthesized(volume, rec, "US", tmp_path / "s2_US.nii.gz", provenance=PROV, records=records,
+                            uncertainty=np.ones_like(volume), field_of_view=FieldOfView(mask[None], "cohort majority of 2 subjects"),
+                            verdict=verdict)
+    written, std = nib.load(out.image).get_fdata(), nib.load(out.uncertainty).get_fdata()
+    inside = to_source_space(mask.astype(np.float32), rec, order=0)[0] > 0.5
+    assert inside.any() and (~inside).any()
+    for image in (written, std):
+        assert np.all(image[~inside] == 0)
+        assert np.all(image[inside] != 0)
+    sidecar = json.loads(out.sidecar.read_text(encoding="utf-8"))
+    assert sidecar["field_of_view"] == "cohort majority of 2 subjects"
+    assert sidecar["verdict"] == verdict
+    descrip = nib.load(out.image).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert descrip.startswith("SYNTHETIC US mmvae; NOT better than mean image 3/7") and len(descrip) <= 80
+    # Without them: the whole grid, no verdict.
+    plain = write_synthesized(volume, rec, "US", tmp_path / "plain.nii.gz", provenance=PROV, records=records)
+    sidecar = json.loads(plain.sidecar.read_text(encoding="utf-8"))
+    assert sidecar["field_of_view"] == "whole grid (no observation mask)" and sidecar["verdict"] is None
+    with pytest.raises(ExportError, match="field of view"):
+        write_synthesized(volume, rec, "US", tmp_path / "bad.nii.gz", provenance=PROV,
+                          field_of_view=FieldOfView(np.ones((2, 2, 2), bool), "subject"))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from core.data import IncompleteDataset
-from core.impute import impute_subjects
+from core.impute import FieldsOfView, impute_subjects
 from core.models import MVAE, MVAEConfig
 from core.progress import Cancelled, CancelToken
 
@@ -56,3 +56,51 @@ def test_cancel_stops_imputation(setup):
     token.cancel()
     with pytest.raises(Cancelled):
         impute_subjects(model, dataset, cancel=token)
+
+
+def _fov_setup() -> tuple[MVAE, IncompleteDataset, np.ndarray, np.ndarray]:
+    """US observed by s0..s3 with known fields of view: A in all four, B in two (half), C in one; s4 and s5 lack US."""
+    n, shape = 6, (1, 6, 6, 6)
+    fovs = torch.zeros(n, *shape, dtype=torch.bool)
+    fovs[:4, :, :2] = True  # A: every US subject
+    fovs[:2, :, 2:4, :3] = True  # B: two of the four
+    fovs[0, :, 4:, :, :2] = True  # C: one of the four
+    data = {"T1": torch.randn(n, *shape), "US": torch.randn(n, *shape) * fovs}
+    masks = {"T1": torch.ones(n, dtype=torch.bool), "US": torch.tensor([1, 1, 1, 1, 0, 0]).bool()}
+    dataset = IncompleteDataset(data, masks, ids=[f"s{i}" for i in range(n)], observation_masks={"US": fovs})
+    model = MVAE(MVAEConfig(n_modalities=2, latent_dim=3, input_dims={"T1": shape, "US": shape}))
+    majority = np.zeros(shape, bool)
+    majority[:, :2] = True
+    majority[:, 2:4, :3] = True
+    return model, dataset, majority, fovs.numpy()
+
+
+def test_synthesized_modalities_with_observation_masks_stay_inside_a_field_of_view() -> None:
+    model, dataset, majority, fovs = _fov_setup()
+    fields = FieldsOfView.fit(dataset, ["s0", "s1", "s2", "s3", "s4"])
+    assert fields.cohort["US"].source == "cohort majority of 4 subjects"
+    assert np.array_equal(fields.cohort["US"].mask, majority)  # A and B (half of the subjects), not C
+    assert "T1" not in fields.cohort  # no observation masks: observed everywhere
+    hidden = impute_subjects(model, dataset, n_samples=4, subjects=["s0"], targets=["US"], fields_of_view=fields)
+    assert hidden.field_of_view["s0"]["US"].source == "subject"
+    for volume in (hidden.mean["s0"]["US"], hidden.std["s0"]["US"]):  # the subject's own sector, uncertainty too
+        assert np.all(volume[~fovs[0]] == 0) and np.all(volume[fovs[0]] != 0)
+    missing = impute_subjects(model, dataset, n_samples=4, fields_of_view=fields)
+    for s in ("s4", "s5"):  # no US of their own: the cohort's most common field of view
+        assert missing.field_of_view[s]["US"].source == "cohort majority of 4 subjects"
+        for volume in (missing.mean[s]["US"], missing.std[s]["US"]):
+            assert np.all(volume[~majority] == 0) and np.all(volume[majority] != 0)
+    # Default: fitted on the dataset itself.
+    assert impute_subjects(model, dataset).field_of_view["s4"]["US"].source == "cohort majority of 4 subjects"
+
+
+def test_the_cohort_field_of_view_falls_back_to_the_union_when_no_voxel_has_a_majority() -> None:
+    shape = (1, 3, 3, 3)
+    fovs = torch.zeros(3, *shape, dtype=torch.bool)
+    for i in range(3):
+        fovs[i, 0, i, 0, 0] = True  # three disjoint voxels: none observed by half the subjects
+    dataset = IncompleteDataset({"US": torch.rand(3, *shape) * fovs}, {"US": torch.ones(3, dtype=torch.bool)},
+                                ids=["a", "b", "c"], observation_masks={"US": fovs})
+    cohort = FieldsOfView.fit(dataset).cohort["US"]
+    assert cohort.source == "cohort union of 3 subjects"
+    assert np.array_equal(cohort.mask, fovs.any(0).numpy())

@@ -4,6 +4,7 @@ core's metrics, exports keep the source geometry with a provenance sidecar, a ca
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import core.synthesis as synthesis_module
 from core.data.sources import DataConfig, load_data
 from core.metrics import imputation_metrics, mse, psnr, ssim
 from core.models import MVAE, MVAEConfig, save_bundle
@@ -19,11 +21,16 @@ from core.synthesis import (
     METRIC_COLUMNS,
     SynthesisContext,
     SynthesisError,
+    Verdict,
+    beats_mean_image,
     export_missing,
     export_volume,
     leave_one_out,
     leave_one_out_table,
+    modality_verdicts,
+    stored_verdicts,
     synthesize_subject,
+    verdicts_from_rows,
     write_metrics_csv,
 )
 
@@ -151,3 +158,101 @@ def test_cohort_export_is_cancellable_and_leaves_no_partial_files(context: Synth
     assert len(written) == expected
     assert len(list(out.glob("*_synth.nii.gz"))) == expected and len(list(out.glob("*_synth_std.nii.gz"))) == expected
     assert events[-1][0] == events[-1][1]
+
+
+def _row(subject: str, split: str, better: bool, modality: str = "T2") -> dict:
+    ssim_model, ssim_mean = (0.8, 0.5) if better else (0.4, 0.5)
+    return {"subject": subject, "split": split, "modality": modality, "mse": 0.1 if better else 0.3,
+            "ssim": ssim_model, "mean_image_mse": 0.2, "mean_image_ssim": ssim_mean,
+            "beats_mean_image": beats_mean_image({"mse": 0.1 if better else 0.3, "ssim": ssim_model},
+                                                 {"mse": 0.2, "ssim": ssim_mean})}
+
+
+def test_a_subject_beats_the_mean_image_only_on_both_mse_and_ssim() -> None:
+    assert beats_mean_image({"mse": 0.1, "ssim": 0.8}, {"mse": 0.2, "ssim": 0.5}) is True
+    assert beats_mean_image({"mse": 0.1, "ssim": 0.4}, {"mse": 0.2, "ssim": 0.5}) is False  # lower MSE, worse SSIM
+    assert beats_mean_image({"mse": 0.3, "ssim": 0.8}, {"mse": 0.2, "ssim": 0.5}) is False
+    assert beats_mean_image({"mse": 0.1}, {"mse": 0.2}) is True  # vectors: MSE alone
+    assert beats_mean_image({"mse": 0.1}, {}) is None
+
+
+def test_the_verdict_passes_at_95_percent_of_the_held_out_test_subjects() -> None:
+    rows = [_row(f"t{i}", "test", i < 19) for i in range(20)] + [_row(f"v{i}", "validation", False) for i in range(5)]
+    verdict = verdicts_from_rows(rows, ["T2"])["T2"]
+    assert verdict.passed is True and (verdict.n_better, verdict.n_subjects, verdict.split) == (19, 20, "test")
+    assert verdict.text == "better than the average brain for 19 of 20 held-out test subjects (median SSIM 0.80 vs 0.50)"
+    assert verdict.short == "beats mean image 19/20"
+    rows = [_row(f"t{i}", "test", i < 18) for i in range(20)]
+    verdict = verdicts_from_rows(rows, ["T2"])["T2"]
+    assert verdict.passed is False and verdict.n_better == 18  # 90 % < 95 %
+    assert verdict.text.startswith("not better than the average brain: not for reading (better for only 18 of 20")
+    # No test subject has the modality: the validation subjects decide; none at all: not checked.
+    rows = [_row("v0", "validation", True), _row("v1", "validation", True), _row("t0", "test", False, "T1")]
+    verdicts = verdicts_from_rows(rows, ["T1", "T2", "US"])
+    assert verdicts["T2"].passed is True and verdicts["T2"].split == "validation" and verdicts["T2"].n_subjects == 2
+    assert verdicts["T1"].passed is False and verdicts["T1"].split == "test"
+    assert verdicts["US"].passed is None and "no held-out" in verdicts["US"].text
+    assert Verdict.from_dict(verdicts["T2"].to_dict()) == verdicts["T2"]
+
+
+def test_verdicts_come_from_every_held_out_subject_and_are_cached_in_the_run(
+        context: SynthesisContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    context.verdicts = None
+    cache = Path(context.run_dir) / "synthesis_verdicts.json"
+    cache.unlink(missing_ok=True)
+    verdicts = modality_verdicts(context)
+    held_out = [s for s in context.dataset.ids if context.split[s] in ("test", "validation")]
+    rows = leave_one_out_table(context, held_out)
+    assert verdicts == verdicts_from_rows(rows, context.modalities)
+    for m, verdict in verdicts.items():
+        tested = [r for r in rows if r["modality"] == m and r["split"] == "test"]
+        assert verdict.n_subjects == (len(tested) or len([r for r in rows if r["modality"] == m]))
+    assert cache.is_file()
+    # A fresh context of the same run reads the cache instead of a new leave-one-out pass ...
+    fresh = SynthesisContext(context.model, context.dataset, context.train_ids, context.records, context.run_dir,
+                             context.split)
+
+    def no_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached verdict should have been used")
+
+    monkeypatch.setattr(synthesis_module, "leave_one_out_table", no_pass)
+    assert modality_verdicts(fresh) == verdicts
+    assert stored_verdicts(context.run_dir) == verdicts
+    # ... until the final model changes.
+    weights = next(p for p in (Path(context.run_dir) / "final_model").iterdir() if p.suffix == ".safetensors")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert stored_verdicts(context.run_dir) is None
+    fresh.verdicts = None
+    with pytest.raises(AssertionError, match="cached verdict"):
+        modality_verdicts(fresh)
+
+
+def test_synthesized_ultrasound_is_background_outside_its_field_of_view(context: SynthesisContext, tmp_path: Path) -> None:
+    cohort = context.fields_of_view.cohort["US"]
+    assert cohort.source == f"cohort majority of {sum(context.dataset.masks['US'][context.index[s]].item() for s in context.train_ids)} subjects"
+    assert 0 < cohort.mask.mean() < 0.5
+    lacking = next(s for s in context.dataset.ids if "US" in context.missing(s) and context.observed(s))
+    item = synthesize_subject(context, lacking, n_samples=3).results["US"]
+    assert item.field_of_view.source == cohort.source
+    for volume in (item.mean, item.std):
+        assert np.all(volume[~cohort.mask] == 0) and np.count_nonzero(volume[cohort.mask]) > 0.9 * cohort.mask.sum()
+    having = next(s for s in context.dataset.ids if "US" in context.observed(s) and len(context.observed(s)) >= 2)
+    hidden = leave_one_out(context, having, "US", n_samples=3).results["US"]
+    own = hidden.observed.astype(bool)
+    assert hidden.field_of_view.source == "subject" and np.array_equal(hidden.field_of_view.mask, own)
+    assert np.all(hidden.mean[~own] == 0) and np.all(hidden.std[~own] == 0)
+    assert context.fields_of_view.choose("T2", None) is None  # MR without observation masks: the whole grid
+    # Exports say which field of view they used, and carry the verdict.
+    synthesis = synthesize_subject(context, lacking, n_samples=2)
+    result = export_volume(context, synthesis, "US", tmp_path / "us.nii.gz")
+    sidecar = json.loads(result.sidecar.read_text(encoding="utf-8"))
+    assert sidecar["field_of_view"] == cohort.source
+    verdict = modality_verdicts(context)["US"]
+    assert sidecar["verdict"]["text"] == verdict.text and sidecar["verdict"]["passed"] == verdict.passed
+    descrip = nib.load(result.image).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert verdict.short in descrip
+    written = export_missing(context, tmp_path / "all")
+    fovs = {json.loads(r.sidecar.read_text(encoding="utf-8"))["field_of_view"] for r in written if r.modality == "US"}
+    assert fovs == {cohort.source}
+    assert all(json.loads(r.sidecar.read_text(encoding="utf-8"))["field_of_view"].startswith("whole grid")
+               for r in written if r.modality != "US")
