@@ -347,7 +347,7 @@ def _panel_html(ctx: Any, synthesis: Any, modality: str) -> str:
                 ("mean image", item.baseline.get("mse"), item.baseline.get("psnr"), item.baseline.get("ssim"))]
         verdict = "beats" if item.beats_mean_image else "does not beat"
         scores = _table(["", "MSE", "PSNR (dB)", "SSIM"], rows, "compact") + \
-            f"<p class='note'>The synthesis {verdict} the mean image on this subject (MSE).</p>"
+            f"<p class='note'>The synthesis {verdict} the mean image on this subject (lower MSE and higher SSIM).</p>"
     return (f"<div class='panel'><h3>{html.escape(synthesis.subject)}: {html.escape(modality)} hidden, synthesized from "
             f"{html.escape('+'.join(synthesis.conditioning))}</h3><div class='row'>{figures}</div>{scores}</div>")
 
@@ -363,7 +363,7 @@ def _choose_panels(ctx: Any, n_panels: int) -> list[tuple[str, str]]:
 
 
 def _metrics_html(ctx: Any, progress: ProgressFn | None, cancel: CancelFn | None) -> str:
-    from core.synthesis import leave_one_out_table
+    from core.synthesis import PASS_FRACTION, leave_one_out_table, verdicts_from_rows
 
     held_out = [s for s in ctx.dataset.ids if ctx.split.get(s) in ("validation", "test")]
     subjects, part = (held_out, "held-out (validation and test)") if held_out else (list(ctx.dataset.ids), "")
@@ -385,12 +385,22 @@ def _metrics_html(ctx: Any, progress: ProgressFn | None, cancel: CancelFn | None
         table_rows.append((m, len(mine), mean("mse"), mean("mean_image_mse"), mean("psnr"), mean("mean_image_psnr"),
                            mean("ssim"), mean("mean_image_ssim"), share))
     header = ["hidden modality", "subjects", "MSE model", "MSE mean image", "PSNR model (dB)", "PSNR mean image",
-              "SSIM model", "SSIM mean image", "model beats the mean image (MSE)"]
+              "SSIM model", "SSIM mean image", "model beats the mean image (MSE and SSIM)"]
     scope = f"the run's <b>{part}</b> subjects ({len(subjects)})" if part else f"all {len(subjects)} subjects (the run has no held-out split)"
     return (f"<p>Leave-one-out on {scope}: each modality a subject has is hidden and synthesized from the subject's other "
             "modalities (decoded posterior mean), then scored over its observed voxels against the real volume, beside "
             "the mean image of the training subjects. PSNR and SSIM use the modality's intensity range over the training "
-            "subjects.</p>" + _table(header, table_rows))
+            "subjects.</p>" + _table(header, table_rows) + _verdicts_html(verdicts_from_rows(rows, ctx.modalities),
+                                                                      PASS_FRACTION))
+
+
+def _verdicts_html(verdicts: dict[str, Any], pass_fraction: float) -> str:
+    """One plain-words verdict per modality (:func:`core.synthesis.verdicts_from_rows`), as the Synthesize page shows."""
+    items = "".join(
+        f"<li><b>{html.escape(m)}</b>: <span class='{'ok' if v.passed else 'bad'}'>{html.escape(v.text)}</span></li>"
+        for m, v in verdicts.items())
+    return (f"<p><b>Verdict</b> (a modality passes when the synthesis beats the mean image on both MSE and SSIM for at "
+            f"least {pass_fraction:.0%} of the held-out test subjects, else of the validation subjects):</p><ul>{items}</ul>")
 
 
 _CSS = """

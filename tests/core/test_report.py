@@ -69,6 +69,7 @@ def test_report_is_one_self_contained_html_file(trained_run: Path, tmp_path: Pat
         assert (width, height) == (16, 16)
     assert not re.search(r"(src|href)=['\"](?!data:)", text)  # nothing to fetch: no external file or URL
     assert "model beats the mean image" in text
+    assert "<b>Verdict</b>" in text and "better than the average brain" in text  # one per modality
     assert list((trained_run / "projections").glob("pca-*.npz"))  # the projection was cached with the run
 
 
