@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ __all__ = [
     "MODEL_CONFIG_DICT",
     "BaseMultiVAEConfig",
     "ConfigError",
+    "format_problems",
     "config_to_dict",
     "config_from_dict",
     "config_schema",
@@ -38,7 +39,25 @@ def advanced(description: str) -> dict[str, Any]:
 
 
 class ConfigError(ValueError):
-    """An invalid configuration; the message names the key, the value and what is allowed."""
+    """An invalid configuration; the message names the key, the value and what is allowed.
+
+    ``problems`` lists every ``(dotted key, what is wrong)`` found, so that a caller validating several
+    sections can report them all at once (:func:`format_problems`).
+    """
+
+    def __init__(self, message: str, problems: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [("", message)]
+
+    def prefixed(self, section: str) -> list[tuple[str, str]]:
+        """The problems with their keys under ``section`` (``latent_dimm`` -> ``model.latent_dimm``)."""
+        return [(f"{section}.{key}" if key else section, text) for key, text in self.problems]
+
+
+def format_problems(problems: Sequence[tuple[str, str]], where: str = "the configuration") -> str:
+    """All problems at once, one line each, led by its dotted key."""
+    lines = [f"  {key}: {text}" if key else f"  {text}" for key, text in problems]
+    return f"{len(problems)} problem(s) in {where}:\n" + "\n".join(lines)
 
 
 @dataclass(config=MODEL_CONFIG_DICT)
@@ -132,22 +151,25 @@ def _field_names(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
 
 
-def _format_validation_error(cls: type, error: ValidationError) -> str:
+def _validation_problems(cls: type, error: ValidationError) -> list[tuple[str, str, str]]:
+    """``(key, what is wrong, the sentence naming the key)`` for every error pydantic found, not the first."""
     names = _field_names(cls)
-    lines = []
+    problems = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item.get("loc", ()) if p != "__root__")
         if item.get("type") in ("unexpected_keyword_argument", "extra_forbidden"):
             hint = difflib.get_close_matches(loc, names, n=1)
             suggestion = f" Did you mean '{hint[0]}'?" if hint else f" Valid keys: {', '.join(names)}."
-            lines.append(f"'{loc}' is not a parameter of {cls.__name__}.{suggestion}")
+            text = f"is not a parameter of {cls.__name__}.{suggestion}"
+            problems.append((loc, text, f"'{loc}' {text}"))
         elif item.get("type") in ("missing_argument", "missing"):
-            lines.append(f"'{loc}' is required by {cls.__name__}.")
+            text = f"is required by {cls.__name__}."
+            problems.append((loc, text, f"'{loc}' {text}"))
         else:
-            where = f"'{loc}': " if loc else ""
             msg = item.get("msg", "").removeprefix("Value error, ")
-            lines.append(f"{where}{msg} (got {item.get('input')!r})" if loc else msg)
-    return f"Invalid {cls.__name__}: " + "; ".join(lines)
+            text = f"{msg} (got {item.get('input')!r})" if loc else msg
+            problems.append((loc, text, f"'{loc}': {text}" if loc else text))
+    return problems
 
 
 def config_from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
@@ -157,7 +179,9 @@ def config_from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
     try:
         return cls(**dict(values))
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(cls, error)) from None
+        problems = _validation_problems(cls, error)
+        message = f"Invalid {cls.__name__}: " + "; ".join(line for _, _, line in problems)
+        raise ConfigError(message, [(loc, text) for loc, text, _ in problems]) from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
