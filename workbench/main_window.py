@@ -195,7 +195,8 @@ class MainWindow(QMainWindow):
         self.act_pause = self._action("&Pause / resume", t.toggle_pause, "Ctrl+P", "Pause after the current step, or resume")
         self.act_stop = self._action("S&top and keep", t.stop, "Ctrl+Shift+T",
                                      "Finish the step, save a checkpoint, keep the run as stopped")
-        self.act_cancel = self._action("&Cancel training", t.cancel, "Ctrl+.", "End the run after the current step")
+        self.act_cancel = self._action("&Cancel training", t.cancel, "Ctrl+.",
+                                      "Discard the run: end it after the current step and delete a new run's folder")
         self.act_refresh = self._action("&Refresh runs", t.refresh_runs, "F5")
         self.act_about = self._action("&About mmvae workbench", self.show_about, None)
         self.act_shortcuts = self._action("&Keyboard shortcuts", self.show_shortcuts, "F1")

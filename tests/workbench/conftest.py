@@ -130,6 +130,7 @@ def make_window(qtbot: Any, tmp_path: Path) -> Callable[..., Any]:
         kwargs.setdefault("runs_root", tmp_path / "runs")
         window = MainWindow(settings, **kwargs)
         window.confirm_close = False
+        window.train_page.confirm_discard = False
         qtbot.addWidget(window)
         window.show()
         windows.append(window)

@@ -35,7 +35,7 @@ def _configure(window: Any, qtbot: Any, cohort: Path, epochs: int = 2, batch_siz
 
 def _wait_idle(window: Any, qtbot: Any) -> None:
     train = window.train_page
-    qtbot.waitUntil(lambda: train.job is None and not train._retiring and train._phase == "idle", timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: train.job is None and train._phase == "idle", timeout=TIMEOUT)
 
 
 def _status(run_dir: Path) -> str:
@@ -142,25 +142,44 @@ def test_pause_resume_and_cancel_mid_epoch_leave_a_consistent_run(
     train.pause_button.click()
     qtbot.waitUntil(lambda: train._phase == "paused" and train.loss_plot.has_run(str(run_dir))
                     and train.loss_plot.epochs(str(run_dir)) == [1], timeout=TIMEOUT)
-    # Cancel while paused mid-epoch 2: the UI is free at once, the run ends after the current step.
+    # Cancel while paused mid-epoch 2: the page says 'cancelling' until the worker has really ended.
     train.cancel_button.click()
-    assert train._phase == "idle" and train.start_button.isEnabled()
+    assert train._phase == "cancelling" and train.state_badge.text() == "cancelling…"
+    assert not train.start_button.isEnabled() and not train.cancel_button.isEnabled()
+    assert window.training_status.text() == "Cancelling…"
     _wait_idle(window, qtbot)
-    assert _status(run_dir) == "cancelled"
-    metrics = (run_dir / "metrics.csv").read_text(encoding="utf-8").strip().splitlines()
-    assert len(metrics) == 2  # header + epoch 1: nothing half-done was written
-    assert latest_checkpoint(run_dir).name == "epoch-0001"
-    summary = next(s for s in train.run_summaries() if s.path == run_dir)
-    assert summary.status == "cancelled"
-    # Resume the cancelled run from its checkpoint: the curves continue (epoch 1 from disk, epoch 2 live).
-    monkeypatch.setattr(train_module, "TrainingJob", TrainingJob)
-    train.select_run(run_dir)
-    assert train.resume_button.isEnabled()
-    train.resume_button.click()
+    # Cancel discards a new run (Stop and keep is the way to keep one): folder, curves and list line are gone.
+    assert not run_dir.exists()
+    assert not train.loss_plot.has_run(str(run_dir))
+    assert all(s.path != run_dir for s in train.run_summaries())
+    assert "discarded" in train.messages.bar("result").message.text
+    assert train.start_button.isEnabled() and train.overall_bar.maximum() > 0
+
+
+def test_cancel_while_preparing_the_data_waits_for_the_worker(make_window: Any, qtbot: Any, manifest_cohort: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    release = threading.Event()
+    original = TrainingJob._load
+
+    def slow_load(job: TrainingJob, data_config: Any) -> Any:
+        release.wait(30)
+        return original(job, data_config)
+
+    monkeypatch.setattr(TrainingJob, "_load", slow_load)
+    window = make_window()
+    _configure(window, qtbot, manifest_cohort, epochs=1, batch_size=4)
+    train = window.train_page
+    window.state.set_loaded(None)
+    train.start()
+    assert train._phase == "loading"
+    train.cancel()
+    assert train._phase == "cancelling" and train.overall_bar.maximum() > 0  # no busy animation after the click
+    release.set()
     _wait_idle(window, qtbot)
-    assert _status(run_dir) == "completed"
-    assert train.loss_plot.epochs(str(run_dir)) == [1, 2]
-    assert len((run_dir / "metrics.csv").read_text(encoding="utf-8").strip().splitlines()) == 3
+    assert "discarded" in train.messages.bar("result").message.text
+    assert train.run_summaries() == []
 
 
 def test_stop_and_keep_then_resume(make_window: Any, qtbot: Any, manifest_cohort: Path,
@@ -179,6 +198,13 @@ def test_stop_and_keep_then_resume(make_window: Any, qtbot: Any, manifest_cohort
     assert _status(run_dir) == "stopped"
     assert train.messages.has("result") and "Resume" in train.messages.bar("result").message.text
     assert latest_checkpoint(run_dir) is not None  # the mid-epoch checkpoint
+    # Cancelling a resumed run keeps the run as it was at its last checkpoint (nothing earlier is lost).
+    assert train.resume_run(run_dir)
+    qtbot.waitUntil(lambda: train._phase == "paused", timeout=TIMEOUT)
+    assert train.cancel()
+    _wait_idle(window, qtbot)
+    assert run_dir.is_dir() and _status(run_dir) == "cancelled"
+    assert "kept" in train.messages.bar("result").message.text
     monkeypatch.setattr(train_module, "TrainingJob", TrainingJob)
     assert train.resume_run(run_dir)
     _wait_idle(window, qtbot)

@@ -8,6 +8,7 @@ so every click returns at once and a step is never cut in half.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -83,7 +85,9 @@ class TrainPage(QWidget):
         self.state = state
         self.runs_root = Path(runs_root)
         self.job: TrainingJob | None = None
-        self._retiring: list[TrainingJob] = []
+        self._discard_on_cancel = False  # a new run is deleted when cancelled; a resumed one keeps its checkpoints
+        #: Ask before Cancel deletes finished epochs (tests switch it off).
+        self.confirm_discard = True
         self._run_id: str | None = None
         self._phase = "idle"
         self._last_update = 0.0
@@ -95,8 +99,8 @@ class TrainPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
         layout.addWidget(page_header(
-            "Train", "Training runs in the background: keep using the workbench. Pause, stop and keep the run "
-            "(resumable), or cancel it; the run folder and its last checkpoint are always kept."))
+            "Train", "Training runs in the background: keep using the workbench. Pause it; Stop and keep ends it with "
+            "a checkpoint you can resume; Cancel ends it and discards a new run's folder."))
         self.messages = MessageArea()
         layout.addWidget(self.messages)
 
@@ -115,8 +119,9 @@ class TrainPage(QWidget):
                                     "(resume it later from the runs list)")
         self.cancel_button = QPushButton(icons.standardIcon(QStyle.StandardPixmap.SP_DialogCancelButton), "Cancel")
         self.cancel_button.setObjectName("Danger")
-        self.cancel_button.setToolTip("End the run after the current step, marked 'cancelled'; its folder and last "
-                                      "checkpoint are kept (Ctrl+.)")
+        self.cancel_button.setToolTip("Discard the run: end it after the current step and delete its folder. A resumed "
+                                      "run keeps what it had before it was resumed. To keep the run, use Stop and "
+                                      "keep (Ctrl+.)")
         self.start_button.clicked.connect(self.start)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
@@ -359,6 +364,7 @@ class TrainPage(QWidget):
         else:
             self.loss_plot.add_run(self._run_id, run_dir.name)
         self._overlaid.discard(self._run_id)
+        self._discard_on_cancel = fresh
         self.run_label.setText(label)
         self.stage_label.setText("Starting…")
         self.epoch_bar.setRange(0, 0)
@@ -393,20 +399,30 @@ class TrainPage(QWidget):
         self.stage_label.setText("Stopping: finishing the current step and saving a checkpoint…")
 
     @Slot()
-    def cancel(self) -> None:
-        """Cancel: the run ends after the current step; its signals are disconnected now."""
+    def cancel(self) -> bool:
+        """Cancel: the run ends after the current step; the page shows 'cancelling' until the worker has
+        ended, then discards a new run's folder. Returns False when nothing was cancelled."""
         job = self.job
-        if job is None or self._phase == "idle":
-            return
+        if job is None or self._phase in ("idle", "cancelling"):
+            return False
+        epochs = self.loss_plot.epochs(self._run_id) if self._run_id and self.loss_plot.has_run(self._run_id) else []
+        if self.confirm_discard and self._discard_on_cancel and epochs:
+            answer = QMessageBox.question(
+                self, "Discard this run?", f"Cancel deletes this run and its {len(epochs)} finished epoch(s). "
+                "Use Stop and keep to keep it and resume later.\n\nDiscard the run?",
+                QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+            if answer != QMessageBox.StandardButton.Discard:
+                return False
         job.cancel()
-        job.detach_progress()
-        self._retiring.append(job)
-        self.job = None
-        self.stage_label.setText("Cancelled: the run ends after the current step; its folder and last checkpoint are kept.")
-        self.epoch_bar.setRange(0, 1)
-        self.epoch_bar.setValue(0)
-        self._set_phase("idle")
-        self.status_message.emit("Training cancelled")
+        self._set_phase("cancelling")
+        then = "then its folder is deleted" if self._discard_on_cancel else "it keeps its checkpoints from before this resume"
+        self.stage_label.setText(f"Cancelling: the run ends after the current step; {then}…")
+        for bar in (self.epoch_bar, self.overall_bar):
+            if bar.maximum() == 0:  # a busy bar would keep animating after the click
+                bar.setRange(0, 1)
+                bar.setValue(0)
+        self.status_message.emit("Cancelling training…")
+        return True
 
     # ------------------------------------------------------------------ signals from the job
     @Slot(str)
@@ -443,7 +459,7 @@ class TrainPage(QWidget):
             self._set_phase("running")
         phase = "validation" if p.phase == "validation" else "training"
         stage = f"stage '{p.stage}' · " if p.stage != "train" else ""
-        if self._phase not in ("stopping", "paused"):
+        if self._phase not in ("stopping", "paused", "cancelling"):
             self.stage_label.setText(f"{stage}Epoch {p.epoch}/{p.num_epochs} · {phase} step {p.batch}/{p.num_batches}")
         self.epoch_bar.setRange(0, p.num_batches)
         self.epoch_bar.setValue(p.batch)
@@ -509,25 +525,46 @@ class TrainPage(QWidget):
         self.preview_label.setText(f"Subject {preview.subject} (validation), epoch {preview.epoch}"
                                    + (f". Problem: {preview.error}" if preview.error else ""))
 
-    def _finish_job(self, job: TrainingJob) -> bool:
-        """Forget a finished job; True if it was the current one (not a cancelled, retiring one)."""
-        if job in self._retiring:
-            self._retiring.remove(job)
-            job.deleteLater()
-            self.refresh_runs()
-            return False
+    def _finish_job(self, job: TrainingJob, cancelled: bool = False) -> bool:
+        """Forget a finished job (discarding a cancelled new run); True if it was the current one.
+
+        ``cancelled`` is what the worker reports, not what was clicked: a run that completed its last
+        step before it read the Cancel is kept as completed."""
         if job is not self.job:
             return False
         self.job = None
         job.deleteLater()
         self._set_phase("idle")
+        if cancelled:
+            self._cancelled(job)
         self.refresh_runs()
         return True
 
-    def _on_finished(self, job: TrainingJob, result: TrainingResult) -> None:
-        if not self._finish_job(job):
+    def _cancelled(self, job: TrainingJob) -> None:
+        """The worker has ended after a Cancel: delete a new run's folder, say what is left."""
+        run_dir = Path(job.run_dir) if job.run_dir else None
+        self.epoch_bar.setRange(0, 1)
+        self.epoch_bar.setValue(0)
+        if run_dir is None:
             return
+        if self._discard_on_cancel:
+            if self._run_id is not None:
+                self.loss_plot.remove_run(self._run_id)
+            self._run_id = None
+            if run_dir.resolve().is_relative_to(self.runs_root.resolve()) and run_dir.is_dir():
+                shutil.rmtree(run_dir)
+            text = f"Cancelled: run {run_dir.name} was discarded and its folder deleted."
+        else:
+            text = (f"Cancelled: run {run_dir.name} is kept as it was at its last checkpoint; resume it from the "
+                    "runs list.")
+        self.stage_label.setText(text)
+        self.messages.info("result", text)
+        self.status_message.emit("Training cancelled")
+
+    def _on_finished(self, job: TrainingJob, result: TrainingResult) -> None:
         self.loss_plot.flush()
+        if not self._finish_job(job, cancelled=result.status == "cancelled") or result.status == "cancelled":
+            return
         self.epoch_bar.setRange(0, 1)
         self.epoch_bar.setValue(1 if result.status in ("completed", "early_stopped") else 0)
         self.epoch_bar.setFormat("")
@@ -564,8 +601,7 @@ class TrainPage(QWidget):
         self.status_message.emit(f"Training failed: {error.type_name}")
 
     def _on_load_cancelled(self, job: TrainingJob) -> None:
-        if self._finish_job(job):
-            self.stage_label.setText("Cancelled while preparing the data; nothing was trained.")
+        self._finish_job(job, cancelled=True)
 
     # ------------------------------------------------------------------ heartbeat
     @Slot()
@@ -711,7 +747,7 @@ class TrainPage(QWidget):
 
     # ------------------------------------------------------------------ shutdown
     def active_jobs(self) -> list[TrainingJob]:
-        return ([self.job] if self.job is not None else []) + list(self._retiring)
+        return [self.job] if self.job is not None else []
 
     def shutdown(self, timeout_ms: int = 60_000) -> bool:
         """Stop every run (stop-and-keep, so it can be resumed) and wait for the threads to end."""
