@@ -25,7 +25,7 @@ import json
 import platform
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,9 +37,10 @@ import yaml
 import core
 from core.atomic import atomic_write_text
 from core.data.dataset import MultimodalBaseDataset, split_by_subject
+from core.data.preprocessing import PreprocessingConfig
 from core.data.sources import DataConfig, LoadedData, load_data, resolved_preprocessing
 from core.models.base import MultimodalVAE
-from core.models.config import ConfigError, config_from_dict, config_to_dict
+from core.models.config import ConfigError, config_from_dict, config_to_dict, format_problems
 from core.models.registry import get_model_class
 from core.training.callbacks import Callback
 from core.training.config import TrainerConfig
@@ -89,42 +90,48 @@ def _section(values: Mapping[str, Any], key: str, required: bool = True) -> dict
 
 
 def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
-    """Validate a run description; errors name the section and key (``model.warmpu``)."""
+    """Validate a run description; every error is reported at once, each under its key (``model.warmpu``)."""
     if not isinstance(values, Mapping):
         raise ConfigError("A run config must be a YAML mapping with data, model and training sections.")
-    unknown = sorted(set(values) - {"name", "data", "model", "training", "monitoring"})
-    if unknown:
-        raise ConfigError(f"Unknown top-level keys {unknown}; a run config has name, data, model, training and monitoring.")
+    problems: list[tuple[str, str]] = []
+
+    def checked(section: str, build: Callable[[], Any]) -> Any:
+        try:
+            return build()
+        except ConfigError as error:
+            problems.extend(error.prefixed(section))
+            return None
+
+    for key in sorted(set(values) - {"name", "data", "model", "training", "monitoring"}):
+        problems.append((key, "is not a section of a run config (name, data, model, training, monitoring)."))
     name = str(values.get("name") or "run")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ConfigError(f"name '{name}' may only contain letters, digits, '.', '_' and '-'.")
-    try:
-        data = config_from_dict(DataConfig, _section(values, "data"))
-    except ConfigError as error:
-        raise ConfigError(f"data: {error}") from None
-    model_section = _section(values, "model")
+        problems.append(("name", f"'{name}' may only contain letters, digits, '.', '_' and '-'."))
+    data = checked("data", lambda: config_from_dict(DataConfig, _section(values, "data")))
+    raw_data = values.get("data") if isinstance(values.get("data"), Mapping) else {}
+    if isinstance(raw_data.get("preprocessing"), Mapping):
+        checked("data.preprocessing", lambda: config_from_dict(PreprocessingConfig, raw_data["preprocessing"]))
+    model_section = checked("model", lambda: _section(values, "model")) or {}
     model_name = model_section.pop("name", None)
+    cls = None
     if not model_name:
-        raise ConfigError("model.name is required (one of the registered models, e.g. MVAE).")
-    cls = get_model_class(str(model_name))
+        problems.append(("model.name", "is required (one of the registered models, e.g. MVAE)."))
+    else:
+        cls = checked("model.name", lambda: get_model_class(str(model_name)))
     for filled in ("n_modalities", "input_dims"):
         if filled in model_section:
-            raise ConfigError(f"model.{filled} is set from the data; remove it from the config.")
-    probe = {"n_modalities": 1, "input_dims": None, **model_section}
-    try:
-        config_from_dict(cls.config_class, probe)
-    except ConfigError as error:
-        text = str(error)
-        if "modalities" not in text:  # per-modality keys are checked again once the data is known
-            raise ConfigError(f"model: {error}") from None
-    try:
-        training = config_from_dict(TrainerConfig, _section(values, "training", required=False))
-    except ConfigError as error:
-        raise ConfigError(f"training: {error}") from None
-    try:
-        monitoring = config_from_dict(MonitoringConfig, values["monitoring"]) if values.get("monitoring") else None
-    except ConfigError as error:
-        raise ConfigError(f"monitoring: {error}") from None
+            problems.append((f"model.{filled}", "is set from the data; remove it from the config."))
+    if cls is not None:
+        probe = {"n_modalities": 1, "input_dims": None, **model_section}
+        try:
+            config_from_dict(cls.config_class, probe)
+        except ConfigError as error:  # per-modality keys are checked again once the data is known
+            problems.extend(p for p in error.prefixed("model") if "modalities" not in p[1])
+    training = checked("training", lambda: config_from_dict(TrainerConfig, _section(values, "training", required=False)))
+    monitoring = checked("monitoring", lambda: config_from_dict(MonitoringConfig, values["monitoring"])
+                         if values.get("monitoring") else None)
+    if problems:
+        raise ConfigError(format_problems(problems, "the run config"), problems)
     return RunConfig(
         name=name, data=data, model_name=cls.name, model_params=model_section, training=training, monitoring=monitoring
     )

@@ -218,3 +218,24 @@ def test_a_valid_cache_still_opens(good_cache):
     dataset = H5CohortDataset(good_cache)
     assert set(HEALTHY) <= set(dataset.ids) and dataset.modalities == ["T1", "T2"]
     dataset.close()
+
+
+def test_config_errors_come_all_at_once_with_their_paths(tmp_path, capsys):
+    from core.models.config import ConfigError
+    from core.runs import parse_run_config
+
+    values = {"data": {"source": "demo", "splt": 1, "preprocessing": {"target_shap": [8, 8, 8]}},
+              "model": {"name": "MVAE", "latent_dimm": 3, "warmpu": 2}, "training": {"epochs": 3, "batch_size": -1},
+              "extra": 1}
+    with pytest.raises(ConfigError) as error:
+        parse_run_config(values)
+    keys = [key for key, _ in error.value.problems]
+    assert keys == ["extra", "data.splt", "data.preprocessing.target_shap", "model.latent_dimm", "model.warmpu",
+                    "training.batch_size", "training.epochs"]
+    text = str(error.value)
+    assert "model.latent_dimm: is not a parameter of MVAEConfig. Did you mean 'latent_dim'?" in text
+    assert "training.epochs: is not a parameter of TrainerConfig. Did you mean 'num_epochs'?" in text
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(values))
+    assert main(["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "7 problem(s)" in err and "Traceback" not in err and not (tmp_path / "run").exists()
