@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSizePolicy,
+    QStyle,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -39,7 +40,9 @@ __all__ = ["Level", "Message", "MessageBar", "MessageArea", "ErrorReporter", "in
 log = logging.getLogger(__name__)
 
 Level = Literal["error", "warning", "info"]
-_ICONS = {"error": "\u26d4", "warning": "\u26a0", "info": "\u2139"}
+#: The style's own message icons: always drawable, where emoji such as U+26D4 render as an empty box.
+_ICONS = {"error": QStyle.StandardPixmap.SP_MessageBoxCritical, "warning": QStyle.StandardPixmap.SP_MessageBoxWarning,
+          "info": QStyle.StandardPixmap.SP_MessageBoxInformation}
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,10 @@ class MessageBar(QFrame):
         outer.setContentsMargins(10, 6, 6, 6)
         outer.setSpacing(4)
         row = QHBoxLayout()
-        icon = QLabel(_ICONS[message.level])
-        icon.setAlignment(Qt.AlignmentFlag.AlignTop)
-        row.addWidget(icon)
+        self.icon = QLabel()
+        self.icon.setPixmap(self.style().standardIcon(_ICONS[message.level]).pixmap(18, 18))
+        self.icon.setAlignment(Qt.AlignmentFlag.AlignTop)
+        row.addWidget(self.icon)
         text = f"<b>{_escape(message.title)}</b> " if message.title else ""
         self.label = QLabel(text + _escape(message.text))
         self.label.setWordWrap(True)

@@ -171,3 +171,14 @@ def test_the_window_opens_inside_the_available_screen() -> None:
         assert laptop.contains(placed), (saved, placed)
     small = QRect(100, 50, 900, 600)
     assert fit_inside(small, laptop) == small
+
+
+def test_message_icons_are_drawn(make_window: Any) -> None:
+    window = make_window()
+    for level in ("error", "warning", "info"):
+        bar = window.messages.show_message(f"icon-{level}", level, "Something to read.")
+        pixmap = bar.icon.pixmap()
+        assert not pixmap.isNull() and pixmap.width() >= 16
+        image = pixmap.toImage()
+        opaque = sum(image.pixelColor(x, y).alpha() > 0 for x in range(image.width()) for y in range(image.height()))
+        assert opaque > image.width() * image.height() // 4, level
