@@ -199,7 +199,7 @@ class ScreenshotTour(QObject):
             out, n = self.folder / "export", 2
             while out.exists() and any(out.iterdir()):  # never overwrite an earlier tour's files
                 out, n = self.folder / f"export-{n}", n + 1
-            synth.export_all_missing(str(out), overwrite=False)
+            synth.export_all_missing(str(out), overwrite=False, confirmed=True)  # the tour confirms the export gate
 
     def synth_done(self) -> None:
         self._grab(4)

@@ -1,6 +1,7 @@
 """The Synthesize page end to end (open the demo, train from the GUI, explore, synthesize, export), the
 uncertainty map (zero for one sample, positive for several), leave-one-out metrics that are core's metrics,
-a cancellable batch export that leaves nothing behind, and the linked orthogonal viewer (3D and 2D)."""
+a cancellable batch export that leaves nothing behind, the per-modality verdict and the export gate it drives,
+and the linked orthogonal viewer (3D and 2D) with its colour bars."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 from PySide6.QtCore import QPointF, Qt
+from PySide6.QtWidgets import QMessageBox
 
 import workbench.pages.synthesize as synthesize_module
 from core.metrics import mse, psnr, ssim
 from core.runs import parse_run_config, train_run
-from core.synthesis import METRIC_COLUMNS
+from core.synthesis import METRIC_COLUMNS, PASS_FRACTION
+from workbench.pages.synthesize import UNCERTAINTY_UNITS
 from workbench.widgets.ortho_viewer import OrthoViewer, Panel
 
 TIMEOUT = 120_000
@@ -107,7 +110,7 @@ def test_end_to_end_train_explore_synthesize_export(make_window: Any, qtbot: Any
     out = tmp_path / "one" / f"{subject}_{target}.nii.gz"
     out.parent.mkdir()
     page.with_uncertainty.setChecked(True)
-    page.export_current(str(out))
+    page.export_current(str(out), confirmed=True)  # the export gate has its own test
     _wait_batch(page, qtbot)
     assert not page.messages.has("export") or "Exported" in page.messages.texts()[0], page.messages.texts()
     record = page.context.records[subject]
@@ -126,7 +129,7 @@ def test_end_to_end_train_explore_synthesize_export(make_window: Any, qtbot: Any
     assert sidecar["reference"]["shape"] == list(source.shape)
     # Batch export of every missing modality, the metrics CSV and the report.
     folder = tmp_path / "all"
-    page.export_all_missing(str(folder))
+    page.export_all_missing(str(folder), confirmed=True)
     _wait_batch(page, qtbot)
     ctx = page.context
     expected = {f"{s}_{m}_synth.nii.gz" for s in ctx.dataset.ids for m in ctx.missing(s) if ctx.observed(s)}
@@ -162,6 +165,76 @@ def test_uncertainty_is_zero_for_one_sample_and_positive_for_several(make_window
         assert float(item.std.mean()) > 0
     assert float(page.viewer.arrays[3].max()) > 0
     assert "std over 5 samples" in page.viewer.panels[3].note
+    # The uncertainty map has a colour bar in its units, spanning the column's window.
+    assert page.viewer.panels[3].units == UNCERTAINTY_UNITS
+    bar = page.viewer.colour_bars[3]
+    assert bar.isVisible() and bar.axis.labelText == UNCERTAINTY_UNITS
+    assert bar.levels() == pytest.approx(tuple(page.viewer.views[3]["axial"].image.levels))
+
+
+def _accept(dialog: QMessageBox) -> Any:
+    return next(b for b in dialog.buttons() if dialog.buttonRole(b) == QMessageBox.ButtonRole.AcceptRole)
+
+
+def test_a_modality_that_fails_its_check_is_exported_only_after_confirmation(
+        make_window: Any, qtbot: Any, trained_run: Path, tmp_path: Path) -> None:
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    # The verdict is computed in the background when the run opens, from every held-out subject, and cached.
+    qtbot.waitUntil(lambda: page.verdicts is not None and not page.verdict_runner.is_running, timeout=TIMEOUT)
+    assert (trained_run / "synthesis_verdicts.json").is_file()
+    ctx = page.context
+    for m, verdict in page.verdicts.items():
+        held_out = [s for s in ctx.dataset.ids if ctx.split.get(s) == verdict.split and m in ctx.observed(s)
+                    and len(ctx.observed(s)) >= 2]
+        assert verdict.n_subjects == len(held_out) > 0
+        assert verdict.passed == (verdict.n_better >= PASS_FRACTION * verdict.n_subjects)
+        assert verdict.text in page.verdict_label.text()
+    subject = _subject_lacking(page)
+    assert page.select_subject(subject)
+    _generate(page, qtbot, page.generate_button)
+    target = page.shown_modality()
+    verdict = page.verdicts[target]
+    assert verdict.passed is False, verdict.text  # one epoch on 16 subjects does not beat the average brain
+    assert page.verdict_text(target).startswith("not better than the average brain: not for reading")
+    # One volume: the gate asks; Cancel writes nothing.
+    one = tmp_path / "one"
+    one.mkdir()
+    out = one / f"{subject}_{target}.nii.gz"
+    page.export_current(str(out))
+    dialog = page.gate_dialog
+    assert dialog is not None and dialog.isVisible()
+    assert target in dialog.text() and verdict.text in dialog.informativeText()
+    assert not page.batch_runner.is_running
+    qtbot.mouseClick(dialog.button(QMessageBox.StandardButton.Cancel), Qt.MouseButton.LeftButton)
+    assert page.gate_dialog is None and not page.batch_runner.is_running
+    assert list(one.iterdir()) == [] and "nothing was written" in page.export_label.text()
+    # Confirmed: written, with the verdict in the sidecar and the NIfTI description.
+    page.export_current(str(out))
+    qtbot.mouseClick(_accept(page.gate_dialog), Qt.MouseButton.LeftButton)
+    _wait_batch(page, qtbot)
+    assert out.is_file(), page.messages.texts()
+    sidecar = json.loads(out.with_name(f"{subject}_{target}.json").read_text(encoding="utf-8"))
+    assert sidecar["verdict"]["passed"] is False and sidecar["verdict"]["text"] == verdict.text
+    descrip = nib.load(out).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert descrip.startswith(f"SYNTHETIC {target} mmvae; {verdict.short}")
+    # A batch: the same gate, listing every failing modality among those it would write.
+    folder = tmp_path / "batch"
+    page.export_all_missing(str(folder))
+    dialog = page.gate_dialog
+    targets = {m for s in ctx.dataset.ids if ctx.observed(s) for m in ctx.missing(s)}
+    assert dialog is not None and all(m in dialog.text() for m in targets if not page.verdicts[m].passed)
+    qtbot.mouseClick(dialog.button(QMessageBox.StandardButton.Cancel), Qt.MouseButton.LeftButton)
+    assert not page.batch_runner.is_running and not (folder.exists() and any(folder.iterdir()))
+    page.export_all_missing(str(folder))
+    qtbot.mouseClick(_accept(page.gate_dialog), Qt.MouseButton.LeftButton)
+    _wait_batch(page, qtbot)
+    sidecars = list(folder.glob("*_synth.json"))
+    assert sidecars
+    for path in sidecars:
+        written = json.loads(path.read_text(encoding="utf-8"))
+        assert written["verdict"]["text"] == page.verdicts[written["modality"]].text
+        assert written["field_of_view"] == ("whole grid (no observation mask)" if written["modality"] != "US"
+                                            else ctx.fields_of_view.cohort["US"].source)
 
 
 def test_leave_one_out_metrics_agree_with_core_metrics(make_window: Any, qtbot: Any, trained_run: Path) -> None:
@@ -226,7 +299,7 @@ def test_batch_export_can_be_cancelled_and_leaves_no_partial_files(
         return real_export(ctx, out, cancel=slow_cancel, progress=progress, **kw)
 
     monkeypatch.setattr(synthesize_module, "export_missing", export_and_wait)
-    page.export_all_missing(str(folder))
+    page.export_all_missing(str(folder), confirmed=True)
     assert page.batch_progress.isVisible() and page.batch_progress.cancel_button.isEnabled()
     qtbot.waitUntil(written_one.is_set, timeout=TIMEOUT)
     with qtbot.waitSignal(page.batch_runner.cancelled, timeout=5000):
@@ -247,7 +320,8 @@ def test_orthogonal_views_share_crosshair_and_window(qtbot: Any) -> None:
     real = rng.random((12, 14, 10)).astype(np.float32)
     synth = real + 0.1
     viewer.set_panels([Panel("real", real[None]), Panel("synthesized", synth[None]),
-                       Panel("difference", synth - real, "difference"), Panel("uncertainty", np.zeros_like(real), "uncertainty")])
+                       Panel("difference", synth - real, "difference"),
+                       Panel("uncertainty", real * 0.2, "uncertainty", units="std of normalised intensity")])
     assert viewer.planes == ("axial", "coronal", "sagittal") and viewer.position == [6, 7, 5]
     # A click in the coronal view of the synthesized column moves the one crosshair (x and z).
     with qtbot.waitSignal(viewer.position_changed, timeout=2000):
@@ -268,6 +342,12 @@ def test_orthogonal_views_share_crosshair_and_window(qtbot: Any) -> None:
     assert viewer.views[0]["axial"].image.levels.tolist() == pytest.approx([0.2, 0.6])
     assert viewer.views[1]["sagittal"].image.levels.tolist() == pytest.approx([0.2, 0.6])
     assert viewer.views[2]["axial"].image.levels.tolist()[0] < 0 < viewer.views[2]["axial"].image.levels.tolist()[1]
+    # Difference and uncertainty columns have colour bars over their own windows; the uncertainty's says its units.
+    assert sorted(viewer.colour_bars) == [2, 3]
+    assert viewer.colour_bars[3].axis.labelText == "std of normalised intensity"
+    low, high = viewer.colour_bars[3].levels()
+    assert low == 0 and high == pytest.approx(float(np.percentile(real * 0.2, 99)), rel=1e-5)
+    assert viewer.colour_bars[2].levels() == pytest.approx(tuple(viewer.views[2]["axial"].image.levels))
     before = viewer.levels
     viewer.drag_window_level(40, 0)
     assert viewer.levels[1] - viewer.levels[0] > before[1] - before[0]
@@ -306,7 +386,7 @@ def test_a_run_on_two_dimensional_images(make_window: Any, qtbot: Any, tmp_path:
     assert page.viewer.is_2d and page.viewer.planes == ("image",)
     assert page.viewer.arrays[0].shape == (24, 24)
     out = tmp_path / "slice.nii.gz"
-    page.export_current(str(out))
+    page.export_current(str(out), confirmed=True)
     _wait_batch(page, qtbot)
     record = page.context.records[subject]
     source = nib.load(record.modalities[record.reference_modality].path)

@@ -8,7 +8,13 @@ one crosshair and one window/level; where the real volume exists the metrics tab
 and the mean image of the training subjects (MSE, PSNR, SSIM, from :mod:`core.metrics`).
 
 "Leave one out" hides a modality the subject has, synthesizes it from the others and shows the error:
-the user's way to judge whether the model can be trusted. Exports (NIfTI on the subject's original grid
+the user's way to judge whether the model can be trusted. Beside it, one **verdict** per modality in plain
+words, from a leave-one-out pass over every held-out subject against the training subjects' mean image
+(:func:`core.synthesis.modality_verdicts`, computed in the background when a run opens and cached in the
+run). Exporting a modality whose verdict is not a pass (failed, or not checked) asks for confirmation
+first, for one volume as for a batch; the verdict goes into every sidecar and NIfTI description.
+Synthesized modalities with observation masks (ultrasound) are shown and exported inside a field of view
+only (:mod:`core.impute`); the uncertainty map has a colour bar in normalised intensity units. Exports (NIfTI on the subject's original grid
 with a provenance sidecar, optionally the uncertainty map), the batch export of every missing modality,
 the per-subject metrics CSV and the HTML run report all run in the background with progress and Cancel;
 a cancelled batch leaves no file behind.
@@ -16,6 +22,7 @@ a cancelled batch leaves no file behind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +50,14 @@ from core.data.sources import LoadedData
 from core.synthesis import (
     SubjectSynthesis,
     SynthesisContext,
+    Verdict,
     export_missing,
     export_volume,
     leave_one_out,
     leave_one_out_table,
+    modality_verdicts,
     synthesize_subject,
+    unchecked_verdicts,
     write_metrics_csv,
 )
 from core.training.trainer import select_device
@@ -59,11 +69,13 @@ from workbench.state import WorkbenchState
 from workbench.widgets.ortho_viewer import OrthoViewer, Panel
 from workbench.workers import TaskError, TaskRunner, TaskState
 
-__all__ = ["SynthesizePage", "open_run_task", "generate_task", "export_missing_task", "metrics_csv_task", "report_task",
-           "METRIC_HEADERS"]
+__all__ = ["SynthesizePage", "open_run_task", "generate_task", "verdict_task", "export_missing_task", "metrics_csv_task",
+           "report_task", "METRIC_HEADERS", "UNCERTAINTY_UNITS"]
 
 METRIC_HEADERS = ["Modality", "Metric", "Model", "Mean", "Better"]
 _METRICS = (("mse", "MSE", False), ("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True))
+#: The page shows volumes in model space; exports are in the source's units (their sidecar says which).
+UNCERTAINTY_UNITS = "std of normalised intensity"
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -85,18 +97,24 @@ def generate_task(ctx: SynthesisContext, subject: str, conditioning: list[str], 
     return synthesize_subject(ctx, subject, conditioning, n_samples=n_samples)
 
 
+def verdict_task(ctx: SynthesisContext, state: TaskState) -> dict[str, Verdict]:
+    """Every modality's verdict: the run's cache, or a leave-one-out pass over the held-out subjects."""
+    state.set_status("Checking each modality against the average brain on the held-out subjects")
+    return modality_verdicts(ctx, progress=state.progress, cancel=state.is_cancelled)
+
+
 def export_volume_task(ctx: SynthesisContext, synthesis: SubjectSynthesis, modality: str, path: str, uncertainty: bool,
-                       state: TaskState) -> list[Any]:
+                       verdicts: dict[str, Verdict], state: TaskState) -> list[Any]:
     state.set_status(f"Writing {Path(path).name} on the subject's original grid")
-    return [export_volume(ctx, synthesis, modality, path, uncertainty=uncertainty, overwrite=True)]
+    return [export_volume(ctx, synthesis, modality, path, uncertainty=uncertainty, overwrite=True, verdicts=verdicts)]
 
 
 def export_missing_task(ctx: SynthesisContext, folder: str, n_samples: int, uncertainty: bool, overwrite: bool,
-                        state: TaskState) -> list[Any]:
+                        verdicts: dict[str, Verdict], state: TaskState) -> list[Any]:
     """Every missing modality of every subject, staged and moved into ``folder`` only when all are written."""
     state.set_status("Synthesizing and writing every missing modality")
     return export_missing(ctx, folder, n_samples=n_samples, uncertainty=uncertainty, overwrite=overwrite,
-                          progress=state.progress, cancel=state.is_cancelled)
+                          progress=state.progress, cancel=state.is_cancelled, verdicts=verdicts)
 
 
 def metrics_csv_task(ctx: SynthesisContext, path: str, state: TaskState) -> Path:
@@ -129,6 +147,10 @@ class SynthesizePage(QWidget):
         self.selection = run_selection(state)
         self.runner = TaskRunner(self, "synthesis")
         self.batch_runner = TaskRunner(self, "export")
+        self.verdict_runner = TaskRunner(self, "verdict")
+        self.verdicts: dict[str, Verdict] | None = None
+        self._verdict_error = ""
+        self.gate_dialog: QMessageBox | None = None
         self.context: SynthesisContext | None = None
         self.loaded: LoadedData | None = None
         self.result: SubjectSynthesis | None = None
@@ -222,6 +244,18 @@ class SynthesizePage(QWidget):
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.setContentsMargins(0, 0, 0, 0)
+        verdict_card = Card("Better than the average brain?")
+        self.verdict_label = QLabel("Open a run to check its model.")
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setTextFormat(Qt.TextFormat.RichText)
+        self.verdict_label.setToolTip(
+            "Leave-one-out over every held-out subject (test, else validation) that has the modality: hidden, synthesized "
+            "from the subject's other modalities and compared with the training subjects' mean image on the same voxels. "
+            "A modality passes when the synthesis has the lower MSE and the higher SSIM for at least 95 % of them.")
+        verdict_card.body.addWidget(self.verdict_label)
+        self.verdict_progress = ProgressRow()
+        self.verdict_progress.cancel_requested.connect(self.verdict_runner.cancel)
+        verdict_card.body.addWidget(self.verdict_progress)
         metrics_card = Card("Against the real volume")
         self.metrics_table = QTableWidget(0, len(METRIC_HEADERS))
         self.metrics_table.setHorizontalHeaderLabels(METRIC_HEADERS)
@@ -280,6 +314,7 @@ class SynthesizePage(QWidget):
         self.export_label.setWordWrap(True)
         self.export_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         export_card.body.addWidget(self.export_label)
+        side_layout.addWidget(verdict_card)
         side_layout.addWidget(metrics_card, 1)
         side_layout.addWidget(export_card)
 
@@ -303,6 +338,11 @@ class SynthesizePage(QWidget):
         self.batch_runner.failed.connect(self._batch_failed)
         self.batch_runner.cancelled.connect(self._batch_cancelled)
         self.batch_runner.running_changed.connect(lambda _: self._update_buttons())
+        self.verdict_runner.progress.connect(self.verdict_progress.set_progress)
+        self.verdict_runner.status.connect(self.verdict_progress.set_status)
+        self.verdict_runner.done.connect(self._verdicts_done)
+        self.verdict_runner.failed.connect(self._verdicts_failed)
+        self.verdict_runner.cancelled.connect(self._verdicts_cancelled)
         self.selection.run_changed.connect(self._selection_changed)
         self.selection.subject_requested.connect(self.open_subject)
         self.viewer.clear("Choose a run and a subject, then Generate (or Leave one out).")
@@ -345,6 +385,10 @@ class SynthesizePage(QWidget):
         if run == self._context_run and self.context is not None:
             return
         self.context, self._context_run, self.result = None, run, None
+        self.verdict_runner.cancel()
+        self.verdict_progress.finish()
+        self.verdicts, self._verdict_error = None, ""
+        self.verdict_label.setText("The model is checked when the run is open.")
         self.messages.clear("run")
         self.progress.start(f"Opening {run.name}")
         self._update_buttons()
@@ -500,9 +544,80 @@ class SynthesizePage(QWidget):
         self.result_label.setText(f"{ctx.model.name} · {len(ctx.dataset.ids)} subjects · modalities "
                                   f"{', '.join(ctx.modalities)}")
         self.status_message.emit(f"Run {Path(ctx.run_dir).name} ready")
+        self.check_model()
         if self._pending_subject:
             self._apply_pending_subject()
         self._update_buttons()
+
+    # ------------------------------------------------------------------ verdict
+    def check_model(self) -> None:
+        """Compute (or read from the run's cache) every modality's verdict in the background."""
+        if self.context is None:
+            return
+        self.verdict_label.setText("Checking every modality on the held-out subjects…")
+        self.verdict_progress.start("Leave-one-out on the held-out subjects")
+        self.verdict_runner.start(verdict_task, self.context)
+
+    def _verdicts_done(self, verdicts: dict[str, Verdict]) -> None:
+        self.verdict_progress.finish()
+        self.verdicts = verdicts
+        lines = []
+        for m, v in verdicts.items():
+            colour = "#2e7d32" if v.passed else ("#c62828" if v.passed is False else "#8a6d00")
+            lines.append(f"<b>{m}</b>: <span style='color:{colour}'>{v.text}</span>")
+        self.verdict_label.setText("<br>".join(lines))
+
+    def _verdicts_failed(self, error: TaskError) -> None:
+        self.verdict_progress.finish()
+        self._verdict_error = error.message
+        self.verdict_label.setText(f"The check could not be made: {error.message}")
+        self.messages.error("verdict", f"The check against the average brain failed: {error.message}", error.details)
+
+    def _verdicts_cancelled(self) -> None:
+        self.verdict_progress.finish()
+        if self.context is not None:
+            self._verdict_error = "the check was cancelled"
+            self.verdict_label.setText("The check was cancelled; exports will ask before writing.")
+
+    def verdict_text(self, modality: str) -> str:
+        """The verdict in words, as the page shows it ("" while it is being checked)."""
+        return self.verdicts[modality].text if self.verdicts and modality in self.verdicts else ""
+
+    def _export_verdicts(self) -> dict[str, Verdict]:
+        """The verdicts written into exports: the check's, or 'not checked' with the reason."""
+        if self.verdicts is not None:
+            return self.verdicts
+        reason = self._verdict_error or "the check was still running when this was exported"
+        return unchecked_verdicts(self.context.modalities if self.context else [], reason)
+
+    def _gated(self, modalities: list[str], what: str, proceed: Callable[[], None], confirmed: bool) -> None:
+        """Run ``proceed`` at once when every modality passed its check (or ``confirmed``), else after the user
+        confirms in a dialog that says which modalities did not pass and why."""
+        verdicts = self._export_verdicts()
+        failing = [verdicts[m] for m in modalities if m in verdicts and not verdicts[m].passed]
+        if confirmed or not failing:
+            proceed()
+            return
+        box = QMessageBox(QMessageBox.Icon.Warning, "Export a synthesis that did not pass its check?",
+                          f"{what}: the model did not pass the check against the average brain for "
+                          f"{', '.join(v.modality for v in failing)}.", parent=self)
+        box.setInformativeText("<br>".join(f"<b>{v.modality}</b>: {v.text}" for v in failing) +
+                               "<br><br>The verdict is written into the sidecar and the NIfTI description.")
+        box.addButton("Export anyway", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+
+        def finished() -> None:
+            self.gate_dialog = None
+            if box.buttonRole(box.clickedButton()) == QMessageBox.ButtonRole.AcceptRole:
+                proceed()
+            else:
+                self.export_label.setText("Export cancelled: nothing was written.")
+            box.deleteLater()
+
+        box.finished.connect(finished)
+        self.gate_dialog = box
+        box.open()
 
     def _show_result(self, result: SubjectSynthesis) -> None:
         self.result = result
@@ -530,11 +645,15 @@ class SynthesizePage(QWidget):
             return
         item = result.results[m]
         std_note = "0 everywhere: one sample" if result.n_samples == 1 else f"std over {result.n_samples} samples"
+        fov = item.field_of_view
+        where = "" if fov is None else (" · inside its field of view" if fov.source == "subject"
+                                        else f" · inside the {fov.source.replace('cohort', 'cohort’s')} field of view")
         panels = [
             Panel("real", item.real, "intensity", "" if item.real is not None else f"{result.subject} has no {m}"),
-            Panel("synthesized", item.mean, "intensity", f"from {'+'.join(result.conditioning)}"),
-            Panel("difference", item.difference, "difference", "synthesized − real" if item.real is not None else "no real volume"),
-            Panel("uncertainty", item.std, "uncertainty", std_note),
+            Panel("synthesized", item.mean, "intensity", f"from {'+'.join(result.conditioning)}{where}"),
+            Panel("difference", item.difference, "difference", "synthesized − real" if item.real is not None else "no real volume",
+                  units="normalised intensity"),
+            Panel("uncertainty", item.std, "uncertainty", std_note, units=UNCERTAINTY_UNITS),
         ]
         self.viewer.set_panels(panels)
 
@@ -607,8 +726,9 @@ class SynthesizePage(QWidget):
     def _last_dir(self) -> str:
         return self.settings.last_dir() or str(Path.home())
 
-    def export_current(self, path: str | None = None) -> None:
-        """Export the shown synthesized modality (NIfTI + sidecar [+ uncertainty map]) in the background."""
+    def export_current(self, path: str | None = None, confirmed: bool = False) -> None:
+        """Export the shown synthesized modality (NIfTI + sidecar [+ uncertainty map]) in the background; a modality
+        that did not pass its check is exported only after the user confirms (or with ``confirmed``)."""
         result, m = self.result, self.modality_box.currentData()
         if result is None or not m or self.context is None:
             return
@@ -617,13 +737,16 @@ class SynthesizePage(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Export the synthesized volume", suggested, "NIfTI (*.nii.gz *.nii)")
             if not path:
                 return
-        self._start_batch("export", f"Writing {Path(path).name}", export_volume_task, self.context, result, m, str(path),
-                          self.with_uncertainty.isChecked())
+        ctx, target, uncertainty = self.context, str(path), self.with_uncertainty.isChecked()
+        self._gated([m], f"Exporting {result.subject}'s {m}", lambda: self._start_batch(
+            "export", f"Writing {Path(target).name}", export_volume_task, ctx, result, m, target, uncertainty,
+            self._export_verdicts()), confirmed)
 
-    def export_all_missing(self, folder: str | None = None, overwrite: bool | None = None) -> None:
+    def export_all_missing(self, folder: str | None = None, overwrite: bool | None = None, confirmed: bool = False) -> None:
         """Synthesize and export every missing modality of every subject into ``folder`` (background, cancellable).
 
-        Files of an earlier export in ``folder`` are replaced only with ``overwrite`` (asked when None)."""
+        Files of an earlier export in ``folder`` are replaced only with ``overwrite`` (asked when None); modalities
+        that did not pass their check are exported only after the user confirms (or with ``confirmed``)."""
         ctx = self.context
         if ctx is None:
             return
@@ -641,8 +764,11 @@ class SynthesizePage(QWidget):
             overwrite = answer == QMessageBox.StandardButton.Yes
             if not overwrite:
                 return
-        self._start_batch("export", "Synthesizing every missing modality", export_missing_task, ctx, str(folder),
-                          self.samples.value(), self.with_uncertainty.isChecked(), bool(overwrite))
+        targets = [m for m in ctx.modalities if any(m in ctx.missing(s) for s in ctx.dataset.ids if ctx.observed(s))]
+        n_samples, uncertainty = self.samples.value(), self.with_uncertainty.isChecked()
+        self._gated(targets, "Exporting every missing modality", lambda: self._start_batch(
+            "export", "Synthesizing every missing modality", export_missing_task, ctx, str(folder), n_samples, uncertainty,
+            bool(overwrite), self._export_verdicts()), confirmed)
 
     def write_metrics_csv(self, path: str | None = None) -> None:
         """Leave-one-out metrics of every subject as CSV (background)."""
@@ -711,5 +837,5 @@ class SynthesizePage(QWidget):
         self._update_buttons()
 
     def shutdown(self) -> bool:
-        return all([self.runner.shutdown(), self.batch_runner.shutdown()])
+        return all([self.runner.shutdown(), self.batch_runner.shutdown(), self.verdict_runner.shutdown()])
 

@@ -8,7 +8,8 @@ Compare Volumes:
 * **one window/level** for the intensity columns (real and synthesized, so they are comparable):
   right-drag on any image (horizontal: window width, vertical: level), the Window/Level boxes, or Auto
   (1st..99th percentile); the difference column uses a symmetric diverging map around 0 and the
-  uncertainty column its own 0..99th-percentile window;
+  uncertainty column its own 0..99th-percentile window, each with a colour bar under the column labelled
+  with the panel's units;
 * **linked zoom and pan** per plane (mouse wheel, left-drag).
 
 Volumes are arrays ``(X, Y, Z)`` in RAS order (``(1, X, Y, Z)`` accepted); axial slices show X to the
@@ -62,12 +63,14 @@ def as_spatial(array: np.ndarray | None) -> np.ndarray | None:
 
 @dataclass
 class Panel:
-    """One column: a title, the array (None: nothing to show, e.g. no real volume), its kind and a note."""
+    """One column: a title, the array (None: nothing to show, e.g. no real volume), its kind, a note and the
+    units of its values (the label of a difference or uncertainty column's colour bar)."""
 
     title: str
     array: np.ndarray | None
     kind: str = "intensity"
     note: str = ""
+    units: str = ""
 
 
 class _SliceBox(pg.ViewBox):
@@ -132,6 +135,7 @@ class OrthoViewer(QWidget):
         self.levels: tuple[float, float] = (0.0, 1.0)
         self._other_levels: dict[int, tuple[float, float]] = {}
         self._titles: list[pg.LabelItem] = []
+        self.colour_bars: dict[int, pg.ColorBarItem] = {}
 
         # -- controls
         controls = QHBoxLayout()
@@ -210,8 +214,8 @@ class OrthoViewer(QWidget):
             return
         shape = shapes.pop()
         new_shape = shape != self.shape
-        titles = [(p.title, p.kind) for p in panels]
-        rebuilt = new_shape or titles != [(p.title, p.kind) for p in self.panels] or not self.views
+        titles = [(p.title, p.kind, p.units) for p in panels]
+        rebuilt = new_shape or titles != [(p.title, p.kind, p.units) for p in self.panels] or not self.views
         if rebuilt:
             self.panels = list(panels)
             self.shape = shape
@@ -233,6 +237,9 @@ class OrthoViewer(QWidget):
             top = float(np.percentile(finite, 99)) if finite.size else 1.0
             top = top if top > 0 else max(float(finite.max()) if finite.size else 1.0, 1e-6)
             self._other_levels[i] = (-top, top) if panel.kind == "difference" else (0.0, top)
+        for i, bar in self.colour_bars.items():
+            bar.setVisible(i in self._other_levels)
+            bar.setLevels(self._other_levels.get(i, (0.0, 1.0)))
         for i, panel in enumerate(self.panels):
             note = f"<br><span style='font-size:8pt'>{panel.note}</span>" if panel.note else ""
             self._titles[i].setText(f"<b>{panel.title}</b>{note}", color=plot_colors()["foreground"])
@@ -247,7 +254,7 @@ class OrthoViewer(QWidget):
 
     def _build(self) -> None:
         self.graphics.clear()
-        self.views, self._titles = [], []
+        self.views, self._titles, self.colour_bars = [], [], {}
         fg = plot_colors()["foreground"]
         for col, panel in enumerate(self.panels):
             self._titles.append(self.graphics.addLabel(f"<b>{panel.title}</b>", row=0, col=col + 1, color=fg))
@@ -264,6 +271,13 @@ class OrthoViewer(QWidget):
                 view.box.sigRangeChangedManually.connect(lambda *_, p=plane, c=col: self._sync_plane(p, c))
                 views[plane] = view
             self.views.append(views)
+            if panel.kind in _CMAPS:
+                bar = pg.ColorBarItem(values=(0.0, 1.0), width=10, colorMap=pg.colormap.get(_CMAPS[panel.kind]),
+                                      label=panel.units or None, interactive=False, orientation="horizontal",
+                                      colorMapMenu=False)
+                bar.axis.enableAutoSIPrefix(False)  # the label is the units, never "(x0.001)"
+                self.graphics.addItem(bar, row=len(self.planes) + 1, col=col + 1)
+                self.colour_bars[col] = bar
 
     def _sync_plane(self, plane: str, source: int) -> None:
         """Zoom and pan of one view apply to that plane in every column (the same data range, unlike pyqtgraph's
@@ -296,7 +310,7 @@ class OrthoViewer(QWidget):
     def clear(self, message: str = "Nothing to show yet.") -> None:
         self.panels, self.arrays, self.shape = [], [], ()
         self.graphics.clear()
-        self.views, self._titles = [], []
+        self.views, self._titles, self.colour_bars = [], [], {}
         self.show_message(message)
 
     # ------------------------------------------------------------------ slices and crosshair
