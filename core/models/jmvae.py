@@ -42,6 +42,7 @@ from torch import nn
 
 from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress, linear_warmup_per_epoch
+from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_normal, kl_standard_normal, log_normal, rsample
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
@@ -213,6 +214,7 @@ class JMVAE(JointEncoderVAE):
         terms = {
             "recon": -recon.mean().detach(),
             "kl_prior": kl_prior.mean().detach(),
+            kl_per_dimension_term("z"): kl_prior.mean().detach() / self.latent_dim,
             **{f"kl[{m}]": kl.mean().detach() for m, kl in kl_unimodal.items()},
             "neg_elbo": (-recon + cfg.beta * kl_prior).mean().detach(),
             "annealing": torch.tensor(anneal),

@@ -56,6 +56,7 @@ from torch import nn
 
 from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress
+from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models.base import TrainingStage
@@ -353,7 +354,11 @@ class JNF(JointEncoderVAE):
         recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
         kl_prior = kl_standard_normal(mu, logvar)
         loss = (-recon + self.model_config.beta * kl_prior).mean()
-        terms = {"recon": -recon.mean().detach(), "kl_prior": kl_prior.mean().detach()}
+        terms = {
+            "recon": -recon.mean().detach(),
+            "kl_prior": kl_prior.mean().detach(),
+            kl_per_dimension_term("z"): kl_prior.mean().detach() / self.latent_dim,
+        }
         return LossOutput(loss=loss, terms=terms, batch_size=batch.batch_size)
 
     def _unimodal_flows_loss(self, batch: DatasetOutput) -> LossOutput:
@@ -370,5 +375,6 @@ class JNF(JointEncoderVAE):
             **{f"kl[{m}]": (log_q_joint - lq).mean().detach() for m, lq in log_q.items()},
             "recon": -recon.mean(),
             "kl_prior": kl_prior.mean(),
+            kl_per_dimension_term("z"): kl_prior.mean() / self.latent_dim,
         }
         return LossOutput(loss=loss, terms=terms, batch_size=batch.batch_size)

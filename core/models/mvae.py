@@ -32,6 +32,7 @@ from torch import nn
 
 from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress, linear_warmup_per_step
+from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
@@ -161,6 +162,8 @@ class MVAE(MultimodalVAE):
             loss = loss + subset_loss
             total_recon = total_recon + neg_recon.detach()
             total_kl = total_kl + kl_mean.detach()
+            if index == 0:  # the joint posterior: is the latent used at all?
+                terms[kl_per_dimension_term("z")] = kl_mean.detach() / self.latent_dim
             if index < n_joint_and_singletons:
                 terms[f"elbo[{subset_name(subset)}]"] = subset_loss.detach()
             else:

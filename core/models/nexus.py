@@ -48,6 +48,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from core.models._shared.annealing import TrainingProgress, linear_warmup_per_epoch
+from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
 from core.models._shared.likelihoods import mean_of
 from core.models._shared.outputs import LossOutput, ModelOutput
@@ -342,6 +343,8 @@ class Nexus(MultimodalVAE):
             bottom = bottom - recon + beta_m * anneal * kl
             terms[f"recon[{m}]"] = -recon.mean().detach()
             terms[f"kl[{m}]"] = kl.mean().detach()
+            n_observed = batch.masks[m].sum().clamp_min(1)
+            terms[kl_per_dimension_term(f"z[{m}]")] = kl.sum().detach() / n_observed / mu.shape[-1]
             z_bar[m] = z.detach()  # stop-gradient: the top level does not train the bottom VAEs
 
         kept = self.drop_messages(observed)
@@ -360,6 +363,7 @@ class Nexus(MultimodalVAE):
             if m in (cfg.adapt_top_decoder_variance or []):
                 terms[f"top_scale[{m}]"] = scale.detach()
 
+        terms[kl_per_dimension_term("z_sigma")] = top_kl.sum().detach() / has_message.sum().clamp_min(1) / mu_s.shape[-1]
         terms.update(
             top_kl=top_kl.mean().detach(),
             bottom_loss=bottom.mean().detach(),

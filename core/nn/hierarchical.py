@@ -206,6 +206,7 @@ def default_mhvae_blocks(
     width: int = 256,
     channels: int = 64,
     z_channels: int = 8,
+    downsampling: int | None = None,
 ) -> dict[str, object]:
     """All MHVAE blocks for the given modalities: ``encoders``, ``decoders``, ``bottom_up_blocks``,
     ``top_down_blocks``, ``posterior_blocks`` (one list per modality) and ``prior_blocks``.
@@ -217,13 +218,15 @@ def default_mhvae_blocks(
         width: feature size of the vector layout.
         channels: feature channels of the spatial layout (level 1; doubled per level, at most 2x).
         z_channels: channels of the intermediate spatial latents.
+        downsampling: how many times the grid halves before z_1 (None: as many as leave the coarsest level
+            about 4 voxels per axis, minus one halving per further level); at least 1.
     """
     if n_latent < 2:
         raise ValueError(f"MHVAE needs n_latent >= 2 levels; got {n_latent}.")
     grid = _spatial_grid(input_dims)
     if grid is None:
         return _vector_blocks(input_dims, latent_dim, n_latent, width)
-    return _spatial_blocks(input_dims, grid, latent_dim, n_latent, channels, z_channels)
+    return _spatial_blocks(input_dims, grid, latent_dim, n_latent, channels, z_channels, downsampling)
 
 
 def _vector_blocks(input_dims: Mapping[str, Sequence[int]], latent_dim: int, n_latent: int, width: int) -> dict[str, object]:
@@ -248,12 +251,15 @@ def _spatial_blocks(
     n_latent: int,
     channels: int,
     z_channels: int,
+    downsampling: int | None,
 ) -> dict[str, object]:
     dims = len(grid)
     levels = n_latent - 1  # levels 1..L-1 carry feature maps d^(l), h_l and spatial latents z_l
     n_down = _n_down(grid)
     bu_down = min(levels - 1, n_down - 1)  # bottom-up blocks that halve the grid; the stem does the rest
-    stem_down = n_down - bu_down
+    stem_down = n_down - bu_down if downsampling is None else downsampling
+    if stem_down < 1:
+        raise ValueError(f"The default MHVAE blocks halve the grid at least once before z_1; got downsampling={downsampling}.")
     stem_grids = _grids(grid, stem_down)
     level_grids = [stem_grids[-1]]
     for j in range(levels - 1):

@@ -3,11 +3,13 @@
 from core.training.callbacks import BatchProgress, Callback, EpochRecord, TqdmProgress, format_seconds
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
+from core.training.health import CollapseCheck, TrainingWarning
 from core.training.trainer import Trainer, TrainingDiverged, TrainingResult, latest_checkpoint, select_device
 
 __all__ = [
     "BatchProgress",
     "Callback",
+    "CollapseCheck",
     "EpochRecord",
     "TqdmProgress",
     "Trainer",
@@ -15,6 +17,7 @@ __all__ = [
     "TrainingControl",
     "TrainingDiverged",
     "TrainingResult",
+    "TrainingWarning",
     "format_seconds",
     "latest_checkpoint",
     "select_device",

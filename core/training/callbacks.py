@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
+    from core.training.health import TrainingWarning
     from core.training.trainer import Trainer, TrainingResult
 
 __all__ = ["BatchProgress", "EpochRecord", "Callback", "TqdmProgress", "format_seconds"]
@@ -69,6 +70,8 @@ class Callback:
     def on_pause(self, trainer: Trainer, paused: bool) -> None: ...
 
     def on_error(self, trainer: Trainer, error: BaseException) -> None: ...
+
+    def on_warning(self, trainer: Trainer, warning: TrainingWarning) -> None: ...
 
     def on_train_end(self, trainer: Trainer, result: TrainingResult) -> None: ...
 

@@ -58,6 +58,7 @@ from core.training.distributed import (
     shard_indices,
     shutdown_distributed,
 )
+from core.training.health import CollapseCheck, TrainingWarning
 from core.training.serialization import atomic_write_text, load_state, replace_directory, save_state
 
 __all__ = ["Trainer", "TrainingResult", "TrainingDiverged", "select_device", "latest_checkpoint", "compile_submodules"]
@@ -233,6 +234,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epochs_without_improvement = 0
         self.history: list[EpochRecord] = []
+        self.warnings: list[TrainingWarning] = []
+        self.collapse_check = CollapseCheck(first_epoch=model.start_keep_best_epoch + 1)
         self._partial_train = _MeanAccumulator()
         self._step_seconds: float | None = None
         self._steps_in_epoch = (0, 0)
@@ -337,6 +340,12 @@ class Trainer:
             return
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
+
+    def warn(self, warning: TrainingWarning) -> None:
+        """Record a warning about the run: logged, kept in ``status.json`` and checkpoints, sent to callbacks."""
+        self.warnings.append(warning)
+        log.warning("Epoch %d: %s", warning.epoch, warning.message)
+        self._emit("on_warning", warning)
 
     def _heartbeat(self, epoch: int, phase: str, batch: int, num_batches: int, loss: float, started: float) -> None:
         n_train, n_eval = self._steps_in_epoch
@@ -541,6 +550,8 @@ class Trainer:
                     is_best=is_best,
                 )
                 self.history.append(record)
+                for warning in self.collapse_check.update(epoch, validation or train_metrics):
+                    self.warn(warning)
                 self.epoch, self.step_in_epoch = epoch, 0
                 self._partial_train = _MeanAccumulator()
                 patience = self.config.early_stopping_patience
@@ -643,6 +654,8 @@ class Trainer:
             "partial_train": {"sums": partial.sums, "count": partial.count},
             "world_size": self.dist.world_size,
             "history": [r.__dict__ for r in self.history],
+            "warnings": [w.to_dict() for w in self.warnings],
+            "collapse_check": self.collapse_check.state_dict(),
             "callbacks": [c.state_dict() for c in self.callbacks],
             "config_seed": self.config.seed,
             "saved_at": datetime.now(timezone.utc).isoformat(),
@@ -697,6 +710,8 @@ class Trainer:
         else:
             self._partial_train = _MeanAccumulator()
         self.history = [EpochRecord(**r) for r in state["history"]]
+        self.warnings = [TrainingWarning(**w) for w in state.get("warnings", [])]
+        self.collapse_check.load_state_dict(state.get("collapse_check", {}))
         for callback, cb_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
             callback.load_state_dict(cb_state)
         own = "rng" if self.dist.rank == 0 else f"rng-rank{self.dist.rank}"
@@ -731,6 +746,7 @@ class Trainer:
             "num_epochs": self.config.num_epochs,
             "best_epoch": self.best_epoch,
             "best_validation_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "warnings": [w.to_dict() for w in self.warnings],
             "updated": datetime.now(timezone.utc).isoformat(),
         }
         atomic_write_text(self.run_dir / "status.json", json.dumps(payload, indent=2) + "\n")
