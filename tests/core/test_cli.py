@@ -74,6 +74,10 @@ def test_train_resume_and_impute(workspace, capsys):
     assert sidecar["synthetic"] is True and sidecar["model"] == "MVAE" and sidecar["n_samples"] == 3
     std = nib.load(str(out / f"{subject}_{modality}_synth_std.nii.gz")).get_fdata()
     assert std.max() > 0
+    # Ultrasound is written inside the training subjects' most common field of view; the run was never checked.
+    us = [json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*_US_synth.json")]
+    assert us and all(s["field_of_view"].startswith("cohort majority of ") for s in us)
+    assert all(s["verdict"]["passed"] is None and "mmvae report" in s["verdict"]["text"] for s in us)
 
 
 def test_config_typo_names_the_key(workspace, tmp_path, capsys):
