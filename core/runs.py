@@ -46,6 +46,7 @@ from core.training.callbacks import Callback
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
 from core.training.distributed import barrier, current_context
+from core.training.divergence import DivergenceCheck
 from core.training.monitoring import MonitoringConfig, monitoring_callbacks
 from core.training.trainer import Trainer, TrainingResult, latest_checkpoint
 
@@ -252,7 +253,7 @@ def train_run(
     if context.is_main:
         _write_run_files(run_dir, config, loaded, parts)
     barrier(context)
-    callbacks = [*callbacks, *monitoring_callbacks(config.monitoring)]
+    callbacks = [DivergenceCheck(), *callbacks, *monitoring_callbacks(config.monitoring)]  # first: its saved state keeps its place
     trainer = Trainer(model, parts[0], parts[1] if len(parts) > 1 else None, config.training, callbacks, run_dir, control)
     return trainer.train()
 
@@ -278,7 +279,7 @@ def resume_run(
     train = _subset_by_ids(loaded.dataset, split["train"])
     validation = _subset_by_ids(loaded.dataset, split["validation"]) if split.get("validation") else None
     model = build_model(config, loaded.dataset)
-    callbacks = [*callbacks, *monitoring_callbacks(config.monitoring)]
+    callbacks = [DivergenceCheck(), *callbacks, *monitoring_callbacks(config.monitoring)]  # first: its saved state keeps its place
     trainer = Trainer(model, train, validation, config.training, callbacks, run_dir, control)
     return trainer.train(resume_from=run_dir)
 

@@ -239,3 +239,22 @@ def test_config_errors_come_all_at_once_with_their_paths(tmp_path, capsys):
     assert main(["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "7 problem(s)" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_divergence_without_nan_is_a_warning_in_status_json(trained_run, tmp_path, caplog):
+    import json
+
+    from core.training.divergence import diverged
+
+    assert diverged(1e10, 2e4) and not diverged(3e4, 2e4) and not diverged(-50.0, -900.0) and not diverged(0.5, 0.001)
+    _, cohort = trained_run
+    config = {"name": "lr10", "data": {"source": str(cohort), "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0}},
+              "model": {"name": "MVAE", "latent_dim": 2},
+              "training": {"num_epochs": 3, "batch_size": 2, "learning_rate": 10.0}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    status = json.loads((tmp_path / "run" / "status.json").read_text(encoding="utf-8"))
+    kinds = [w["kind"] for w in status["warnings"]]
+    assert kinds.count("divergence") == 1, status
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("diverging" in m and "learning_rate" in m for m in logged), logged  # the terminal shows it too
