@@ -17,15 +17,26 @@ The YAML (what ``mmvae train`` takes and the GUI saves)::
 The run folder: ``config.yaml`` (fully resolved), ``command.txt`` (the command line that reproduces it
 headless), ``split.json`` (subject ids per split), ``environment.json``, plus what the trainer writes
 (``metrics.csv``, ``status.json``, ``checkpoints/``, ``final_model/``).
+
+One writer at a time: :func:`run_lock` holds an exclusive OS lock on ``<run>/.mmvae.lock`` for the whole of
+a train or resume (CLI and GUI alike), and ``<run>/lock.json`` names the owner (host, pid, command), so a
+second writer is refused with a message naming it. The lock dies with its process, which is how a run left
+"running" by a kill -9 is recognised as interrupted (and resumable) rather than running forever. Stale
+staging folders and temporary files of a killed checkpoint write are removed when a writer starts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +44,7 @@ from typing import Any
 
 import torch
 import yaml
+from filelock import FileLock, Timeout
 
 import core
 from core.atomic import atomic_write_text
@@ -64,7 +76,87 @@ __all__ = [
     "list_runs",
     "read_run_summary",
     "default_run_dir",
+    "run_lock",
+    "run_owner",
+    "RunBusyError",
 ]
+
+_LOCK_NAME, _OWNER_NAME = ".mmvae.lock", "lock.json"
+
+
+class RunBusyError(RuntimeError):
+    """Another process (or window) is writing this run folder."""
+
+
+def _lock_of(run_dir: Path) -> FileLock:
+    return FileLock(run_dir / _LOCK_NAME, thread_local=False)
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, purpose: str) -> Iterator[None]:
+    """Hold the run folder's exclusive lock while writing it; refuse at once if someone else holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_of(run_dir)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = _read_owner(run_dir)
+        who = (f"{owner.get('purpose', 'a writer')} by pid {owner.get('pid', '?')} on {owner.get('host', '?')} since "
+               f"{owner.get('started', '?')} ({owner.get('command', '')})" if owner else "another process")
+        raise RunBusyError(f"{run_dir} is in use: {who}. Fix: wait for it to finish or stop it, or choose another "
+                           "folder.") from None
+    try:
+        atomic_write_text(run_dir / _OWNER_NAME, json.dumps({
+            "purpose": purpose, "pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join(shlex.quote(a) for a in sys.argv), "started": datetime.now(timezone.utc).isoformat(),
+        }, indent=2) + "\n")
+        _clean_stale_files(run_dir)
+        yield
+    finally:
+        (run_dir / _OWNER_NAME).unlink(missing_ok=True)
+        lock.release()
+
+
+def _writer_lock(run_dir: Path, purpose: str) -> Any:
+    """The run lock on rank 0 (the only process that writes the folder); nothing on the other ranks."""
+    return run_lock(run_dir, purpose) if current_context().is_main else nullcontext()
+
+
+def _read_owner(run_dir: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((run_dir / _OWNER_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def run_owner(run_dir: str | Path) -> dict[str, Any] | None:
+    """Who writes ``run_dir`` now (its lock.json), or None when no live process holds the lock."""
+    run_dir = Path(run_dir)
+    if not (run_dir / _LOCK_NAME).exists():
+        return None
+    lock = _lock_of(run_dir)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return _read_owner(run_dir) or {"purpose": "unknown"}
+    except OSError:  # a read-only folder: nobody can be writing it
+        return None
+    lock.release()
+    return None
+
+
+def _clean_stale_files(run_dir: Path) -> None:
+    """Staging folders and partial files a killed writer left (only called while holding the lock)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for stale in folder.iterdir():
+            if stale.name.startswith(".") and (stale.name.endswith(".staging") or ".partial" in stale.name):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
 
 
 @dataclass
@@ -243,19 +335,20 @@ def train_run(
 ) -> TrainingResult:
     """Load the data, build the model, write the run folder and train."""
     run_dir = Path(run_dir)
-    if latest_checkpoint(run_dir) is not None:
-        raise FileExistsError(f"{run_dir} already holds a run; resume it (mmvae resume {run_dir}) or choose another folder.")
-    loaded = loaded or load_run_data(config)
-    config.data = config_from_dict(DataConfig, {**config_to_dict(config.data), "preprocessing": resolved_preprocessing(loaded)})
-    parts = split_dataset(config, loaded.dataset)
-    model = build_model(config, loaded.dataset)
-    context = current_context()
-    if context.is_main:
-        _write_run_files(run_dir, config, loaded, parts)
-    barrier(context)
-    callbacks = [DivergenceCheck(), *callbacks, *monitoring_callbacks(config.monitoring)]  # first: its saved state keeps its place
-    trainer = Trainer(model, parts[0], parts[1] if len(parts) > 1 else None, config.training, callbacks, run_dir, control)
-    return trainer.train()
+    with _writer_lock(run_dir, "train"):
+        if latest_checkpoint(run_dir) is not None:
+            raise FileExistsError(f"{run_dir} already holds a run; resume it (mmvae resume {run_dir}) or choose another folder.")
+        loaded = loaded or load_run_data(config)
+        config.data = config_from_dict(DataConfig, {**config_to_dict(config.data), "preprocessing": resolved_preprocessing(loaded)})
+        parts = split_dataset(config, loaded.dataset)
+        model = build_model(config, loaded.dataset)
+        context = current_context()
+        if context.is_main:
+            _write_run_files(run_dir, config, loaded, parts)
+        barrier(context)
+        callbacks = [DivergenceCheck(), *callbacks, *monitoring_callbacks(config.monitoring)]  # first: its saved state keeps its place
+        trainer = Trainer(model, parts[0], parts[1] if len(parts) > 1 else None, config.training, callbacks, run_dir, control)
+        return trainer.train()
 
 
 def resume_run(
@@ -267,21 +360,24 @@ def resume_run(
 ) -> TrainingResult:
     """Continue a stopped, cancelled or crashed run from its latest checkpoint, on the same split."""
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir / "config.yaml")
-    if num_epochs is not None:
-        config.training = config_from_dict(TrainerConfig, {**config_to_dict(config.training), "num_epochs": num_epochs})
-        if current_context().is_main:
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
-    if latest_checkpoint(run_dir) is None:
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from.")
-    loaded = loaded or load_run_data(config)
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    train = _subset_by_ids(loaded.dataset, split["train"])
-    validation = _subset_by_ids(loaded.dataset, split["validation"]) if split.get("validation") else None
-    model = build_model(config, loaded.dataset)
-    callbacks = [DivergenceCheck(), *callbacks, *monitoring_callbacks(config.monitoring)]  # first: its saved state keeps its place
-    trainer = Trainer(model, train, validation, config.training, callbacks, run_dir, control)
-    return trainer.train(resume_from=run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml). Fix: pass the folder `mmvae train` wrote.")
+    with _writer_lock(run_dir, "resume"):
+        config = load_run_config(run_dir / "config.yaml")
+        if num_epochs is not None:
+            config.training = config_from_dict(TrainerConfig, {**config_to_dict(config.training), "num_epochs": num_epochs})
+            if current_context().is_main:
+                atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
+        if latest_checkpoint(run_dir) is None:
+            raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from.")
+        loaded = loaded or load_run_data(config)
+        split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+        train = _subset_by_ids(loaded.dataset, split["train"])
+        validation = _subset_by_ids(loaded.dataset, split["validation"]) if split.get("validation") else None
+        model = build_model(config, loaded.dataset)
+        callbacks = [DivergenceCheck(), *callbacks, *monitoring_callbacks(config.monitoring)]  # first: its saved state keeps its place
+        trainer = Trainer(model, train, validation, config.training, callbacks, run_dir, control)
+        return trainer.train(resume_from=run_dir)
 
 
 @dataclass(frozen=True)
@@ -306,7 +402,7 @@ def read_run_summary(run_dir: str | Path) -> RunSummary | None:
     except (OSError, ValueError, yaml.YAMLError):
         return None
     state = status.get("status", "unknown")
-    if state == "running" and not _recently_updated(status.get("updated", "")):
+    if state == "running" and run_owner(run_dir) is None:  # the writer died without saying so (kill -9, power)
         state = "interrupted"
     return RunSummary(
         path=run_dir,
@@ -318,14 +414,6 @@ def read_run_summary(run_dir: str | Path) -> RunSummary | None:
         best_validation_loss=status.get("best_validation_loss"),
         updated=status.get("updated", ""),
     )
-
-
-def _recently_updated(stamp: str, seconds: float = 600) -> bool:
-    try:
-        when = datetime.fromisoformat(stamp)
-    except ValueError:
-        return False
-    return (datetime.now(timezone.utc) - when).total_seconds() < seconds
 
 
 def list_runs(root: str | Path) -> list[RunSummary]:

@@ -258,3 +258,47 @@ def test_divergence_without_nan_is_a_warning_in_status_json(trained_run, tmp_pat
     assert kinds.count("divergence") == 1, status
     logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("diverging" in m and "learning_rate" in m for m in logged), logged  # the terminal shows it too
+
+
+def test_two_writers_kill_minus_9_and_resume(trained_run, tmp_path, capsys):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from core.runs import read_run_summary, run_owner
+
+    _, cohort = trained_run
+    config = {"name": "busy", "data": {"source": str(cohort), "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0}},
+              "model": {"name": "MVAE", "latent_dim": 2}, "training": {"num_epochs": 500, "batch_size": 2}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "core.cli", "train", str(tmp_path / "run.yaml"), "--out", str(run),
+                              "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run / "checkpoints").glob("epoch-*/trainer_state.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert run_owner(run)["pid"] == first.pid
+        # A second writer is refused, naming the owner; the first run's folder is untouched.
+        assert main(["train", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "is in use" in err and f"pid {first.pid}" in err
+        assert main(["resume", str(run), "--quiet"]) == 1
+        assert "is in use" in capsys.readouterr().err
+        assert read_run_summary(run).status == "running"
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    assert json.loads((run / "status.json").read_text(encoding="utf-8"))["status"] == "running"
+    assert read_run_summary(run).status == "interrupted", "a dead owner is seen through its lock"
+    stale = run / "checkpoints" / ".epoch-9999.staging"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    done = json.loads((run / "status.json").read_text(encoding="utf-8")).get("epochs_completed", 0)
+    assert main(["resume", str(run), "--epochs", str(done + 2), "--quiet"]) == 0
+    assert not stale.exists(), "stale staging folders are cleaned when a writer starts"
+    assert read_run_summary(run).status == "completed" and run_owner(run) is None
