@@ -27,9 +27,9 @@ issue 10 for each model, and a PNG panel of one lesion slice per task (truth, ea
     python benchmarks/synthesis_quality.py                       # 200 subjects at 40^3, CPU
     python benchmarks/synthesis_quality.py --device cuda         # 96x112x96 on a GPU
     python benchmarks/synthesis_quality.py --quick               # smoke run: 24 subjects at 16^3, 1 epoch
-    python benchmarks/synthesis_quality.py --missing mnar_label --out benchmarks/results/synthesis_quality_mnar.json
+    python benchmarks/synthesis_quality.py --missing mnar_label  # writes synthesis_quality_mnar_label.json
 
-Writes ``benchmarks/results/synthesis_quality.json`` and ``synthesis_quality.png`` (``--out``).
+Writes ``benchmarks/results/synthesis_quality.json`` (``_mnar_label`` for that variant) and the ``.png`` beside it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import platform
 import resource
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,11 +295,18 @@ def evaluate_method(name: str, settings: Settings, data: Data | None = None) -> 
     return {**facts, "scores": scores, "outside_fov_nonbackground": outside, "panel": panel}
 
 
-def _child(name: str, settings: Settings, queue: mp.Queue) -> None:
+def evaluate_or_report(name: str, settings: Settings, data: Data | None = None) -> dict[str, Any]:
+    """:func:`evaluate_method`, with a failure recorded (and its traceback printed) instead of raised,
+    so one broken method does not lose the others' results."""
     try:
-        queue.put(evaluate_method(name, settings))
-    except Exception as error:  # the parent records the failure and goes on with the other methods
-        queue.put({"error": f"{type(error).__name__}: {error}"})
+        return evaluate_method(name, settings, data)
+    except Exception as error:
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def _child(name: str, settings: Settings, queue: mp.Queue) -> None:
+    queue.put(evaluate_or_report(name, settings))
 
 
 def evaluate_in_fresh_process(name: str, settings: Settings) -> dict[str, Any]:
@@ -472,7 +480,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget-s", type=float, default=None, help="stop each training after the epoch that spends this")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS / "synthesis_quality.json"), help="JSON path; the PNG panel goes beside it")
+    parser.add_argument("--out", default=None, help="JSON path, the PNG panel beside it (default: results/synthesis_quality[_MISSING].json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 24 subjects at 16^3, 1 epoch, in this process")
     parser.add_argument("--in-process", action="store_true", help="run every method in this process (peak RSS is then shared)")
     return parser.parse_args(argv)
@@ -512,10 +520,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in [*args.baselines, *models]:
         began = time.monotonic()
         in_process = args.in_process or args.quick  # a fresh process per method costs more than a quick run
-        raw[name] = evaluate_method(name, settings, data) if in_process else evaluate_in_fresh_process(name, settings)
+        raw[name] = evaluate_or_report(name, settings, data) if in_process else evaluate_in_fresh_process(name, settings)
         print(f"{name}: {raw[name].get('error', 'done')} ({time.monotonic() - began:.0f} s)", flush=True)
     methods = summarize(raw, settings.tasks)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else RESULTS / ("synthesis_quality.json" if args.missing == "mcar" else f"synthesis_quality_{args.missing}.json")
     panel = out.with_suffix(".png")
     columns = write_panel(raw, data, settings.tasks, panel)
     payload = {
