@@ -48,6 +48,7 @@ from PySide6.QtWidgets import (
 
 from core.data.sources import LoadedData
 from core.synthesis import (
+    PASS_FRACTION,
     SubjectSynthesis,
     SynthesisContext,
     Verdict,
@@ -76,6 +77,11 @@ METRIC_HEADERS = ["Modality", "Metric", "Model", "Mean", "Better"]
 _METRICS = (("mse", "MSE", False), ("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True))
 #: The page shows volumes in model space; exports are in the source's units (their sidecar says which).
 UNCERTAINTY_UNITS = "std of normalised intensity"
+_VERDICT_RULE_TEXT = (
+    "Leave-one-out over every held-out subject (test, else validation) that has the modality: hidden, synthesized from "
+    "the subject's other modalities and compared with the training subjects' mean image on the same voxels. A modality "
+    f"passes when the synthesis has the lower MSE and the higher SSIM for at least {PASS_FRACTION:.0%} of them. Every export carries "
+    "its modality's verdict.")
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -237,6 +243,16 @@ class SynthesizePage(QWidget):
         self.modality_box.currentIndexChanged.connect(self._show_modality)
         head.addWidget(self.modality_box)
         viewer_card.body.addLayout(head)
+        self.verdict_label = QLabel("Open a run to check its model.")
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setTextFormat(Qt.TextFormat.RichText)
+        self.verdict_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.verdict_label.setToolTip(_VERDICT_RULE_TEXT)
+        self.verdict_label.setObjectName("PageHint")
+        viewer_card.body.addWidget(self.verdict_label)
+        self.verdict_progress = ProgressRow()
+        self.verdict_progress.cancel_requested.connect(self.verdict_runner.cancel)
+        viewer_card.body.addWidget(self.verdict_progress)
         self.viewer = OrthoViewer()
         viewer_card.body.addWidget(self.viewer, 1)
 
@@ -244,18 +260,6 @@ class SynthesizePage(QWidget):
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.setContentsMargins(0, 0, 0, 0)
-        verdict_card = Card("Better than the average brain?")
-        self.verdict_label = QLabel("Open a run to check its model.")
-        self.verdict_label.setWordWrap(True)
-        self.verdict_label.setTextFormat(Qt.TextFormat.RichText)
-        self.verdict_label.setToolTip(
-            "Leave-one-out over every held-out subject (test, else validation) that has the modality: hidden, synthesized "
-            "from the subject's other modalities and compared with the training subjects' mean image on the same voxels. "
-            "A modality passes when the synthesis has the lower MSE and the higher SSIM for at least 95 % of them.")
-        verdict_card.body.addWidget(self.verdict_label)
-        self.verdict_progress = ProgressRow()
-        self.verdict_progress.cancel_requested.connect(self.verdict_runner.cancel)
-        verdict_card.body.addWidget(self.verdict_progress)
         metrics_card = Card("Against the real volume")
         self.metrics_table = QTableWidget(0, len(METRIC_HEADERS))
         self.metrics_table.setHorizontalHeaderLabels(METRIC_HEADERS)
@@ -314,7 +318,6 @@ class SynthesizePage(QWidget):
         self.export_label.setWordWrap(True)
         self.export_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         export_card.body.addWidget(self.export_label)
-        side_layout.addWidget(verdict_card)
         side_layout.addWidget(metrics_card, 1)
         side_layout.addWidget(export_card)
 
@@ -561,11 +564,28 @@ class SynthesizePage(QWidget):
     def _verdicts_done(self, verdicts: dict[str, Verdict]) -> None:
         self.verdict_progress.finish()
         self.verdicts = verdicts
-        lines = []
-        for m, v in verdicts.items():
+        self._render_verdicts()
+
+    def _render_verdicts(self) -> None:
+        """The shown modality's verdict in full and the others in a few words (all in full before a synthesis)."""
+        if not self.verdicts:
+            return
+
+        def coloured(v: Verdict, text: str) -> str:
             colour = "#2e7d32" if v.passed else ("#c62828" if v.passed is False else "#8a6d00")
-            lines.append(f"<b>{m}</b>: <span style='color:{colour}'>{v.text}</span>")
-        self.verdict_label.setText("<br>".join(lines))
+            return f"<b>{v.modality}</b>: <span style='color:{colour}'>{text}</span>"
+
+        every = "<br>".join(coloured(v, v.text) for v in self.verdicts.values())
+        self.verdict_label.setToolTip(f"{every}<br><br>{_VERDICT_RULE_TEXT}")
+        shown = self.modality_box.currentData() if self.result is not None else None
+        if shown not in self.verdicts:
+            self.verdict_label.setText(every)
+            return
+        others = [coloured(v, ("better" if v.passed else "not better" if v.passed is False else "not checked") +
+                           (f" ({v.n_better} of {v.n_subjects})" if v.n_subjects else ""))
+                  for m, v in self.verdicts.items() if m != shown]
+        self.verdict_label.setText(coloured(self.verdicts[shown], self.verdicts[shown].text) +
+                                   ("<br>Than the average brain, the others: " + " · ".join(others) if others else ""))
 
     def _verdicts_failed(self, error: TaskError) -> None:
         self.verdict_progress.finish()
@@ -656,6 +676,7 @@ class SynthesizePage(QWidget):
             Panel("uncertainty", item.std, "uncertainty", std_note, units=UNCERTAINTY_UNITS),
         ]
         self.viewer.set_panels(panels)
+        self._render_verdicts()
 
     def shown_modality(self) -> str | None:
         return self.modality_box.currentData()
