@@ -301,9 +301,9 @@ def _finite(value: float | None) -> float | None:
 
 def leave_one_out_table(ctx: SynthesisContext, subjects: Sequence[str] | None = None, n_samples: int = 1, seed: int = 0,
                         batch_size: int = 8, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                        modalities: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per (subject, modality it has, of ``modalities``): the modality hidden and synthesized from the
-    subject's other modalities, scored against the real volume beside the mean image (:data:`METRIC_COLUMNS`)."""
+                        ) -> list[dict[str, Any]]:
+    """One row per (subject, modality it has): the modality hidden and synthesized from the subject's
+    other modalities, scored against the real volume beside the mean image (:data:`METRIC_COLUMNS`)."""
     chosen = list(subjects if subjects is not None else ctx.dataset.ids)
     plan: dict[tuple[tuple[str, ...], str], list[str]] = {}
     for s in chosen:
@@ -311,8 +311,6 @@ def leave_one_out_table(ctx: SynthesisContext, subjects: Sequence[str] | None = 
         if len(observed) < 2:
             continue
         for m in observed:
-            if modalities is not None and m not in modalities:
-                continue
             plan.setdefault((tuple(x for x in observed if x != m), m), []).append(s)
     steps = [(cond, m, members[k : k + batch_size]) for (cond, m), members in plan.items()
              for k in range(0, len(members), batch_size)]
