@@ -6,8 +6,13 @@
 
 Convolutional nets halve the grid ``n_down`` times (chosen so the coarsest grid keeps about 4 voxels
 per axis), and the decoder mirrors them, then crops to the exact input shape, so odd sizes such as
-96x112x96 work. Decoders end without any squashing: a normal decoder predicts the mean and a bernoulli
-decoder predicts logits.
+96x112x96 work. Decoders upsample by resize-convolution (nearest-neighbour resize, then a 3x3
+convolution): a transposed convolution whose kernel overlaps unevenly paints a checkerboard (Odena et
+al., Distill 2016), which is what synthesized ultrasound showed. Decoders end without any squashing: a
+normal decoder predicts the mean and a bernoulli decoder predicts logits.
+
+Volumes run in the channels-last memory layout (:func:`channels_last`): on CPU oneDNN's 3D convolution
+backward is 2-6x faster there at the few channels these nets have at full resolution.
 """
 
 from __future__ import annotations
@@ -28,7 +33,26 @@ __all__ = [
     "default_encoder",
     "default_decoder",
     "mlp",
+    "channels_last",
+    "ResizeConv",
 ]
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A volume batch ``(B, C, X, Y, Z)`` in the channels-last layout; other tensors unchanged."""
+    return x.contiguous(memory_format=torch.channels_last_3d) if x.dim() == 5 else x
+
+
+class ResizeConv(nn.Module):
+    """Nearest-neighbour resize to ``size`` (or x2), then a 3x3 convolution: upsampling without checkerboard."""
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = (nn.Conv2d if dims == 2 else nn.Conv3d)(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        x = nn.functional.interpolate(x, size=tuple(size) if size else None, scale_factor=None if size else 2.0, mode="nearest")
+        return self.conv(x)
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
@@ -72,13 +96,15 @@ def _n_down(spatial: Sequence[int]) -> int:
     return int(max(1, min(5, math.floor(math.log2(max(1, min(spatial)) / 4)))))
 
 
-def _conv_stack(dims: int, channels: Sequence[int], transpose: bool) -> nn.Sequential:
-    conv = {(2, False): nn.Conv2d, (3, False): nn.Conv3d, (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[
-        (dims, transpose)
-    ]
+def _conv_stack(dims: int, channels: Sequence[int], upsample: bool) -> nn.Sequential:
+    """Blocks that halve (strided convolution) or double (resize-convolution) the grid, with GroupNorm, SiLU."""
     layers: list[nn.Module] = []
     for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-        layers += [conv(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU()]
+        if upsample:
+            step: nn.Module = ResizeConv(dims, c_in, c_out)
+        else:
+            step = (nn.Conv2d if dims == 2 else nn.Conv3d)(c_in, c_out, kernel_size=4, stride=2, padding=1)
+        layers += [step, nn.GroupNorm(min(8, c_out), c_out), nn.SiLU()]
     return nn.Sequential(*layers)
 
 
@@ -96,7 +122,7 @@ class ConvEncoder(BaseEncoder):
         dims = len(spatial)
         n_down = _n_down(spatial)
         widths = _channels(n_down, base_channels, max_channels)
-        self.features = _conv_stack(dims, [channels, *widths], transpose=False)
+        self.features = _conv_stack(dims, [channels, *widths], upsample=False)
         coarse = list(spatial)
         for _ in range(n_down):  # output size of Conv(k=4, s=2, p=1)
             coarse = [(s + 2 - 4) // 2 + 1 for s in coarse]
@@ -106,15 +132,15 @@ class ConvEncoder(BaseEncoder):
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         lead = x.shape[: x.dim() - len(self.input_shape)]
-        h = self.features(x.reshape(-1, *self.input_shape)).flatten(1)
+        h = self.features(channels_last(x.reshape(-1, *self.input_shape))).flatten(1)
         return EncoderOutput(
             embedding=self.mean(h).reshape(*lead, -1), log_covariance=self.logvar(h).reshape(*lead, -1)
         )
 
 
 class ConvDecoder(BaseDecoder):
-    """Linear to a coarse grid, transposed convolutions doubling it (the last one emits the output
-    channels directly, which halves the cost at full resolution), then a crop to the exact shape."""
+    """Linear to a coarse grid, resize-convolutions doubling it (the last one emits the output channels
+    directly, which halves the cost at full resolution), then a crop to the exact shape."""
 
     def __init__(self, latent_dim: int, output_shape: Sequence[int], base_channels: int = 16, max_channels: int = 128) -> None:
         super().__init__()
@@ -130,13 +156,12 @@ class ConvDecoder(BaseDecoder):
         # A convolution on the coarse grid (cheap) mixes neighbours before upsampling, even for small
         # images that are upsampled only once.
         self.refine = nn.Sequential(conv(widths[0], widths[0], 3, padding=1), nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU())
-        self.upsample = _conv_stack(dims, widths, transpose=True)
-        transpose = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
-        self.head = transpose(widths[-1], channels, kernel_size=4, stride=2, padding=1)
+        self.upsample = _conv_stack(dims, widths, upsample=True)
+        self.head = ResizeConv(dims, widths[-1], channels)
 
     def forward(self, z: torch.Tensor) -> DecoderOutput:
         lead = z.shape[:-1]
-        h = self.project(z.reshape(-1, z.shape[-1])).reshape(-1, self.widths[0], *self.coarse)
+        h = channels_last(self.project(z.reshape(-1, z.shape[-1])).reshape(-1, self.widths[0], *self.coarse))
         x = self.head(self.upsample(self.refine(h)))
         crop = tuple(slice(0, s) for s in self.output_shape[1:])
         x = x[(slice(None), slice(None), *crop)]

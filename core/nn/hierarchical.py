@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from core.nn.base import EncoderOutput
-from core.nn.default_architectures import _n_down, default_decoder, mlp
+from core.nn.default_architectures import _n_down, channels_last, default_decoder, mlp
 
 __all__ = [
     "soft_clamp",
@@ -135,7 +135,7 @@ class ConvStem(nn.Module):
         self.net = nn.Sequential(*[_conv_block(dims, a, b, downsample=True) for a, b in zip(widths[:-1], widths[1:], strict=True)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(channels_last(x))
 
 
 class GridDecoder(nn.Module):
@@ -158,7 +158,7 @@ class GridDecoder(nn.Module):
         self.head = _conv(dims, width, out_channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.up(self.start(z)))
+        return self.head(self.up(self.start(channels_last(z))))
 
 
 class FeatureEncoder(nn.Module):

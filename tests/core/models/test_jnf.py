@@ -131,7 +131,7 @@ def test_forward_enters_the_stage_of_the_epoch(make_model, make_batch):
     model(make_batch(), TrainingProgress(4))
     assert model.current_stage.name == "unimodal" and model.joint_frozen
     out = model(make_batch(), TrainingProgress(2))
-    assert model.current_stage.name == "joint" and set(out.terms) == {"recon", "kl_prior"}
+    assert model.current_stage.name == "joint" and set(out.terms) == {"recon", "kl_prior", "kl_per_dim[z]"}
 
 
 def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two(make_batch):
