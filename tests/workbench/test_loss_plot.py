@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.training import EpochRecord
-from workbench.widgets.loss_plot import LossPlot, debiased_ema
+from workbench.widgets.loss_plot import LossPlot, change_since_first, debiased_ema, percent_of_first
 
 
 def _record(epoch: int, loss: float, val: float, best: bool = False) -> EpochRecord:
@@ -59,3 +59,74 @@ def test_curves_terms_best_marker_and_exports(qtbot: Any, tmp_path: Path) -> Non
     assert png.stat().st_size > 1000
     plot.remove_run("run-b")
     assert plot.run_ids() == ["run-a"]
+
+
+def _rows(n: int, start: float = 2.0e5) -> list[dict[str, float]]:
+    return [{"epoch": e, "train/loss": start * (1 - 0.05 * e), "val/loss": start * (1 - 0.04 * e)} for e in range(1, n + 1)]
+
+
+def test_a_drag_stops_following_and_follow_brings_new_epochs_back(qtbot: Any) -> None:
+    plot = LossPlot(refresh_ms=10)
+    qtbot.addWidget(plot)
+    plot.resize(700, 400)
+    plot.show()
+    plot.add_run("run", "run", _rows(3))
+    plot.flush()
+    view = plot.plot_item.getViewBox()
+    assert plot.is_following()
+    # An accidental drag: pyqtgraph turns auto-range off; the plot says so and stops following.
+    view.translateBy(x=-2.0)
+    view.sigRangeChangedManually.emit(view.state["mouseEnabled"])
+    assert not plot.is_following()
+    for row in _rows(12)[3:]:
+        plot.add_epoch("run", row)
+    plot.flush()
+    assert view.viewRange()[0][1] < 12  # the new epochs are off-screen ...
+    assert "Follow" in plot.note.text()  # ... and the plot says how to see them
+    plot.follow_button.click()
+    plot.flush()
+    view.updateAutoRange()
+    assert plot.is_following() and view.viewRange()[0][1] >= 12
+    assert plot.note.text() == ""
+    # pyqtgraph's own 'A' button (auto-range) turns Follow back on too.
+    view.sigRangeChangedManually.emit(view.state["mouseEnabled"])
+    assert not plot.is_following()
+    view.enableAutoRange()
+    assert plot.is_following()
+
+
+def test_hidden_runs_are_not_drawn_and_the_legend_says_which_line_is_dashed(qtbot: Any) -> None:
+    plot = LossPlot(refresh_ms=10)
+    qtbot.addWidget(plot)
+    plot.add_run("a", "run a", _rows(3))
+    plot.add_run("b", "run b", _rows(3, 1.0e5))
+    plot.flush()
+    assert {key[0] for key in plot.shown_curves()} == {"a", "b"}
+    texts = [e.text for e in plot.legend.entries]
+    assert "run a · loss, train (solid)" in texts and "run a · loss, validation (dashed)" in texts
+    train = next(e for e in plot.legend.entries if e.text == "run a · loss, train (solid)")
+    val = next(e for e in plot.legend.entries if e.text == "run a · loss, validation (dashed)")
+    assert not train.dashed and val.dashed and train.symbol != val.symbol
+    assert train.color != val.color  # distinct shades, not one colour for both
+    plot.set_run_visible("a", False)
+    plot.flush()
+    assert {key[0] for key in plot.shown_curves()} == {"b"}
+    assert not any(e.text.startswith("run a") for e in plot.legend.entries)
+    assert not plot.is_run_visible("a") and plot.is_run_visible("b")
+
+
+def test_relative_view_reads_as_percent_of_the_first_epoch(qtbot: Any) -> None:
+    plot = LossPlot(refresh_ms=10)
+    qtbot.addWidget(plot)
+    plot.add_run("run", "run", [{"epoch": 1, "train/loss": 2.0e5, "val/loss": 1.9e5},
+                                {"epoch": 2, "train/loss": 1.8e5, "val/loss": 1.805e5}])
+    plot.set_relative(True)
+    plot.flush()
+    x, y = plot.shown_curves()[("run", "train", "loss")]
+    assert x.tolist() == [1, 2] and np.allclose(y, [100.0, 90.0])
+    assert plot.plot_item.getAxis("left").labelText == "% of epoch 1"
+    assert plot.curve_data("run", "train", "loss")[1].tolist() == [2.0e5, 1.8e5]  # the data stay raw
+    best = next(e.text for e in plot.legend.entries if e.symbol == "star")
+    assert "\u22125.0 % since epoch 1" in best
+    assert change_since_first(2.0, 2.5) == "+25.0 % since epoch 1" and change_since_first(0.0, 1.0) == ""
+    assert np.isnan(percent_of_first(np.array([np.nan, 0.0]))).all()

@@ -146,6 +146,13 @@ def test_a_long_cohort_path_does_not_widen_the_window(make_window: Any, qtbot: A
     window.data_page.source_label.setText(f"cohort · BIDS · {share}")
     window.data_page.set_recent([share, "demo"])
     window.train_page.run_label.setText(f"MVAE · {share}")
+    train = window.train_page
+    train.stage_label.setText("Cancelling: the run ends after the current step; then its folder is deleted… " * 3)
+    train.loss_label.setText("Epoch 5: train loss 1.871e+05, validation loss 1.8251e+05 (−1.8 % since epoch 1)  ★ "
+                             "best so far (5.9 s)" * 2)
+    train.loss_plot.add_run("long", share, [{"epoch": 1, "train/loss": 2.0, "val/loss": 3.0}])
+    train.loss_plot.add_run("other", "other", [{"epoch": 1, "train/loss": 2.0, "val/loss": 3.0}])
+    train.loss_plot.flush()
     QApplication.processEvents()
     for index, page in enumerate(window.pages):
         window.go_to_page(index)

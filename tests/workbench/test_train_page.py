@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QCheckBox
 
 import workbench.pages.train as train_module
 import workbench.workers as workers_module
@@ -92,6 +93,21 @@ def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
     assert train.messages.has("result")
     assert train.preview_grid.views and any(v.array is not None for v in train.preview_grid.views.values())
     assert train.overall_bar.value() == 1000
+    # Unticking Show hides the run's curves; the box keeps saying so after the runs list is re-read.
+    row = next(i for i, s in enumerate(train.run_summaries()) if s.path == run_dir)
+
+    def show_box() -> QCheckBox:
+        return train.runs_table.cellWidget(row, 0).findChild(QCheckBox)
+
+    assert show_box().isChecked() and any(k[0] == str(run_dir) for k in train.loss_plot.shown_curves())
+    show_box().click()
+    train.loss_plot.flush()
+    assert not any(k[0] == str(run_dir) for k in train.loss_plot.shown_curves())
+    train.refresh_runs()
+    assert not show_box().isChecked()
+    show_box().click()
+    train.loss_plot.flush()
+    assert any(k[0] == str(run_dir) for k in train.loss_plot.shown_curves())
     # Saved YAML is what the command line takes.
     saved = tmp_path / "run.yaml"
     assert window.model_page.save_yaml(saved)

@@ -41,7 +41,7 @@ from workbench.messages import MessageArea
 from workbench.pages._common import Card, badge, page_header
 from workbench.state import WorkbenchState
 from workbench.widgets.elided_label import ElidedLabel
-from workbench.widgets.loss_plot import LossPlot, read_metrics_csv
+from workbench.widgets.loss_plot import LossPlot, change_since_first, read_metrics_csv
 from workbench.widgets.slice_preview import SliceGrid
 from workbench.workers import QUEUED, SynthesisPreview, TaskError, TrainingJob
 
@@ -92,15 +92,14 @@ class TrainPage(QWidget):
         self._phase = "idle"
         self._last_update = 0.0
         self._epoch_started = 0.0
-        self._overlaid: set[str] = set()
         self._summaries: list[RunSummary] = []
         self._offered_recovery: set[str] = set()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
         layout.addWidget(page_header(
-            "Train", "Training runs in the background: keep using the workbench. Pause it; Stop and keep ends it with "
-            "a checkpoint you can resume; Cancel ends it and discards a new run's folder."))
+            "Train", "Training runs in the background. Pause it; Stop and keep saves a checkpoint to resume later; "
+            "Cancel discards a new run."))
         self.messages = MessageArea()
         layout.addWidget(self.messages)
 
@@ -162,6 +161,9 @@ class TrainPage(QWidget):
         progress.body.addLayout(grid)
         info_row = QHBoxLayout()
         self.loss_label = QLabel("")
+        # Status texts wrap: a long one (a loss with its change, a cancel notice) must not widen the window.
+        for label in (self.stage_label, self.overall_label, self.loss_label):
+            label.setWordWrap(True)
         self.heartbeat = QLabel("")
         self.heartbeat.setObjectName("Heartbeat")
         self.heartbeat.setToolTip("Time since the training thread last reported; a slow step is not a freeze")
@@ -175,33 +177,36 @@ class TrainPage(QWidget):
 
         # -- curves and preview
         self.loss_plot = LossPlot()
-        self.loss_plot.export_csv_button.clicked.connect(self._export_csv)
-        self.loss_plot.export_png_button.clicked.connect(self._export_png)
-        preview_card = Card("Cross-modal synthesis preview")
+        self.loss_plot.export_csv_action.triggered.connect(self._export_csv)
+        self.loss_plot.export_png_action.triggered.connect(self._export_png)
+        preview_card = Card("")
         row = QHBoxLayout()
-        row.addWidget(QLabel("Every"))
+        title = QLabel("Preview every")
+        title.setObjectName("CardTitle")
+        row.addWidget(title)
         self.preview_every = QSpinBox()
         self.preview_every.setRange(0, 1000)
         self.preview_every.setValue(preview_every)
         self.preview_every.setSuffix(" epochs")
         self.preview_every.setSpecialValueText("off")
         self.preview_every.setToolTip("How often to generate each modality of a fixed validation subject from its "
-                                      "other modalities (middle slices: real vs generated); 0 turns it off")
+                                      "other modalities (middle axial slices: real above, generated below); 0 turns "
+                                      "it off")
         self.preview_every.valueChanged.connect(self._preview_every_changed)
         row.addWidget(self.preview_every)
-        row.addStretch(1)
-        self.preview_label = QLabel("")
+        self.preview_label = ElidedLabel("", Qt.TextElideMode.ElideRight)
         self.preview_label.setObjectName("PageHint")
-        self.preview_label.setWordWrap(True)
-        self.preview_grid = SliceGrid(["real", "generated"], planes=("axial",))
+        row.addWidget(self.preview_label, 1)
+        self.preview_grid = SliceGrid(["real", "generated from"], planes=("axial",), transposed=True)
+        self.preview_grid.setMinimumHeight(180)
         self.preview_grid.show_message("A preview appears after the first epoch.")
         preview_card.body.addLayout(row)
-        preview_card.body.addWidget(self.preview_label)
         preview_card.body.addWidget(self.preview_grid, 1)
         middle = QSplitter()
         middle.addWidget(self.loss_plot)
         middle.addWidget(preview_card)
-        middle.setSizes([760, 330])
+        middle.setChildrenCollapsible(False)
+        middle.setSizes([600, 460])
 
         # -- runs
         runs_card = Card("Runs")
@@ -242,7 +247,7 @@ class TrainPage(QWidget):
         outer = QSplitter(Qt.Orientation.Vertical)
         outer.addWidget(middle)
         outer.addWidget(runs_card)
-        outer.setSizes([520, 210])
+        outer.setSizes([600, 120])
         layout.addWidget(outer, 1)
 
         self.heartbeat_timer = QTimer(self)
@@ -363,7 +368,6 @@ class TrainPage(QWidget):
             self.loss_plot.load_metrics_csv(self._run_id, run_dir.name, metrics)
         else:
             self.loss_plot.add_run(self._run_id, run_dir.name)
-        self._overlaid.discard(self._run_id)
         self._discard_on_cancel = fresh
         self.run_label.setText(label)
         self.stage_label.setText("Starting…")
@@ -480,7 +484,9 @@ class TrainPage(QWidget):
         val = record.validation.get("loss")
         text = f"Epoch {record.epoch}: train loss {record.train.get('loss', float('nan')):.5g}"
         if val is not None:
-            text += f", validation loss {val:.5g}" + ("  \u2605 best so far" if record.is_best else "")
+            change = change_since_first(self.loss_plot.first_value(self._run_id), val) if self._run_id else ""
+            text += f", validation loss {val:.5g}" + (f" ({change})" if change else "")
+            text += "  \u2605 best so far" if record.is_best else ""
         self.loss_label.setText(text + f" ({record.seconds:.1f} s)")
         self._update_current_row(record)
 
@@ -514,10 +520,10 @@ class TrainPage(QWidget):
         rows, notes = [], []
         for modality, real, generated, cond in preview.rows:
             source = "+".join(cond) if cond else "nothing else"
-            tip = f"{modality} generated from {source}"
+            tip = f"{modality} generated from {source}" + ("" if real is not None else " (no real one for this subject)")
             rows.append((modality, [real, generated], tip))
-            notes.append(["" if real is not None else "missing for this subject",
-                          f"from {source}" if generated is not None else "no other modality to generate from"])
+            notes.append(["" if real is not None else "missing",  # short: the modality columns are narrow
+                          source if generated is not None else "no input"])
         if rows:
             self.preview_grid.set_rows(rows, notes=notes)
         else:
@@ -641,7 +647,7 @@ class TrainPage(QWidget):
         table.setRowCount(len(self._summaries))
         for row, s in enumerate(self._summaries):
             show = QCheckBox()
-            show.setChecked(str(s.path) in self._overlaid or str(s.path) == self._run_id)
+            show.setChecked(self.loss_plot.is_run_visible(str(s.path)))
             show.setToolTip("Overlay this run's curves on the plot")
             show.toggled.connect(lambda on, p=str(s.path), n=s.path.name: self._toggle_overlay(p, n, on))
             holder = QWidget()
@@ -706,10 +712,8 @@ class TrainPage(QWidget):
             metrics = Path(path) / "metrics.csv"
             if metrics.is_file():
                 self.loss_plot.load_metrics_csv(path, label, metrics)
-                self._overlaid.add(path)
         else:
             self.loss_plot.remove_run(path)
-            self._overlaid.discard(path)
 
     @Slot()
     def open_selected_folder(self) -> None:

@@ -2,8 +2,9 @@
 
 Data arrive as epoch rows (``EpochRecord.flat()`` or a ``metrics.csv`` row: ``epoch``,
 ``train/<term>``, ``val/<term>``). Plot items are created once per (run, split, term) and updated with
-``setData`` from a throttled timer, never once per event. Smoothing is display only (a debiased EMA
-with the raw points drawn faint behind it); exports always write the raw values.
+``setData`` from a throttled timer, never once per event. Smoothing and the relative view (% of the
+first epoch, for a loss whose raw size, 1.8e5, says nothing by itself) are display only (the EMA is
+debiased, with the raw points drawn faint behind it); exports always write the raw values.
 """
 
 from __future__ import annotations
@@ -17,24 +18,30 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QColor, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
+    QMenu,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSplitter,
+    QToolBar,
+    QToolButton,
     QVBoxLayout,
     QWidget,
+    QWidgetAction,
 )
 
 from workbench.resources import plot_colors
 
-__all__ = ["LossPlot", "debiased_ema", "read_metrics_csv", "SPLITS"]
+__all__ = ["LossPlot", "CurveLegend", "LegendEntry", "debiased_ema", "read_metrics_csv", "percent_of_first",
+           "change_since_first", "SPLITS"]
 
 SPLITS = {"train": "train", "val": "validation"}
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
@@ -103,6 +110,34 @@ class LossAxis(pg.AxisItem):
         return super().tickStrings(values, scale, spacing)
 
 
+class EpochAxis(pg.AxisItem):
+    """An epoch axis: whole epochs only (no 1.5, 2.5 ticks on a short run)."""
+
+    def tickValues(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, list[float]]]:
+        levels = super().tickValues(minVal, maxVal, size)
+        out = [(max(1.0, spacing), [v for v in values if float(v).is_integer()]) for spacing, values in levels]
+        return [level for level in out if level[1]] or [(1.0, [float(v) for v in range(math.ceil(minVal), math.floor(maxVal) + 1)])]
+
+
+def percent_of_first(values: np.ndarray) -> np.ndarray:
+    """``values`` as a percentage of the first finite one (100 % = the first epoch), so a loss of 1.8e5
+    reads as "92 % of where it started". NaN when there is no usable first value."""
+    y = np.asarray(values, dtype=float)
+    finite = y[np.isfinite(y)]
+    if finite.size == 0 or finite[0] == 0:
+        return np.full_like(y, math.nan)
+    return 100.0 * y / abs(finite[0])
+
+
+def change_since_first(first: float, value: float) -> str:
+    """A loss change in plain words: ``'−8.4 % since epoch 1'`` (empty when it cannot be said)."""
+    if not (math.isfinite(first) and math.isfinite(value)) or first == 0:
+        return ""
+    change = 100.0 * (value - first) / abs(first)
+    sign = "\u2212" if change < 0 else "+"
+    return f"{sign}{abs(change):.1f} % since epoch 1"
+
+
 @dataclass
 class _Run:
     label: str
@@ -112,8 +147,80 @@ class _Run:
     visible: bool = True
 
 
+@dataclass(frozen=True)
+class LegendEntry:
+    """One line of the legend: its text and how the line is drawn."""
+
+    text: str
+    color: str
+    dashed: bool
+    symbol: str | None  # "o" filled (train), "s" hollow (validation), "star" (best), None
+
+
+class CurveLegend(QWidget):
+    """The legend beside the plot, not over it: a swatch drawn like the curve (solid or dashed, filled or
+    hollow marker) and a text that wraps, so it never covers a curve at any window width."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.setSpacing(2)
+        self._layout.addStretch(1)
+        self.entries: list[LegendEntry] = []
+
+    def set_entries(self, entries: list[LegendEntry]) -> None:
+        if entries == self.entries:
+            return
+        self.entries = list(entries)
+        while self._layout.count() > 1:
+            item = self._layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        for i, entry in enumerate(entries):
+            row = QWidget()
+            row_layout = QHBoxLayout(row)
+            row_layout.setContentsMargins(0, 0, 0, 0)
+            row_layout.setSpacing(6)
+            swatch = QLabel()
+            swatch.setPixmap(self._swatch(entry))
+            swatch.setAlignment(Qt.AlignmentFlag.AlignTop)
+            text = QLabel(entry.text)
+            text.setWordWrap(True)
+            row_layout.addWidget(swatch)
+            row_layout.addWidget(text, 1)
+            self._layout.insertWidget(i, row)
+
+    def _swatch(self, entry: LegendEntry) -> QPixmap:
+        ratio = self.devicePixelRatioF()
+        pixmap = QPixmap(int(34 * ratio), int(14 * ratio))
+        pixmap.setDevicePixelRatio(ratio)
+        pixmap.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pixmap)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        color = QColor(entry.color)
+        if entry.symbol != "star":
+            painter.setPen(QPen(color, 2, Qt.PenStyle.DashLine if entry.dashed else Qt.PenStyle.SolidLine))
+            painter.drawLine(1, 7, 33, 7)
+        painter.setPen(QPen(color, 1.5))
+        painter.setBrush(color if entry.symbol in ("o", "star") else QColor(plot_colors()["background"]))
+        if entry.symbol == "o":
+            painter.drawEllipse(QPointF(17, 7), 3.5, 3.5)
+        elif entry.symbol == "s":
+            painter.drawRect(QRectF(13.5, 3.5, 7, 7))
+        elif entry.symbol == "star":
+            painter.drawText(QRectF(0, -3, 34, 20), Qt.AlignmentFlag.AlignCenter, "\u2605")
+        painter.end()
+        return pixmap
+
+
 class LossPlot(QWidget):
-    """Loss curves with term and split selection, log scale, smoothing, best marker and exports.
+    """Loss curves with term and split selection, log scale, relative values, smoothing, best marker,
+    following new epochs, and exports.
+
+    Train curves are solid with filled dots, validation curves dashed with hollow squares in a darker shade
+    of the same colour; the legend sits beside the plot and says so. A drag or zoom stops the view from
+    following new epochs (so the user can look at one part); Follow, or the 'A' button, brings it back.
 
     Signals:
         terms_changed(list): the names of the terms seen so far (for tests and menus).
@@ -133,68 +240,114 @@ class LossPlot(QWidget):
         self._refresh.setSingleShot(True)
         self._refresh.setInterval(refresh_ms)
         self._refresh.timeout.connect(self._redraw)
+        self._legend_items: list[tuple[pg.PlotDataItem, str]] = []
 
-        self.plot_widget = pg.PlotWidget(axisItems={"left": LossAxis("left")})
+        self.plot_widget = pg.PlotWidget(axisItems={"left": LossAxis("left"), "bottom": EpochAxis("bottom")})
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.getAxis("left").setWidth(64)
         self.plot_item.showGrid(x=True, y=True)
         self.plot_item.setLabel("bottom", "epoch")
-        self.plot_item.setLabel("left", "loss")
         self.plot_item.setMenuEnabled(True)
-        self.legend = self.plot_item.addLegend(offset=(-10, 10), labelTextSize="8pt")
-        self.plot_widget.setToolTip("Drag to pan, wheel to zoom, right-click for more; 'A' in the corner re-fits")
+        self.plot_item.getViewBox().setLimits(xMin=0)
+        self.plot_widget.setToolTip("Drag to pan, wheel to zoom (the view then stops following new epochs: press "
+                                    "Follow, or 'A' in the corner, to bring it back); right-click for more")
+        self.plot_widget.setMinimumWidth(240)
+        self.legend = CurveLegend()
 
         # -- controls ----------------------------------------------------------------------------------
-        self.term_list = QListWidget()
-        self.term_list.setToolTip("Loss terms to draw: the total loss and each named term of the model's objective")
-        self.term_list.itemChanged.connect(self._term_toggled)
+        self.terms_button = QToolButton()
+        self.terms_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.terms_button.setToolTip("Loss terms to draw: the total loss and each named term of the model's objective")
+        self.terms_menu = QMenu(self.terms_button)
+        self.terms_menu.triggered.connect(self._term_toggled)
+        self.terms_button.setMenu(self.terms_menu)
         self.train_box = QCheckBox("Train")
         self.train_box.setChecked(True)
-        self.train_box.setToolTip("Draw the training curves (solid lines)")
+        self.train_box.setToolTip("Draw the training curves (solid lines, filled dots)")
         self.val_box = QCheckBox("Validation")
         self.val_box.setChecked(True)
-        self.val_box.setToolTip("Draw the validation curves (dashed lines)")
-        self.log_box = QCheckBox("Log scale")
+        self.val_box.setToolTip("Draw the validation curves (dashed lines, hollow squares): subjects the model does "
+                                "not train on")
+        self.log_box = QCheckBox("Log")
         self.log_box.setChecked(True)
         self.log_box.setToolTip("Logarithmic loss axis; terms with zero or negative values are hidden while it is on")
-        self.best_box = QCheckBox("Best validation")
+        self.best_box = QCheckBox("Best \u2605")
         self.best_box.setChecked(True)
         self.best_box.setToolTip("Mark the epoch with the lowest validation loss (the weights kept as the final model)")
         for box in (self.train_box, self.val_box, self.log_box, self.best_box):
             box.toggled.connect(self._schedule)
+        self.values_combo = QComboBox()
+        self.values_combo.addItem("raw loss", "raw")
+        self.values_combo.addItem("% of epoch 1", "relative")
+        self.values_combo.setToolTip("Raw loss values (a sum over voxels and modalities, so large), or each curve as a "
+                                     "percentage of its first epoch: 90 % means 10 % lower than at the start")
+        self.values_combo.currentIndexChanged.connect(self._schedule)
+        self.follow_button = QPushButton("Follow")
+        self.follow_button.setCheckable(True)
+        self.follow_button.setChecked(True)
+        self.follow_button.setToolTip("Follow new epochs: fit the view to every curve as epochs arrive. A drag or a "
+                                      "zoom turns it off, to look closely at one part; press it to follow again")
+        self.follow_button.toggled.connect(self._follow_toggled)
+        view_box = self.plot_item.getViewBox()
+        view_box.sigRangeChangedManually.connect(self._moved_by_user)
+        view_box.sigStateChanged.connect(self._sync_follow)
         self.smoothing = QSlider(Qt.Orientation.Horizontal)
         self.smoothing.setRange(0, 99)
+        self.smoothing.setMinimumWidth(120)
         self.smoothing.setToolTip("Smoothing (debiased moving average, display only; exports keep the raw values)")
         self.smoothing.valueChanged.connect(self._smoothing_changed)
         self.smoothing_label = QLabel("0.00")
-        self.export_csv_button = QPushButton("CSV…")
-        self.export_csv_button.setToolTip("Export the raw values of every run shown to a CSV file")
-        self.export_png_button = QPushButton("PNG…")
-        self.export_png_button.setToolTip("Save the plot as a PNG image")
         self.note = QLabel()
         self.note.setObjectName("PageHint")
         self.note.setWordWrap(True)
+        self.note.setVisible(False)
 
-        side = QWidget()
-        side_layout = QVBoxLayout(side)
-        side_layout.setContentsMargins(0, 0, 0, 0)
-        side_layout.addWidget(QLabel("Terms"))
-        side_layout.addWidget(self.term_list, 1)
-        for box in (self.train_box, self.val_box, self.log_box, self.best_box):
-            side_layout.addWidget(box)
-        smooth_row = QHBoxLayout()
+        # Less used: smoothing and exports, one click away in a menu.
+        smooth_widget = QWidget()
+        smooth_row = QHBoxLayout(smooth_widget)
+        smooth_row.setContentsMargins(8, 4, 8, 4)
         smooth_row.addWidget(QLabel("Smoothing"))
         smooth_row.addWidget(self.smoothing, 1)
         smooth_row.addWidget(self.smoothing_label)
-        side_layout.addLayout(smooth_row)
-        export_row = QHBoxLayout()
-        export_row.addWidget(QLabel("Export"))
-        export_row.addWidget(self.export_csv_button)
-        export_row.addWidget(self.export_png_button)
-        side_layout.addLayout(export_row)
+        smooth_action = QWidgetAction(self)
+        smooth_action.setDefaultWidget(smooth_widget)
+        self.more_menu = QMenu(self)
+        self.more_menu.addAction(smooth_action)
+        self.more_menu.addSeparator()
+        self.export_csv_action = self.more_menu.addAction("Export the curves as CSV…")
+        self.export_csv_action.setToolTip("Export the raw values of every run shown to a CSV file")
+        self.export_png_action = self.more_menu.addAction("Save the plot as PNG…")
+        self.more_button = QToolButton()
+        self.more_button.setText("More \u25be")
+        self.more_button.setToolTip("Smoothing, and exports as CSV or PNG")
+        self.more_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.more_button.setMenu(self.more_menu)
+
+        # A tool bar: when the panel is narrow, what does not fit goes behind its >> button instead of
+        # setting the window's minimum width.
+        self.controls = QToolBar()
+        self.controls.setObjectName("PlotControls")
+        self.controls.setMovable(False)
+        self.controls.setFloatable(False)
+        for widget in (self.terms_button, self.follow_button, self.values_combo, self.train_box, self.val_box,
+                       self.best_box, self.log_box, self.more_button):
+            self.controls.addWidget(widget)
+
+        legend_scroll = QScrollArea()
+        legend_scroll.setWidget(self.legend)
+        legend_scroll.setWidgetResizable(True)
+        legend_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        legend_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side = QWidget()
+        side.setMinimumWidth(140)
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        side_layout.setSpacing(4)
+        side_layout.addWidget(legend_scroll, 1)
         side_layout.addWidget(self.note)
 
         splitter = QSplitter()
+        splitter.setChildrenCollapsible(False)
         splitter.addWidget(self.plot_widget)
         splitter.addWidget(side)
         splitter.setStretchFactor(0, 1)
@@ -202,12 +355,15 @@ class LossPlot(QWidget):
         splitter.setSizes([700, 190])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.controls)
         layout.addWidget(splitter)
+        self._rebuild_term_list()
         self._apply_colors()
 
     # ------------------------------------------------------------------ data in
     def add_run(self, run_id: str, label: str, rows: Iterable[Mapping[str, Any]] = ()) -> None:
-        """Add (or reset) a run; ``rows`` are epoch rows (see module docstring)."""
+        """Add (or reset) a run; ``rows`` are epoch rows (see module docstring). The view follows again."""
         if run_id in self._runs:
             self.remove_run(run_id)
         used = {r.color_index for r in self._runs.values()}
@@ -215,6 +371,7 @@ class LossPlot(QWidget):
         self._runs[run_id] = _Run(label, index)
         for row in rows:
             self._add_row(run_id, dict(row))
+        self.follow_button.setChecked(True)
         self._schedule()
 
     def has_run(self, run_id: str) -> bool:
@@ -276,11 +433,20 @@ class LossPlot(QWidget):
             self._runs[run_id].visible = visible
             self._schedule()
 
+    def is_run_visible(self, run_id: str) -> bool:
+        return run_id in self._runs and self._runs[run_id].visible
+
     def run_ids(self) -> list[str]:
         return list(self._runs)
 
     def epochs(self, run_id: str) -> list[int]:
         return sorted(self._runs[run_id].rows)
+
+    def first_value(self, run_id: str, split: str = "val", term: str = "loss") -> float:
+        """The first finite value of a curve (NaN when none), the reference of the relative figures."""
+        _, y = self._series(self._runs[run_id], split, term)
+        finite = y[np.isfinite(y)]
+        return float(finite[0]) if finite.size else math.nan
 
     # ------------------------------------------------------------------ term selection
     def terms(self) -> list[str]:
@@ -295,27 +461,34 @@ class LossPlot(QWidget):
         return [t for t in self._terms if t in self._checked_terms]
 
     def _rebuild_term_list(self) -> None:
-        self.term_list.blockSignals(True)
-        self.term_list.clear()
+        self.terms_menu.clear()
         for term in self._display_order():
-            item = QListWidgetItem(term)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if term in self._checked_terms else Qt.CheckState.Unchecked)
-            item.setToolTip("The total objective" if term == "loss" else f"Named term '{term}' of the objective")
-            self.term_list.addItem(item)
-        self.term_list.blockSignals(False)
+            action = self.terms_menu.addAction(term)
+            action.setCheckable(True)
+            action.setChecked(term in self._checked_terms)
+            action.setToolTip("The total objective" if term == "loss" else f"Named term '{term}' of the objective")
+        shown = len(self.visible_terms())
+        self.terms_button.setText(f"Terms: {shown} of {len(self._terms)} \u25be" if self._terms else "Terms \u25be")
 
-    @Slot(QListWidgetItem)
-    def _term_toggled(self, item: QListWidgetItem) -> None:
-        if item.checkState() == Qt.CheckState.Checked:
-            self._checked_terms.add(item.text())
+    @Slot(QAction)
+    def _term_toggled(self, action: QAction) -> None:
+        if action.isChecked():
+            self._checked_terms.add(action.text())
         else:
-            self._checked_terms.discard(item.text())
+            self._checked_terms.discard(action.text())
+        self._rebuild_term_list()
         self._schedule()
 
     # ------------------------------------------------------------------ options
     def set_log_y(self, on: bool) -> None:
         self.log_box.setChecked(on)
+
+    def set_relative(self, on: bool) -> None:
+        """Draw every curve as a percentage of its first epoch (True) or as raw loss values."""
+        self.values_combo.setCurrentIndex(self.values_combo.findData("relative" if on else "raw"))
+
+    def is_relative(self) -> bool:
+        return self.values_combo.currentData() == "relative"
 
     def set_smoothing(self, weight: float) -> None:
         self.smoothing.setValue(int(round(min(0.99, max(0.0, weight)) * 100)))
@@ -327,6 +500,31 @@ class LossPlot(QWidget):
     def _smoothing_changed(self, value: int) -> None:
         self.smoothing_label.setText(f"{value / 100:.2f}")
         self._schedule()
+
+    # ------------------------------------------------------------------ following new epochs
+    def is_following(self) -> bool:
+        return self.follow_button.isChecked()
+
+    @Slot(bool)
+    def _follow_toggled(self, on: bool) -> None:
+        view_box = self.plot_item.getViewBox()
+        if on:
+            view_box.enableAutoRange(axis=pg.ViewBox.XYAxes, enable=True)
+        elif all(view_box.autoRangeEnabled()):
+            view_box.disableAutoRange()
+        self._schedule()
+
+    @Slot()
+    def _moved_by_user(self) -> None:
+        """A drag or a zoom: keep the user's view until Follow (or 'A') is pressed."""
+        self.follow_button.setChecked(False)
+
+    @Slot()
+    def _sync_follow(self) -> None:
+        """pyqtgraph's own 'A' button and menu re-enable auto-range: Follow shows it."""
+        following = all(self.plot_item.getViewBox().autoRangeEnabled())
+        if following and not self.follow_button.isChecked():
+            self.follow_button.setChecked(True)
 
     # ------------------------------------------------------------------ drawing
     @Slot()
@@ -351,6 +549,14 @@ class LossPlot(QWidget):
         """The raw (x, y) of a curve, for tests and exports."""
         return self._series(self._runs[run_id], split, term)
 
+    def shown_curves(self) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]:
+        """What is drawn now, (run, split, term) -> (x, y) as displayed (relative, smoothed), for tests."""
+        shown = {}
+        for key, (_, smooth) in self._items.items():
+            if smooth.isVisible():  # xData/yData: before the log transform of the view
+                shown[key] = (np.asarray(smooth.xData, dtype=float), np.asarray(smooth.yData, dtype=float))
+        return shown
+
     def _item(self, run_id: str, split: str, term: str) -> tuple[pg.PlotDataItem, pg.PlotDataItem]:
         key = (run_id, split, term)
         if key not in self._items:
@@ -367,26 +573,33 @@ class LossPlot(QWidget):
     def _legend_name(self, run_id: str, split: str, term: str) -> str:
         label = self._runs[run_id].label
         multi = len(self._runs) > 1
-        return f"{label + ' · ' if multi else ''}{term} ({SPLITS[split]})"
+        how = "solid" if split == "train" else "dashed"
+        return f"{label + ' · ' if multi else ''}{term}, {SPLITS[split]} ({how})"
 
     def _display_order(self) -> list[str]:
         return sorted(self._terms, key=lambda t: (t != "loss", t in _NOT_LOSSES, t))
 
-    def _color(self, run: _Run, term: str) -> QColor:
-        """Each run starts at its own colour; a run's terms take the next ones (the total loss the first)."""
+    def _color(self, run: _Run, term: str, split: str = "train") -> QColor:
+        """Each run starts at its own colour; a run's terms take the next ones (the total loss the first).
+        Validation takes a darker shade (a lighter one on a dark background) of the train colour."""
         order = self._display_order()
         rank = order.index(term) if term in order else 0
-        return QColor(_PALETTE[(run.color_index * 3 + rank) % len(_PALETTE)])
+        color = QColor(_PALETTE[(run.color_index * 3 + rank) % len(_PALETTE)])
+        if split == "val":
+            color = color.lighter(150) if QColor(plot_colors()["background"]).lightness() < 128 else color.darker(165)
+        return color
 
     @Slot()
     def _redraw(self) -> None:
         self._dirty = False
         log_y = self.log_box.isChecked()
+        relative = self.is_relative()
         weight = self.smoothing_weight()
         splits = [s for s, box in (("train", self.train_box), ("val", self.val_box)) if box.isChecked()]
+        background = QColor(plot_colors()["background"])
         hidden_nonpositive: set[str] = set()
-        self.legend.clear()
-        wanted = set()
+        entries: list[LegendEntry] = []
+        self._legend_items: list[tuple[pg.PlotDataItem, str]] = []
         for run_id, run in self._runs.items():
             for term in self._terms:
                 for split in SPLITS:
@@ -399,35 +612,53 @@ class LossPlot(QWidget):
                         raw.setVisible(False)
                         smooth.setVisible(False)
                         continue
-                    wanted.add((run_id, split, term))
+                    if relative:
+                        y = percent_of_first(y)
                     if log_y and np.any(y[np.isfinite(y)] <= 0):
                         hidden_nonpositive.add(term)
                         y = np.where(y > 0, y, np.nan)
-                    color = self._color(run, term)
-                    style = Qt.PenStyle.SolidLine if split == "train" else Qt.PenStyle.DashLine
+                    color = self._color(run, term, split)
+                    train = split == "train"
+                    style = Qt.PenStyle.SolidLine if train else Qt.PenStyle.DashLine
                     faint = QColor(color)
                     faint.setAlpha(70)
-                    symbol = "o" if x.size < 40 else None
+                    symbol = ("o" if train else "s") if x.size < 40 else None
                     if weight > 0:
                         raw.setData(x, y, pen=pg.mkPen(faint, width=1, style=style), symbol=None)
                         raw.setVisible(True)
                         smooth.setData(x, debiased_ema(y, weight), pen=pg.mkPen(color, width=2, style=style), symbol=None)
                     else:
                         raw.setVisible(False)
-                        smooth.setData(x, y, pen=pg.mkPen(color, width=2, style=style), symbol=symbol, symbolSize=5,
-                                       symbolBrush=color, symbolPen=None)
+                        smooth.setData(x, y, pen=pg.mkPen(color, width=2, style=style), symbol=symbol,
+                                       symbolSize=6 if train else 7, symbolBrush=color if train else background,
+                                       symbolPen=pg.mkPen(color, width=1.5))
                     smooth.setVisible(True)
-                    self.legend.addItem(smooth, self._legend_name(run_id, split, term))
-            self._draw_best(run_id, run, log_y)
+                    name = self._legend_name(run_id, split, term)
+                    entries.append(LegendEntry(name, color.name(), not train, symbol if weight == 0 else None))
+                    self._legend_items.append((smooth, name))
+            best = self._draw_best(run_id, run, log_y, relative)
+            if best is not None:
+                entries.append(best)
+                self._legend_items.append((self._best_items[run_id], best.text))
+        self.legend.set_entries(entries)
         self.plot_item.setLogMode(y=log_y)
+        self.plot_item.setLabel("left", "% of epoch 1" if relative else "loss")
         notes = []
         if hidden_nonpositive:
             notes.append("Log scale hides zero or negative values of: " + ", ".join(sorted(hidden_nonpositive)) + ".")
         if weight > 0:
             notes.append("Smoothed lines are for display; raw values are faint.")
+        if not self.is_following() and self._beyond_view():
+            notes.append("New epochs are outside the view: press Follow.")
         self.note.setText(" ".join(notes))
+        self.note.setVisible(bool(notes))
 
-    def _draw_best(self, run_id: str, run: _Run, log_y: bool) -> None:
+    def _beyond_view(self) -> bool:
+        """Whether a visible run has epochs to the right of what the view shows."""
+        right = self.plot_item.getViewBox().viewRange()[0][1]
+        return any(run.visible and run.rows and max(run.rows) > right for run in self._runs.values())
+
+    def _draw_best(self, run_id: str, run: _Run, log_y: bool, relative: bool) -> LegendEntry | None:
         item = self._best_items.get(run_id)
         show = (run.visible and self.best_box.isChecked() and self.val_box.isChecked() and "loss" in self._checked_terms)
         x, y = self._series(run, "val", "loss")
@@ -435,22 +666,27 @@ class LossPlot(QWidget):
         if not show or not finite.any():
             if item is not None:
                 item.setVisible(False)
-            return
+            return None
         candidates = [e for e in run.best_epochs if e in run.rows and math.isfinite(run.rows[e].get("val/loss", math.nan))]
         if candidates:
             best_epoch = max(candidates)
         else:
             best_epoch = int(x[finite][np.argmin(y[finite])])
         best_value = float(run.rows[best_epoch]["val/loss"])
+        first = self.first_value(run_id)
+        shown_value = float(percent_of_first(np.array([first, best_value]))[1]) if relative else best_value
         if item is None:
             item = pg.PlotDataItem()
             self.plot_item.addItem(item)
             self._best_items[run_id] = item
-        color = self._color(run, "loss")
-        item.setData([best_epoch], [best_value], pen=None, symbol="star", symbolSize=16, symbolBrush=color,
+        color = self._color(run, "loss", "val")
+        item.setData([best_epoch], [shown_value], pen=None, symbol="star", symbolSize=16, symbolBrush=color,
                      symbolPen=pg.mkPen("#000000" if plot_colors()["background"] == "#ffffff" else "#ffffff"))
         item.setVisible(True)
-        self.legend.addItem(item, f"{run.label + ' · ' if len(self._runs) > 1 else ''}best validation {best_value:.4g} (epoch {best_epoch})")
+        change = change_since_first(first, best_value)
+        text = (f"{run.label + ' · ' if len(self._runs) > 1 else ''}best validation {_compact(best_value)} "
+                f"(epoch {best_epoch}{', ' + change if change and best_epoch != min(run.rows) else ''})")
+        return LegendEntry(text, color.name(), False, "star")
 
     def best(self, run_id: str) -> tuple[int, float] | None:
         """The epoch and value of the best validation loss of ``run_id``, if any."""
@@ -481,14 +717,22 @@ class LossPlot(QWidget):
         return path
 
     def export_png(self, path: str | Path, width: int = 1600) -> Path:
-        """Save the plot (as shown, with legend) as a PNG image ``width`` pixels wide."""
+        """Save the plot as a PNG image ``width`` pixels wide, with the legend drawn inside it (an image
+        has no side panel; at export width it has the room)."""
         from pyqtgraph.exporters import ImageExporter
 
         self.flush()
         path = Path(path)
-        exporter = ImageExporter(self.plot_item)
-        exporter.parameters()["width"] = width
-        exporter.export(str(path))
+        legend = pg.LegendItem(offset=(-10, 10), labelTextSize="9pt", labelTextColor=plot_colors()["foreground"])
+        legend.setParentItem(self.plot_item.getViewBox())
+        for item, name in self._legend_items:
+            legend.addItem(item, name)
+        try:
+            exporter = ImageExporter(self.plot_item)
+            exporter.parameters()["width"] = width
+            exporter.export(str(path))
+        finally:
+            self.plot_item.scene().removeItem(legend)
         return path
 
     # ------------------------------------------------------------------ theme
@@ -500,10 +744,7 @@ class LossPlot(QWidget):
     def _apply_colors(self) -> None:
         colors = plot_colors()
         self.plot_widget.setBackground(colors["background"])
-        self.legend.setLabelTextColor(colors["foreground"])
-        legend_bg = QColor(colors["background"])
-        legend_bg.setAlpha(200)
-        self.legend.setBrush(legend_bg)
+        self.legend.set_entries([])  # swatches are redrawn on the new background
         for name in ("left", "bottom"):
             axis = self.plot_item.getAxis(name)
             axis.setPen(colors["foreground"])

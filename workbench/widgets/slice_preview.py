@@ -175,10 +175,14 @@ class SliceGrid(QWidget):
     one pyqtgraph canvas so that a preview with many volumes stays cheap to build and to update."""
 
     def __init__(self, columns: Sequence[str], planes: Sequence[str] = ("axial", "coronal"),
-                 parent: QWidget | None = None) -> None:
+                 transposed: bool = False, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.columns = list(columns)
         self.planes = tuple(planes)
+        #: Draw the rows across and the columns down (a wide, short panel: modalities side by side).
+        self.transposed = transposed
+        self._last: tuple[Sequence[tuple[str, Sequence[np.ndarray | None], str]], bool,
+                          Sequence[Sequence[str]] | None] | None = None
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setMinimumHeight(120)
         self.message = QLabel("")
@@ -202,21 +206,24 @@ class SliceGrid(QWidget):
         grid = self.graphics.ci
         grid.setContentsMargins(2, 2, 2, 2)
         grid.setSpacing(2)
-        for c, name in enumerate(self.columns):
+        across, down = (row_names, self.columns) if self.transposed else (self.columns, row_names)
+        for c, name in enumerate(across):
             header = self.graphics.addLabel(f"<b>{name}</b>", row=0, col=c + 1, color=fg)
             header.setMaximumHeight(18)
         self._row_labels = []
-        for r, row in enumerate(row_names):
-            label = self.graphics.addLabel(f"<b>{row}</b>", row=r + 1, col=0, color=fg)
-            label.setMaximumWidth(60)
+        for r, name in enumerate(down):
+            label = self.graphics.addLabel(f"<b>{name}</b>", row=r + 1, col=0, color=fg)
+            label.setMaximumWidth(100)
             self._row_labels.append(label)
-            for c, column in enumerate(self.columns):
-                cell_layout = self.graphics.addLayout(row=r + 1, col=c + 1)
-                self.views[(row, column)] = _Cell(cell_layout, self.planes)
             grid.layout.setRowStretchFactor(r + 1, 1)
+        for r, row in enumerate(row_names):
+            for c, column in enumerate(self.columns):
+                at = (c + 1, r + 1) if self.transposed else (r + 1, c + 1)
+                cell_layout = self.graphics.addLayout(row=at[0], col=at[1])
+                self.views[(row, column)] = _Cell(cell_layout, self.planes)
         grid.layout.setRowStretchFactor(0, 0)
         grid.layout.setColumnStretchFactor(0, 0)
-        for c in range(len(self.columns)):
+        for c in range(len(across)):
             grid.layout.setColumnStretchFactor(c + 1, 1)
         self._rows = list(row_names)
 
@@ -226,11 +233,13 @@ class SliceGrid(QWidget):
             self._build(list(row_names))
         for cell in self.views.values():
             cell.set_volume(None, None, "", plot_colors()["foreground"])
+        self._last = None
         self.show_message(message)
 
     def set_rows(self, rows: Sequence[tuple[str, Sequence[np.ndarray | None], str]], shared_levels: bool = True,
                  notes: Sequence[Sequence[str]] | None = None) -> None:
         """``rows``: (label, one array per column (None: nothing to show), tooltip). Levels are shared per row."""
+        self._last = (list(rows), shared_levels, notes)
         names = [label for label, _, _ in rows]
         if names != self._rows:
             self._build(names)
@@ -255,9 +264,13 @@ class SliceGrid(QWidget):
         return self.views[(row, column)]
 
     def apply_plot_theme(self) -> None:
+        """New background and label colours; the images shown stay (they are drawn again, not dropped)."""
         self.graphics.setBackground(plot_colors()["background"])
         if self._rows:
-            self._build(list(self._rows))  # labels take the new colours; images come with the next update
+            self._build(list(self._rows))
+            if self._last is not None:
+                rows, shared_levels, notes = self._last
+                self.set_rows(rows, shared_levels, notes)
 
     def changeEvent(self, event: QEvent) -> None:
         if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
