@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 from core.models.config import ConfigError
 from core.runs import load_run_config
 from workbench.environment import device_info, versions
-from workbench.messages import ErrorReporter, MessageArea
+from workbench.messages import ErrorReporter, Message, MessageArea
 from workbench.pages.data import DataPage
 from workbench.pages.model import ModelPage
 from workbench.pages.placeholder import PlaceholderPage
@@ -160,6 +160,13 @@ class MainWindow(QMainWindow):
         self.train_page.training_state_changed.connect(self._training_state_changed)
         self.train_page.run_started.connect(self._run_file_used)
         self.state.run_config_changed.connect(self._update_run_actions)
+        self._relayed: dict[tuple[int, str], tuple[MessageArea, str]] = {}
+        for index, page in enumerate(self.pages):
+            area = getattr(page, "messages", None)
+            if isinstance(area, MessageArea):
+                area.shown.connect(lambda key, message, i=index: self._relay_message(i, key, message))
+                area.cleared.connect(lambda key, i=index: self._drop_relay(i, key))
+        self.nav.currentRowChanged.connect(self._page_shown)
         self.data_page.set_recent(self.settings.recent_cohorts())
         self._rebuild_recent_menus()
         self._restore()
@@ -277,6 +284,32 @@ class MainWindow(QMainWindow):
 
     def current_page(self) -> QWidget:
         return self.stack.currentWidget()
+
+    # ------------------------------------------------------------------ feedback where the action was
+    def _relay_message(self, source: int, key: str, message: Message) -> None:
+        """An error or warning shown on a page the user is not looking at (the Model page's run file opening
+        a cohort that fails, say) appears on the page they are on too, with a way to the page it belongs to."""
+        current = self.nav.currentRow()
+        if source == current or message.level == "info":
+            return
+        area = getattr(self.pages[current], "messages", None)
+        target = area if isinstance(area, MessageArea) else self.messages
+        self._drop_relay(source, key)
+        relay_key = f"from:{PAGES[source]}:{key}"
+        self._relayed[(source, key)] = (target, relay_key)
+        target.show_message(relay_key, message.level, f"{PAGES[source]} page: {message.text}", message.details,
+                            title=message.title, action=(f"Go to {PAGES[source]}", lambda: self.go_to_page(source)))
+
+    def _drop_relay(self, source: int, key: str) -> None:
+        target, relay_key = self._relayed.pop((source, key), (None, ""))
+        if target is not None:
+            target.clear(relay_key)
+
+    @Slot(int)
+    def _page_shown(self, index: int) -> None:
+        """On its own page a message is shown once: the copies elsewhere go."""
+        for source, key in [k for k in self._relayed if k[0] == index]:
+            self._drop_relay(source, key)
 
     @Slot(str)
     def show_status(self, text: str) -> None:

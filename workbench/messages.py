@@ -11,14 +11,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Protocol
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtGui import QGuiApplication
@@ -35,7 +37,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["Level", "Message", "MessageBar", "MessageArea", "ErrorReporter", "install_excepthooks", "format_exception"]
+__all__ = ["Level", "Message", "MessageBar", "MessageArea", "ErrorReporter", "install_excepthooks", "format_exception",
+           "plain_task_error", "gui_advice"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,64 @@ class Message:
 
 def format_exception(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+_TRACEBACK = "Traceback (most recent call last)"
+#: Advice written for the command line or Python, and what a person does in the window instead.
+_GUI_ADVICE = [
+    (re.compile(r"pass modality_patterns \(e\.g\. \{[^}]*\}\) or a manifest CSV"),
+     "rename the files so that each name says its modality (for example sub-01_T1.nii.gz, sub-01_FLAIR.nii.gz), or "
+     "list each subject's files in a manifest CSV and open it with File > Open manifest"),
+    (re.compile(r"pass modality_patterns to map them, e\.g\. \{[^}]*\}"),
+     "rename them so that each name says its modality (for example sub-01_US.nii.gz), or list them in a manifest CSV "
+     "(File > Open manifest)"),
+    (re.compile(r"give modality_patterns that tell them apart"), "rename the files so that their names tell them apart"),
+]
+#: Exceptions that mean a fault in the program, not in what the user gave it.
+_INTERNAL = ("KeyError", "IndexError", "AttributeError", "TypeError", "NameError", "AssertionError",
+             "ZeroDivisionError", "UnboundLocalError", "NotImplementedError", "RecursionError", "ImportError")
+
+
+class _TaskErrorLike(Protocol):
+    type_name: str
+    message: str
+    details: str
+    exception: BaseException | None
+
+
+def gui_advice(text: str) -> str:
+    """``text`` with command-line advice (``pass modality_patterns ...``) replaced by what to do in the window."""
+    for pattern, replacement in _GUI_ADVICE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def plain_task_error(what: str, error: _TaskErrorLike) -> tuple[str, str]:
+    """A failed task as (message, details): ``what`` failed, why in plain words and what to do; the
+    exception and its traceback go to the details, which a second click reveals."""
+    exception = error.exception
+    message = error.message
+    if isinstance(exception, MemoryError) or "out of memory" in message.lower():
+        why = ("the computer ran out of memory. Close other programs, or use a smaller batch size, a smaller "
+               "image size or fewer subjects")
+    elif isinstance(exception, PermissionError):
+        why = (f"the workbench is not allowed to use {exception.filename or 'a file'}. Choose a folder you can "
+               "write to, or ask for access")
+    elif isinstance(exception, FileNotFoundError):
+        why = (f"{exception.filename or 'a file'} was not found. Check that it still exists and that its drive or "
+               "share is connected")
+    elif isinstance(exception, OSError) and getattr(exception, "errno", None) == errno.ENOSPC:
+        why = "the disk is full. Free some space or choose another folder"
+    elif error.type_name in _INTERNAL:
+        why = (f"of an internal error ({error.type_name}). Nothing you entered is lost. Please copy the details "
+               "(Details, then Copy) into a bug report")
+    else:  # the library's own errors are written for people: the problem and its fix
+        return f"{what}: {gui_advice(message)}", _details(error)
+    return f"{what} because {why}.", _details(error)
+
+
+def _details(error: _TaskErrorLike) -> str:
+    return f"{error.type_name}: {error.message}\n\n{error.details}".strip()
 
 
 class MessageBar(QFrame):
@@ -111,15 +172,39 @@ class MessageBar(QFrame):
         close.clicked.connect(self._close)
         row.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
         outer.addLayout(row)
+        self.traceback: QPlainTextEdit | None = None
+        self.traceback_button: QToolButton | None = None
         if message.details:
-            self.details = QPlainTextEdit(message.details)
+            # First click: what happened, in a line or a list. A Python traceback waits behind a second one.
+            summary, found, trace = message.details.partition(_TRACEBACK)
+            self.details = QPlainTextEdit(summary.strip() if found and summary.strip() else message.details)
             self.details.setReadOnly(True)
-            self.details.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
-            self.details.setMaximumHeight(220)
+            self.details.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+            self.details.setMaximumHeight(220 if not found else 90)
             self.details.setVisible(False)
             outer.addWidget(self.details)
             assert self.details_button is not None
             self.details_button.toggled.connect(self.details.setVisible)
+            if found and summary.strip():
+                self.traceback_button = QToolButton()
+                self.traceback_button.setText("Technical details (traceback)")
+                self.traceback_button.setCheckable(True)
+                self.traceback_button.setVisible(False)
+                self.traceback = QPlainTextEdit(found + trace)
+                self.traceback.setReadOnly(True)
+                self.traceback.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+                self.traceback.setMaximumHeight(220)
+                self.traceback.setVisible(False)
+                outer.addWidget(self.traceback_button, 0, Qt.AlignmentFlag.AlignLeft)
+                outer.addWidget(self.traceback)
+                self.traceback_button.toggled.connect(self.traceback.setVisible)
+                self.details_button.toggled.connect(self._details_toggled)
+
+    @Slot(bool)
+    def _details_toggled(self, on: bool) -> None:
+        assert self.traceback_button is not None and self.traceback is not None
+        self.traceback_button.setVisible(on)
+        self.traceback.setVisible(on and self.traceback_button.isChecked())
 
     @Slot()
     def copy_to_clipboard(self) -> None:
@@ -136,7 +221,13 @@ def _escape(text: str) -> str:
 
 
 class MessageArea(QWidget):
-    """The message bars of one page, keyed so that a repeated message replaces the earlier one."""
+    """The message bars of one page, keyed so that a repeated message replaces the earlier one.
+
+    Signals: ``shown(key, Message)`` and ``cleared(key)``, so the window can bring a message to the page
+    the user is on when it arrives on another one."""
+
+    shown = Signal(str, object)
+    cleared = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -165,6 +256,7 @@ class MessageArea(QWidget):
         self._bars[key] = bar
         self._layout.addWidget(bar)
         self.setVisible(True)
+        self.shown.emit(key, bar.message)
         return bar
 
     def error(self, key: str, text: str, details: str = "", **kw: object) -> MessageBar:
@@ -185,6 +277,7 @@ class MessageArea(QWidget):
                 bar.hide()
                 self._layout.removeWidget(bar)
                 bar.deleteLater()
+                self.cleared.emit(k)
         self.setVisible(bool(self._bars))
 
     def has(self, key: str) -> bool:

@@ -36,7 +36,7 @@ from core.data.io import read_volume
 from core.data.preprocessing import PreprocessingConfig, preprocess_subject
 from core.data.sources import DataConfig, SplitConfig, ensure_demo_cohort, load_data
 from core.models.config import config_from_dict, config_schema, config_to_dict
-from workbench.messages import MessageArea
+from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, ProgressRow, page_header
 from workbench.state import CohortInfo, WorkbenchState, source_label
 from workbench.widgets.elided_label import ElidedLabel
@@ -419,10 +419,11 @@ class DataPage(QWidget):
             f"<b>{len(info.subjects)}</b> subjects · <b>{complete}</b> with every modality · "
             + " · ".join(f"{m}: <b>{c}</b>" for m, c in counts.items())
             + f"<br><span style='color:gray'>Patterns: {shown}</span>")
-        self.source_label.setText(f"{source_label(info.source)} · {info.layout} · {info.root}")
+        self._show_source()
         self._show_issues(info)
         self.preview_subject.clear()
         self.preview_subject.addItems(info.subjects)
+        self.preview_grid.show_message("Pick a subject and press Preview.")  # not the last cohort's subject
         self.modality_list.blockSignals(True)
         self.modality_list.clear()
         for m in info.modalities:
@@ -665,15 +666,21 @@ class DataPage(QWidget):
         self.progress.finish()
         self.prepare_button.setEnabled(self.state.info is not None)
         if key == "open":
-            self.source_label.setText("No cohort open" if self.state.info is None else self.source_label.text())
-        self.messages.error(key, f"{what}: {error.message}", error.details)
+            self._show_source()
+        text, details = plain_task_error(what, error)
+        self.messages.error(key, text, details)
 
     def _task_cancelled(self, text: str) -> None:
         self.progress.finish()
         self.prepare_button.setEnabled(self.state.info is not None)
         self.messages.info("cancelled", text)
-        if self.state.info is None:
-            self.source_label.setText("No cohort open")
+        self._show_source()
+
+    def _show_source(self) -> None:
+        """The cohort that is open (never a stale "Opening …" after a failure or a cancel)."""
+        info = self.state.info
+        self.source_label.setText("No cohort open" if info is None else
+                                  f"{source_label(info.source)} · {info.layout} · {info.root}")
 
     @Slot()
     def cancel_tasks(self) -> None:
