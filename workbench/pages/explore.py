@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from core.data.sources import LoadedData
 from core.projection import METHOD_LABELS, METHODS, Projection, available_methods, project_run
-from workbench.messages import MessageArea
+from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import ProgressRow, page_header
 from workbench.pages._runs import RunPicker, load_run_data_task, run_selection
 from workbench.settings import Settings
@@ -255,7 +255,8 @@ class ExplorePage(QWidget):
 
     def _failed(self, error: TaskError) -> None:
         self.progress.finish()
-        self.messages.error("projection", f"The projection could not be computed: {error.message}", error.details)
+        text, details = plain_task_error("The projection could not be computed", error)
+        self.messages.error("projection", text, details)
 
     def _cancelled(self) -> None:
         self.progress.finish()

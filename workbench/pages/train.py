@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from core.models.config import ConfigError, config_to_dict
 from core.runs import RunSummary, default_run_dir, list_runs, load_run_config, parse_run_config
 from core.training import BatchProgress, EpochRecord, TrainingResult, format_seconds
-from workbench.messages import MessageArea
+from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, badge, page_header
 from workbench.state import WorkbenchState
 from workbench.widgets.elided_label import ElidedLabel
@@ -601,9 +601,9 @@ class TrainPage(QWidget):
             self.stage_label.setText("The run failed.")
             self.epoch_bar.setRange(0, 1)
             self.overall_bar.setRange(0, 1000)
-        self.messages.error("failed", f"Training of {run} failed: {error.message}. Its folder and last checkpoint are "
-                            "kept; after fixing the cause you can resume it from the runs list.", error.details,
-                            title=error.type_name)
+        text, details = plain_task_error(f"Training of {run} stopped", error)
+        self.messages.error("failed", f"{text.rstrip('.')}. Its folder and last checkpoint are kept; after fixing the "
+                            "cause you can resume it from the runs list.", details)
         self.status_message.emit(f"Training failed: {error.type_name}")
 
     def _on_load_cancelled(self, job: TrainingJob) -> None:
