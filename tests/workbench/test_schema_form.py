@@ -61,6 +61,8 @@ def test_values_round_trip_and_changed_only(qtbot: Any) -> None:
     assert unknown == ["not_a_key"]
     assert form.values(changed_only=True) == {"num_epochs": 7, "scheduler": "StepLR",
                                               "optimizer_params": {"weight_decay": 1e-5}}
+    # A long mapping reads from its start in its one-line editor (not cut to "…decay: 1e-05}").
+    assert form.editor("optimizer_params").input.cursorPosition() == 0
     # Advanced values that differ from the defaults open the advanced section.
     assert form.advanced_box is not None and form.advanced_box.isVisibleTo(form)
     # Nullable numbers: empty means None.

@@ -312,6 +312,7 @@ class FieldEditor(QWidget):
                 self.subform.set_values(value or {})
             else:
                 self.input.setText("" if value is None else _display(value))
+                self.input.setCursorPosition(0)  # a long value reads from its start, not "…ion: fov}}"
         finally:
             self.input.blockSignals(blocker[0])
         self._external_error = ""
