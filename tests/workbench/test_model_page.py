@@ -100,3 +100,17 @@ def test_run_yaml_round_trip_through_the_gui(make_window: Any, qtbot: Any, manif
     bad.write_text("name: x\ndata: {source: demo}\nmodel: {name: MVAE, warmpu: 3}\n")
     assert not second.model_page.load_yaml(bad)
     assert "warmup" in second.model_page.messages.bar("yaml").message.text
+
+
+def test_a_warmup_longer_than_the_run_is_pointed_out(make_window: Any) -> None:
+    window = make_window()
+    page = window.model_page
+    page.select_model("MVAE")
+    page.model_form.set_values({"warmup": 10}, reset_others=False)
+    page.training_form.set_values({"num_epochs": 6}, reset_others=False)
+    page.validate()
+    bar = page.messages.bar("warmup")
+    assert bar is not None and "Warmup is 10 epochs but the run trains 6" in bar.message.text
+    page.model_form.set_values({"warmup": 6}, reset_others=False)
+    page.validate()
+    assert not page.messages.has("warmup")

@@ -456,6 +456,7 @@ class ModelPage(QWidget):
                            + (f" ({', '.join(others)})" if others else "")
                            + ", or untick modalities on the Data page.")
         self._show_fit(cls, blocker)
+        self._check_schedule(values)
         if config_error:
             self.messages.error("config", config_error)
         else:
@@ -468,6 +469,18 @@ class ModelPage(QWidget):
         self.reason_label.setText(blocker or "Ready to train.")
         self.state.set_run_config(None if (model_errors or training_errors or name_error or config_error) else values, blocker)
         return blocker
+
+    def _check_schedule(self, values: dict[str, Any]) -> None:
+        """Valid but probably not meant: a warm-up longer than the run (a KL weight that never reaches beta,
+        JNF's flows that never train)."""
+        warmup = (values.get("model") or {}).get("warmup")
+        epochs = (values.get("training") or {}).get("num_epochs")
+        if isinstance(warmup, int) and isinstance(epochs, int) and 0 < epochs < warmup:
+            self.messages.warning("warmup", f"Warmup is {warmup} epochs but the run trains {epochs}: the warm-up "
+                                  "never finishes (hover Warmup for what it does in this model). Lower Warmup (Model "
+                                  f"settings) to {epochs} or fewer, or train for more epochs.")
+        else:
+            self.messages.clear("warmup")
 
     def _show_fit(self, cls: Any, blocker: str | None) -> None:
         info = self.state.info
