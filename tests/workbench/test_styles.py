@@ -46,3 +46,29 @@ def test_the_highlighted_drop_down_item_shows_its_text(qtbot: Any, themed: Any, 
     screen = popup.screen().availableGeometry()
     assert popup.height() <= min(screen.height(), 14 * rect.height())
     combo.hidePopup()
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_spin_boxes_draw_both_arrow_buttons(qtbot: Any, themed: Any, theme: str) -> None:
+    """A styled spin box frame without button rules drew half of each arrow button (the Train page's 'Preview every')."""
+    from PySide6.QtWidgets import QSpinBox, QStyle, QStyleOptionSpinBox
+
+    themed(theme)
+    spin = QSpinBox()
+    qtbot.addWidget(spin)
+    spin.setRange(0, 100)
+    spin.setValue(50)  # neither end: both arrows are live
+    spin.resize(120, spin.sizeHint().height())
+    spin.show()
+    QApplication.processEvents()
+    image = spin.grab().toImage()
+    option = QStyleOptionSpinBox()
+    spin.initStyleOption(option)
+    background = QColor(image.pixelColor(4, image.height() // 2)).lightness()
+    for control in (QStyle.SubControl.SC_SpinBoxUp, QStyle.SubControl.SC_SpinBoxDown):
+        rect = spin.style().subControlRect(QStyle.ComplexControl.CC_SpinBox, option, control, spin)
+        assert rect.width() >= 12 and rect.height() >= 8, (control, rect)
+        assert rect.right() <= spin.width() and rect.left() > spin.width() // 2, (control, rect)
+        pixels = [image.pixelColor(x, y) for x in range(rect.left() + 1, rect.right()) for y in range(rect.top() + 1, rect.bottom())]
+        glyph = [c for c in pixels if abs(c.lightness() - background) > 70]
+        assert len(glyph) >= 6, f"{control.name}: the arrow is not drawn ({len(glyph)} glyph pixels)"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from core.training import format_seconds
+from workbench.widgets.elided_label import ElidedLabel
 
 __all__ = ["page_header", "Card", "ProgressRow", "badge"]
 
@@ -54,7 +55,11 @@ def badge(text: str, level: str = "") -> QLabel:
 
 class ProgressRow(QWidget):
     """Progress of a background task: what it is doing, a bar (busy until the total is known), an
-    estimate of the time left and a Cancel button. Hidden while idle."""
+    estimate of the time left and a Cancel button. Hidden while idle.
+
+    The bar shows only its count, which always fits inside it; what the task is doing (and the step it is
+    on) is one elided line beside it, in full in its tooltip, so a long step never widens the window or
+    spills over the bar."""
 
     cancel_requested = Signal()
 
@@ -62,24 +67,27 @@ class ProgressRow(QWidget):
         super().__init__(parent)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.status = QLabel()
-        self.status.setMinimumWidth(220)
+        self.status = ElidedLabel("", Qt.TextElideMode.ElideRight)
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
+        self.bar.setFormat("%v / %m")
+        self.bar.setMinimumWidth(self.bar.fontMetrics().horizontalAdvance("00000 / 00000") + 16)
         self.eta = QLabel()
         self.eta.setObjectName("PageHint")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop this task; nothing half-written is kept")
         self.cancel_button.clicked.connect(self.cancel_requested)
-        layout.addWidget(self.status)
+        layout.addWidget(self.status, 2)
         layout.addWidget(self.bar, 1)
         layout.addWidget(self.eta)
         layout.addWidget(self.cancel_button)
         self._started = 0.0
+        self._text = ""
         self.setVisible(False)
 
     def start(self, text: str) -> None:
         self._started = time.monotonic()
+        self._text = text
         self.status.setText(text)
         self.bar.setRange(0, 0)
         self.eta.setText("")
@@ -88,6 +96,7 @@ class ProgressRow(QWidget):
 
     @Slot(str)
     def set_status(self, text: str) -> None:
+        self._text = text
         self.status.setText(text)
 
     @Slot(int, int, str)
@@ -97,7 +106,7 @@ class ProgressRow(QWidget):
             return
         self.bar.setRange(0, total)
         self.bar.setValue(done)
-        self.bar.setFormat(f"%v / %m {message}".strip())
+        self.status.setText(f"{self._text} · {message}" if message and self._text else message or self._text)
         elapsed = time.monotonic() - self._started
         if 0 < done < total:
             self.eta.setText(f"about {format_seconds(elapsed / done * (total - done))} left")
