@@ -311,6 +311,112 @@ def test_batch_export_can_be_cancelled_and_leaves_no_partial_files(
     assert page.export_all_button.isEnabled()
 
 
+def test_the_page_fits_1280_and_shows_only_the_chosen_subject(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+    """Long texts (a result title, a task's step, an export on a hospital share) never widen the window; subject
+    labels read whole; picking another subject drops the previous one's views and metrics."""
+    from PySide6.QtWidgets import QApplication, QStyle, QStyleOptionComboBox
+
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
+    first = _subject_lacking(page)
+    assert page.select_subject(first)
+    _generate(page, qtbot, page.generate_button)
+    assert page.metrics_table.rowCount() > 0 and page.viewer.panels
+    share = "//hospital-share/neuroradiology/research/2024/glioma-cohort-with-a-very-long-name/" * 3
+    page.result_label.setText(f"Leave one out: T2 hidden · {share} from FLAIR+T1+T2+US · N = 256")
+    page.verdict_progress.start("Checking each modality against the average brain on the held-out subjects " * 3)
+    page.batch_progress.start("Synthesizing and writing every missing modality")
+    page.batch_progress.set_progress(7, 50, f"writing: {share}sub-012_US_synth.nii.gz")
+    page.export_label.setText(f"Wrote 50 volume(s) to {share}: sub-001_US_synth.nii.gz, sub-003_US_synth.nii.gz …")
+    QApplication.processEvents()
+    assert page.minimumSizeHint().width() <= 1280 - window.nav.width()
+    assert window.minimumSizeHint().width() <= 1280
+    assert share in page.batch_progress.status.toolTip()  # the whole step is a hover away
+    page.verdict_progress.finish()
+    page.batch_progress.finish()
+    window.resize(1280, 800)
+    QApplication.processEvents()
+    assert window.width() == 1280
+    # Every subject label reads whole: in the closed box and in the open list.
+    box = page.subject_box
+    option = QStyleOptionComboBox()
+    box.initStyleOption(option)
+    field = box.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option, QStyle.SubControl.SC_ComboBoxEditField, box)
+    metrics = box.fontMetrics()
+    labels = [box.itemText(i) for i in range(box.count())]
+    assert all("lacks" in t or "complete" in t for t in labels)
+    assert field.width() >= max(metrics.horizontalAdvance(t) for t in labels), labels
+    assert box.view().minimumWidth() >= max(metrics.horizontalAdvance(t) for t in labels)
+    tip = box.itemData(box.currentIndex(), Qt.ItemDataRole.ToolTipRole)
+    assert tip.startswith(f"{first} has {', '.join(page.context.observed(first))}")
+    # Another subject: the previous subject's synthesis is gone from the views, the table and the title.
+    second = next(s for s in page.subjects() if s != first)
+    assert page.select_subject(second)
+    assert page.result is None and page.viewer.panels == [] and page.metrics_table.rowCount() == 0
+    assert second in page.viewer.message.text() and page.modality_box.count() == 0
+    assert first not in page.result_label.text() and not page.export_button.isEnabled()
+
+
+def test_synthesis_failures_read_in_plain_words_on_this_page(
+        make_window: Any, qtbot: Any, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
+
+    def denied(*args: Any, **kw: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", "/archive/locked/model.safetensors")
+
+    def full(*args: Any, **kw: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(synthesize_module, "synthesize_subject", denied)
+    monkeypatch.setattr(synthesize_module, "export_missing", full)
+    assert page.select_subject(_subject_lacking(page))
+    with qtbot.waitSignal(page.runner.failed, timeout=TIMEOUT):
+        qtbot.mouseClick(page.generate_button, Qt.MouseButton.LeftButton)
+    bar = page.messages.bar("generate")
+    assert bar is not None and bar.message.level == "error"
+    assert bar.message.text.startswith("The synthesis failed because the workbench is not allowed to use "
+                                       "/archive/locked/model.safetensors. Choose a folder you can write to")
+    assert "Traceback" not in bar.message.text and "PermissionError" in bar.message.details
+    assert not any("synthesis" in t for t in window.data_page.messages.texts())  # on the page where it happened
+    assert page.generate_button.isEnabled()
+    folder = tmp_path / "out"
+    page.export_all_missing(str(folder), overwrite=False, confirmed=True)
+    _wait_batch(page, qtbot)
+    bar = page.messages.bar("export")
+    assert bar is not None and bar.message.text == ("The export failed because the disk is full. Free some space or "
+                                                    "choose another folder.")
+    assert not page.batch_progress.isVisible() and page.export_all_button.isEnabled()
+
+
+def test_a_run_trained_on_another_cohort_says_so(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+    from workbench.pages._runs import other_cohort_note
+
+    window = make_window(runs_root=trained_run.parent, demo_settings={**TINY, "n_subjects": 12})
+    with qtbot.waitSignal(window.state.cohort_changed, timeout=TIMEOUT):
+        window.data_page.open_demo()
+    explore = window.explore_page
+    window.go_to_page(3)
+    assert explore.current_run() == trained_run
+    note = explore.messages.bar("cohort")
+    assert note is not None and note.message.level == "info"
+    assert note.message.text.startswith(f"{trained_run.name} was trained on demo cohort (16 subjects), not on the "
+                                        "cohort open on the Data page (demo cohort)")
+    qtbot.waitUntil(lambda: not explore.runner.is_running, timeout=TIMEOUT)
+    page = window.synthesize_page
+    window.go_to_page(4)
+    assert page.messages.bar("cohort").message.text == note.message.text
+    qtbot.waitUntil(lambda: page.context is not None and not page.runner.is_running, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
+    # The same cohort as the run's: nothing to say.
+    window.state.demo_settings = dict(TINY)
+    assert other_cohort_note(window.state, trained_run) == ""
+    window.state.cohort_changed.emit()
+    assert not page.messages.has("cohort") and not explore.messages.has("cohort")
+
+
 def test_orthogonal_views_share_crosshair_and_window(qtbot: Any) -> None:
     viewer = OrthoViewer()
     qtbot.addWidget(viewer)

@@ -10,6 +10,7 @@ that data, it is reused.
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from PySide6.QtWidgets import QComboBox, QWidget
 from core.data.sources import LoadedData, load_data, resolved_preprocessing
 from core.models.config import config_to_dict
 from core.runs import RunSummary, list_runs, load_run_config
-from workbench.state import WorkbenchState
+from workbench.messages import MessageArea
+from workbench.state import WorkbenchState, source_label
 from workbench.workers import TaskState
 
-__all__ = ["RunSelection", "run_selection", "RunPicker", "runs_with_model", "load_run_data_task"]
+__all__ = ["RunSelection", "run_selection", "RunPicker", "runs_with_model", "load_run_data_task", "other_cohort_note",
+           "show_cohort_note"]
 
 _NAME = "mmvae-run-selection"
 
@@ -102,6 +105,45 @@ def run_selection(state: WorkbenchState) -> RunSelection:
     """The window's :class:`RunSelection` (created on first use, owned by ``state``)."""
     found = state.findChild(RunSelection, _NAME)
     return found if found is not None else RunSelection(state)
+
+
+def _same_cohort(run_source: str, run_demo: dict[str, Any], state: WorkbenchState) -> bool:
+    assert state.info is not None
+    if run_source == "demo" or state.info.source == "demo":
+        shown = state.demo_settings
+        return run_source == state.info.source and all(
+            json.dumps(run_demo[k]) == json.dumps(shown[k]) for k in ("n_subjects", "shape") if k in run_demo and k in shown)
+    return os.path.realpath(run_source) == os.path.realpath(state.info.source)
+
+
+def other_cohort_note(state: WorkbenchState, run_dir: Path) -> str:
+    """A sentence saying that ``run_dir`` was trained on another cohort than the one open on the Data page ("" when
+    it is the same one, when no cohort is open, or when the run's configuration cannot be read).
+
+    The Explore and Synthesize pages show the run's own subjects, so without it a user looking at the open cohort
+    would take them for that cohort's."""
+    if state.info is None:
+        return ""
+    try:
+        data = load_run_config(Path(run_dir) / "config.yaml").data
+    except (OSError, ValueError):
+        return ""
+    if _same_cohort(str(data.source), dict(data.demo), state):
+        return ""
+    trained_on = source_label(str(data.source))
+    if data.source == "demo" and data.demo.get("n_subjects"):
+        trained_on += f" ({data.demo['n_subjects']} subjects)"
+    return (f"{Path(run_dir).name} was trained on {trained_on}, not on the cohort open on the Data page "
+            f"({source_label(state.info.source)}): the subjects shown here are the run's own.")
+
+
+def show_cohort_note(area: MessageArea, state: WorkbenchState, run_dir: Path | None) -> None:
+    """Show :func:`other_cohort_note` in ``area`` (an information, key "cohort"), or clear it when there is none."""
+    note = other_cohort_note(state, run_dir) if run_dir is not None else ""
+    if note:
+        area.info("cohort", note)
+    else:
+        area.clear("cohort")
 
 
 def load_run_data_task(run_dir: str, state: TaskState) -> LoadedData:

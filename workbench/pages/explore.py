@@ -28,7 +28,7 @@ from core.data.sources import LoadedData
 from core.projection import METHOD_LABELS, METHODS, Projection, available_methods, project_run
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import ProgressRow, page_header
-from workbench.pages._runs import RunPicker, load_run_data_task, run_selection
+from workbench.pages._runs import RunPicker, load_run_data_task, run_selection, show_cohort_note
 from workbench.settings import Settings
 from workbench.state import WorkbenchState
 from workbench.widgets.projection_plot import ProjectionPlot
@@ -148,6 +148,7 @@ class ExplorePage(QWidget):
         self.runner.cancelled.connect(self._cancelled)
         self.runner.running_changed.connect(lambda running: self.compute_button.setEnabled(not running))
         self.selection.run_changed.connect(self._selection_changed)
+        state.cohort_changed.connect(self._show_cohort_note)
         self.refresh_runs()
         self.plot.show_message("Choose a trained run; its projection is computed in the background.")
 
@@ -204,6 +205,7 @@ class ExplorePage(QWidget):
                                    "a final model.")
             return
         self.messages.clear("projection")
+        self._show_cohort_note()
         method = self.method.currentData()
         self.progress.start(f"{METHOD_LABELS[method]} projection of {run.name}")
         self._pending_key = self._wanted_key()
@@ -230,6 +232,10 @@ class ExplorePage(QWidget):
                  if a.get("retrieval") is not None and a.get("n")]
         self.agreement_label.setText("Modality alone finds its subject: " + ", ".join(parts) if parts else "")
         self.status_message.emit(f"Projection ready: {projection.caption()}")
+
+    @Slot()
+    def _show_cohort_note(self) -> None:
+        show_cohort_note(self.messages, self.state, self.current_run())
 
     def _fill_colour_choices(self, projection: Projection) -> None:
         current = self.colour_by.currentData() or str(self.settings.value("explore/colour_by", "missingness"))

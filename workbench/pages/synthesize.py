@@ -62,11 +62,12 @@ from core.synthesis import (
     write_metrics_csv,
 )
 from core.training.trainer import select_device
-from workbench.messages import MessageArea
+from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, ProgressRow, page_header
-from workbench.pages._runs import RunPicker, load_run_data_task, run_selection
+from workbench.pages._runs import RunPicker, load_run_data_task, run_selection, show_cohort_note
 from workbench.settings import Settings
 from workbench.state import WorkbenchState
+from workbench.widgets.elided_label import ElidedLabel
 from workbench.widgets.ortho_viewer import OrthoViewer, Panel
 from workbench.workers import TaskError, TaskRunner, TaskState
 
@@ -137,6 +138,11 @@ def report_task(ctx: SynthesisContext, loaded: LoadedData, path: str, state: Tas
     return write_report(ctx.run_dir, path, loaded=loaded, model=ctx.model, progress=state.progress, cancel=state.is_cancelled)
 
 
+#: What a failed background job of the export card is called in its message.
+_BATCH_FAILED = {"export": "The export failed", "csv": "The metrics CSV could not be written",
+                 "report": "The run report could not be written"}
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
@@ -184,7 +190,8 @@ class SynthesizePage(QWidget):
         self.subject_box = QComboBox()
         self.subject_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.subject_box.setMinimumContentsLength(26)
-        self.subject_box.setToolTip("The subject to synthesize; the list says which modalities each one has")
+        self.subject_box.setToolTip("The subject to synthesize; the list says which modalities each one lacks and its "
+                                    "split (each item's tooltip: what it has)")
         self.subject_box.currentIndexChanged.connect(self._subject_chosen)
         row.addWidget(self.subject_box)
         self.only_incomplete = QCheckBox("only incomplete")
@@ -233,7 +240,7 @@ class SynthesizePage(QWidget):
         # -- viewer
         viewer_card = Card("")
         head = QHBoxLayout()
-        self.result_label = QLabel("Nothing generated yet.")
+        self.result_label = ElidedLabel("Nothing generated yet.", Qt.TextElideMode.ElideRight)
         self.result_label.setObjectName("CardTitle")
         head.addWidget(self.result_label, 1)
         head.addWidget(QLabel("Show"))
@@ -282,7 +289,9 @@ class SynthesizePage(QWidget):
         self.metrics_note.setWordWrap(True)
         metrics_card.body.addWidget(self.metrics_note)
         export_card = Card("Export")
-        self.with_uncertainty = QCheckBox("with the uncertainty map (…_std.nii.gz)")
+        self.with_uncertainty = QCheckBox("with the uncertainty map")
+        self.with_uncertainty.setToolTip("Also write the voxel-wise standard deviation over the samples, as "
+                                         "<name>_std.nii.gz beside each volume")
         self.with_uncertainty.setChecked(bool(settings.value("synthesize/uncertainty", True) not in (False, "false")))
         self.with_uncertainty.toggled.connect(lambda on: self.settings.set_value("synthesize/uncertainty", on))
         self.export_button = QPushButton("Export this volume…")
@@ -348,6 +357,7 @@ class SynthesizePage(QWidget):
         self.verdict_runner.cancelled.connect(self._verdicts_cancelled)
         self.selection.run_changed.connect(self._selection_changed)
         self.selection.subject_requested.connect(self.open_subject)
+        state.cohort_changed.connect(self._show_cohort_note)
         self.viewer.clear("Choose a run and a subject, then Generate (or Leave one out).")
         self.refresh_runs()
         self._update_buttons()
@@ -387,15 +397,22 @@ class SynthesizePage(QWidget):
             return
         if run == self._context_run and self.context is not None:
             return
-        self.context, self._context_run, self.result = None, run, None
+        self.context, self._context_run = None, run
+        self._clear_result(f"Opening {run.name}…")
+        self.result_label.setText(f"Opening {run.name}…")
         self.verdict_runner.cancel()
         self.verdict_progress.finish()
         self.verdicts, self._verdict_error = None, ""
         self.verdict_label.setText("The model is checked when the run is open.")
         self.messages.clear("run")
+        self._show_cohort_note()
         self.progress.start(f"Opening {run.name}")
         self._update_buttons()
         self.runner.start(open_run_task, str(run), self.selection.loaded_for(run))
+
+    @Slot()
+    def _show_cohort_note(self) -> None:
+        show_cohort_note(self.messages, self.state, self.run_picker.current_run())
 
     # ------------------------------------------------------------------ subjects and conditioning
     def subjects(self) -> list[str]:
@@ -412,10 +429,16 @@ class SynthesizePage(QWidget):
                 missing = ctx.missing(s)
                 if self.only_incomplete.isChecked() and not missing:
                     continue
-                has = ", ".join(ctx.observed(s)) or "nothing"
-                text = f"{s} · {has}" + (f" · lacks {', '.join(missing)}" if missing else " · complete")
                 split = ctx.split.get(s)
-                self.subject_box.addItem(text + (f"  ({split})" if split else ""), s)
+                # Short enough to read whole in the closed box: what it lacks (the rest it has) and its split.
+                text = f"{s} · " + (f"lacks {', '.join(missing)}" if missing else "complete") + (f" · {split}" if split else "")
+                self.subject_box.addItem(text, s)
+                self.subject_box.setItemData(self.subject_box.count() - 1, f"{s} has {', '.join(ctx.observed(s)) or 'nothing'}"
+                                             + (f" and lacks {', '.join(missing)}" if missing else "")
+                                             + (f" ({split} subject)" if split else ""), Qt.ItemDataRole.ToolTipRole)
+        view = self.subject_box.view()  # the open list shows every label whole, however narrow the closed box
+        view.setMinimumWidth(view.sizeHintForColumn(0) + view.verticalScrollBar().sizeHint().width() + 8
+                             if self.subject_box.count() else 0)
         index = self.subject_box.findData(current) if current else -1
         self.subject_box.setCurrentIndex(max(index, 0) if self.subject_box.count() else -1)
         self.subject_box.blockSignals(False)
@@ -438,6 +461,8 @@ class SynthesizePage(QWidget):
     @Slot()
     def _subject_chosen(self) -> None:
         ctx, subject = self.context, self.current_subject()
+        if self.result is not None and subject != self.result.subject:
+            self._clear_result(f"Generate (or Leave one out) to see {subject}." if subject else "Choose a subject.")
         for box in self.condition_boxes.values():
             self.condition_row.removeWidget(box)
             box.deleteLater()
@@ -544,8 +569,7 @@ class SynthesizePage(QWidget):
         self.selection.remember(Path(ctx.run_dir), loaded)
         self._fill_subjects()
         self.viewer.clear("Choose a subject, tick what to condition on, then Generate (or Leave one out).")
-        self.result_label.setText(f"{ctx.model.name} · {len(ctx.dataset.ids)} subjects · modalities "
-                                  f"{', '.join(ctx.modalities)}")
+        self._show_run_title()
         self.status_message.emit(f"Run {Path(ctx.run_dir).name} ready")
         self.check_model()
         if self._pending_subject:
@@ -590,8 +614,9 @@ class SynthesizePage(QWidget):
     def _verdicts_failed(self, error: TaskError) -> None:
         self.verdict_progress.finish()
         self._verdict_error = error.message
-        self.verdict_label.setText(f"The check could not be made: {error.message}")
-        self.messages.error("verdict", f"The check against the average brain failed: {error.message}", error.details)
+        text, details = plain_task_error("The check against the average brain could not be made", error)
+        self.verdict_label.setText(f"{text} Exports will ask before writing.")
+        self.messages.error("verdict", text, details)
 
     def _verdicts_cancelled(self) -> None:
         self.verdict_progress.finish()
@@ -638,6 +663,25 @@ class SynthesizePage(QWidget):
         box.finished.connect(finished)
         self.gate_dialog = box
         box.open()
+
+    def _clear_result(self, hint: str) -> None:
+        """Drop the shown synthesis (views, metrics, modality list) so another subject's or run's is never shown
+        as if it were the current one."""
+        self.result = None
+        self.viewer.clear(hint)
+        self.modality_box.clear()
+        self.metrics_table.setRowCount(0)
+        self.metrics_note.setText("")
+        if self.context is not None:
+            self._show_run_title()
+        self._render_verdicts()
+        self._update_buttons()
+
+    def _show_run_title(self) -> None:
+        ctx = self.context
+        assert ctx is not None
+        self.result_label.setText(f"{ctx.model.name} · {len(ctx.dataset.ids)} subjects · modalities "
+                                  f"{', '.join(ctx.modalities)}")
 
     def _show_result(self, result: SubjectSynthesis) -> None:
         self.result = result
@@ -730,10 +774,13 @@ class SynthesizePage(QWidget):
         self.progress.finish()
         if self.context is None:
             self._context_run = None
-            self.messages.error("run", f"The run could not be opened: {error.message}", error.details)
+            run = self.run_picker.current_run()
+            text, details = plain_task_error(f"The run {run.name} could not be opened" if run else "The run could not be opened", error)
+            self.messages.error("run", text, details)
             self.viewer.clear("The run could not be opened; see the message above.")
+            self.result_label.setText("Nothing generated yet.")
         else:
-            self.messages.error("generate", f"The synthesis failed: {error.message}", error.details)
+            self.messages.error("generate", *plain_task_error("The synthesis failed", error))
         self._update_buttons()
 
     def _task_cancelled(self) -> None:
@@ -849,7 +896,7 @@ class SynthesizePage(QWidget):
 
     def _batch_failed(self, error: TaskError) -> None:
         self.batch_progress.finish()
-        self.messages.error("export", f"The {self._batch_what} failed: {error.message}", error.details)
+        self.messages.error("export", *plain_task_error(_BATCH_FAILED[self._batch_what], error))
         self._update_buttons()
 
     def _batch_cancelled(self) -> None:
