@@ -44,6 +44,7 @@ from workbench.pages.train import TrainPage
 from workbench.resources import apply_theme
 from workbench.settings import Settings
 from workbench.state import WorkbenchState, source_label
+from workbench.widgets.tooltips import install_tooltip_fitter
 
 __all__ = ["MainWindow", "PAGES", "fit_inside"]
 
@@ -104,6 +105,7 @@ class MainWindow(QMainWindow):
         self.error_reporter.error.connect(self.show_uncaught_error)
         self.setWindowTitle("mmvae workbench")
         self.setAcceptDrops(True)
+        install_tooltip_fitter(QApplication.instance())  # every tooltip inside its screen
         self.resize(1360, 860)
 
         runs = self.settings.runs_root()

@@ -189,3 +189,24 @@ def test_message_icons_are_drawn(make_window: Any) -> None:
         image = pixmap.toImage()
         opaque = sum(image.pixelColor(x, y).alpha() > 0 for x in range(image.width()) for y in range(image.height()))
         assert opaque > image.width() * image.height() // 4, level
+
+
+def test_tooltips_stay_inside_the_screen(make_window: Any) -> None:
+    """A tall tooltip (a list of lines) or a long one shown near the screen's corner is fitted inside the screen."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtWidgets import QLabel, QToolTip
+
+    window = make_window()
+    QApplication.processEvents()  # the window's own show and activation events first: they hide a tooltip
+    area = window.screen().availableGeometry()
+    corner = QPoint(area.right() - 8, area.bottom() - 8)
+    long_line = "Leave-one-out over every held-out subject that has the modality, compared with the mean image " * 4
+    for text in ("\n".join(f"sub-{i:03d}: lacks US (validation)" for i in range(80)), long_line):
+        QToolTip.showText(corner, text, window.nav)  # shown (and fitted) at once
+        tips = [w for w in QApplication.allWidgets()
+                if isinstance(w, QLabel) and w.metaObject().className() == "QTipLabel" and w.isVisible()]
+        assert len(tips) == 1
+        assert area.contains(tips[0].geometry()), (tips[0].geometry(), area)
+        assert tips[0].width() <= 0.6 * area.width() + 1
+        QToolTip.hideText()
+        QApplication.processEvents()
