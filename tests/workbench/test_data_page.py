@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from workbench.widgets.presence_matrix import MISSING, PRESENT, UNREADABLE
 
@@ -42,13 +43,23 @@ def test_open_the_demo_cohort_and_see_the_matrix(make_window: Any, qtbot: Any, t
     row, col = map(int, np.argwhere(states == PRESENT)[0])
     index = model.index(row, col)
     page.matrix.clicked.emit(index)
-    qtbot.waitUntil(lambda: page.volume_view.array is not None, timeout=TIMEOUT)
-    assert page.volume_view.array.ndim in (2, 3)
-    assert model.subjects[row] in page.volume_view.title.text()
+    viewer = page.volume_view
+    qtbot.waitUntil(lambda: bool(viewer.arrays), timeout=TIMEOUT)
+    volume = viewer.arrays[0]
+    assert volume.ndim == 3 and viewer.panels[0].title == f"{model.subjects[row]} · {model.modalities[col]}"
+    # The linked orthogonal viewer: its three planes side by side, slices that scroll, a window/level to set.
+    layout = viewer.graphics.ci
+    assert sorted(layout.items[viewer.views[0][p].box] for p in ("axial", "coronal", "sagittal")) == [[(2, 1)], [(2, 2)], [(2, 3)]]
+    viewer.set_position(1, 2, 3)
+    assert np.array_equal(viewer.views[0]["axial"].image.image, np.nan_to_num(volume[:, :, 3]))
+    assert np.array_equal(viewer.views[0]["sagittal"].image.image, np.nan_to_num(volume[1, :, :]))
+    viewer.window_box.setValue(0.5)
+    viewer.level_box.setValue(0.25)
+    assert tuple(viewer.views[0]["coronal"].image.levels) == pytest.approx((0.0, 0.5))
     # A missing cell says so instead of failing.
     row, col = map(int, np.argwhere(states == MISSING)[0])
     page.matrix.clicked.emit(model.index(row, col))
-    assert page.volume_view.array is None and "has no" in page.volume_view.placeholder.text()
+    assert not viewer.arrays and "has no" in viewer.message.text()
 
 
 def _horizontal() -> Any:

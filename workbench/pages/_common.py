@@ -59,14 +59,16 @@ class ProgressRow(QWidget):
 
     The bar shows only its count, which always fits inside it; what the task is doing (and the step it is
     on) is one elided line beside it, in full in its tooltip, so a long step never widens the window or
-    spills over the bar."""
+    spills over the bar. ``stacked`` puts that line above the bar, for a narrow column (an export card)."""
 
     cancel_requested = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, stacked: bool = False) -> None:
         super().__init__(parent)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(2)
+        layout = QHBoxLayout()
         self.status = ElidedLabel("", Qt.TextElideMode.ElideRight)
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
@@ -77,10 +79,14 @@ class ProgressRow(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop this task; nothing half-written is kept")
         self.cancel_button.clicked.connect(self.cancel_requested)
-        layout.addWidget(self.status, 2)
+        if stacked:
+            outer.addWidget(self.status)
+        else:
+            layout.addWidget(self.status, 2)
         layout.addWidget(self.bar, 1)
         layout.addWidget(self.eta)
         layout.addWidget(self.cancel_button)
+        outer.addLayout(layout)
         self._started = 0.0
         self._text = ""
         self.setVisible(False)

@@ -40,9 +40,10 @@ from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, ProgressRow, page_header
 from workbench.state import CohortInfo, WorkbenchState, source_label
 from workbench.widgets.elided_label import ElidedLabel
+from workbench.widgets.ortho_viewer import OrthoViewer, Panel
 from workbench.widgets.presence_matrix import MISSING, PRESENT, UNREADABLE, PresenceMatrix
 from workbench.widgets.schema_form import SchemaForm, fields_named_in
-from workbench.widgets.slice_preview import SliceGrid, SliceView
+from workbench.widgets.slice_preview import SliceGrid
 from workbench.workers import TaskError, TaskRunner, TaskState
 
 __all__ = ["DataPage", "open_cohort_task", "read_volume_task", "preprocessing_preview_task", "prepare_dataset_task",
@@ -230,7 +231,8 @@ class DataPage(QWidget):
 
         # -- right: tabs
         self.tabs = QTabWidget()
-        self.volume_view = SliceView("")
+        # The same linked orthogonal viewer as the Synthesize page: scroll slices, one crosshair, window/level.
+        self.volume_view = OrthoViewer()
         self.volume_view.clear("Open a cohort, then click a cell of the matrix to view that volume.")
         self.volume_info = QLabel("")
         self.volume_info.setObjectName("PageHint")
@@ -433,7 +435,6 @@ class DataPage(QWidget):
             item.setCheckState(Qt.CheckState.Checked)
             self.modality_list.addItem(item)
         self.modality_list.blockSignals(False)
-        self.volume_view.title.setText("")
         self.volume_view.clear("Click a cell of the matrix to view that volume.")
         self.volume_info.setText("")
         self._set_enabled_for_cohort(True)
@@ -486,7 +487,8 @@ class DataPage(QWidget):
     @Slot(object)
     def _volume_read(self, result: tuple[str, str, np.ndarray, str]) -> None:
         subject, modality, array, description = result
-        self.volume_view.set_volume(array, title=f"{subject} · {modality}")
+        self.volume_view.set_panels([Panel(f"{subject} · {modality}", array, note="values as stored in the file")],
+                                    keep_position=False)
         self.volume_info.setText(description)
 
     # ------------------------------------------------------------------ preprocessing

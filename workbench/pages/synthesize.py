@@ -319,7 +319,7 @@ class SynthesizePage(QWidget):
         buttons.addWidget(self.csv_button)
         buttons.addWidget(self.report_button)
         export_card.body.addLayout(buttons)
-        self.batch_progress = ProgressRow()
+        self.batch_progress = ProgressRow(stacked=True)
         self.batch_progress.cancel_requested.connect(self.cancel_batch)
         export_card.body.addWidget(self.batch_progress)
         self.export_label = QLabel("")

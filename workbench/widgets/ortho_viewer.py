@@ -12,6 +12,8 @@ Compare Volumes:
   with the panel's units;
 * **linked zoom and pan** per plane (mouse wheel, left-drag).
 
+A single volume (the Data page's viewer) shows its three planes side by side under its title.
+
 Volumes are arrays ``(X, Y, Z)`` in RAS order (``(1, X, Y, Z)`` accepted); axial slices show X to the
 right and Y (anterior) up, coronal X and Z, sagittal Y and Z. Images ``(H, W)`` or ``(1, H, W)`` are shown
 in a single view per column.
@@ -256,15 +258,20 @@ class OrthoViewer(QWidget):
         self.graphics.clear()
         self.views, self._titles, self.colour_bars = [], [], {}
         fg = plot_colors()["foreground"]
+        # One volume: its three planes side by side under its title (a viewer's three views), not in a tall column.
+        single = len(self.panels) == 1 and not self.is_2d
+        span = len(self.planes) if single else 1
         for col, panel in enumerate(self.panels):
-            self._titles.append(self.graphics.addLabel(f"<b>{panel.title}</b>", row=0, col=col + 1, color=fg))
+            self._titles.append(self.graphics.addLabel(f"<b>{panel.title}</b>", row=0, col=col + 1, colspan=span, color=fg))
         for row, plane in enumerate(self.planes):
-            if not self.is_2d:
+            if single:
+                self.graphics.addLabel(plane, row=1, col=row + 1, color=fg, size="8pt")
+            elif not self.is_2d:
                 self.graphics.addLabel(plane, row=row + 1, col=0, angle=-90, color=fg, size="8pt")
         for col, panel in enumerate(self.panels):
             views = {}
             for row, plane in enumerate(self.planes):
-                view = _View(self, self.graphics.ci, row + 1, col + 1, plane)
+                view = _View(self, self.graphics.ci, *((2, row + 1) if single else (row + 1, col + 1)), plane)
                 cmap = _CMAPS.get(panel.kind)
                 if cmap:
                     view.image.setColorMap(pg.colormap.get(cmap))
@@ -276,7 +283,7 @@ class OrthoViewer(QWidget):
                                       label=panel.units or None, interactive=False, orientation="horizontal",
                                       colorMapMenu=False)
                 bar.axis.enableAutoSIPrefix(False)  # the label is the units, never "(x0.001)"
-                self.graphics.addItem(bar, row=len(self.planes) + 1, col=col + 1)
+                self.graphics.addItem(bar, row=3 if single else len(self.planes) + 1, col=col + 1, colspan=span)
                 self.colour_bars[col] = bar
 
     def _sync_plane(self, plane: str, source: int) -> None:

@@ -1,5 +1,5 @@
-"""Middle slices of volumes with pyqtgraph: one volume (:class:`SliceView`) or a labelled grid of them
-(:class:`SliceGrid`: real vs generated, before vs after preprocessing).
+"""Middle slices of volumes with pyqtgraph in a labelled grid (:class:`SliceGrid`: real vs generated, before vs
+after preprocessing). One volume to browse is shown in :class:`workbench.widgets.ortho_viewer.OrthoViewer`.
 
 Volumes are arrays ``(X, Y, Z)`` in RAS order (``(C, X, Y, Z)`` and 2D ``(C, H, W)`` / ``(H, W)`` are
 accepted). Axial slices show X (R) to the right and Y (A) up; coronal X, Z; sagittal Y, Z. The display
@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from core.display import display_window
 from workbench.resources import plot_colors
 
-__all__ = ["SliceView", "SliceGrid", "middle_slices", "display_levels", "PLANES"]
+__all__ = ["SliceGrid", "middle_slices", "display_levels", "PLANES"]
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -48,90 +48,6 @@ def middle_slices(array: np.ndarray, planes: Sequence[str] = PLANES) -> dict[str
 def display_levels(*arrays: np.ndarray | None) -> tuple[float, float]:
     """A shared display window for ``arrays`` (see :func:`core.display.display_window`), sampled for speed."""
     return display_window(arrays, max_values=20_000) or (0.0, 1.0)
-
-
-class SliceView(QWidget):
-    """A title and the middle slices of one volume (one view per plane)."""
-
-    def __init__(self, title: str = "", planes: Sequence[str] = PLANES, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.planes = tuple(planes)
-        self.title = QLabel(title)
-        self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.title.setWordWrap(True)
-        self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.setMinimumSize(90, 90)
-        self.graphics.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.images: dict[str, pg.ImageItem] = {}
-        self.boxes: dict[str, pg.ViewBox] = {}
-        self.placeholder = QLabel("")
-        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.placeholder.setObjectName("PageHint")
-        self.placeholder.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(2, 2, 2, 2)
-        layout.setSpacing(2)
-        layout.addWidget(self.title)
-        layout.addWidget(self.graphics, 1)
-        layout.addWidget(self.placeholder, 1)
-        self.array: np.ndarray | None = None
-        self._layout_planes(self.planes)
-        self.clear()
-        self._apply_colors()
-
-    def _layout_planes(self, planes: Sequence[str]) -> None:
-        self.graphics.clear()
-        self.images.clear()
-        self.boxes.clear()
-        for col, plane in enumerate(planes):
-            if len(planes) > 1:
-                self.graphics.addLabel(plane, row=1, col=col, size="8pt", color=plot_colors()["foreground"])
-            box = self.graphics.addViewBox(row=0, col=col, lockAspect=True, enableMouse=True)
-            box.setMenuEnabled(False)
-            box.enableAutoRange(enable=True)
-            image = pg.ImageItem(axisOrder="col-major")
-            box.addItem(image)
-            self.images[plane] = image
-            self.boxes[plane] = box
-        self._shown_planes = tuple(planes)
-
-    def set_volume(self, array: np.ndarray | None, title: str | None = None,
-                   levels: tuple[float, float] | None = None, message: str = "") -> None:
-        """Show ``array``'s middle slices (or ``message`` when ``array`` is None)."""
-        if title is not None:
-            self.title.setText(title)
-        if array is None:
-            self.clear(message)
-            return
-        self.array = _as_volume(array)
-        slices = middle_slices(self.array, self.planes)
-        planes = tuple(slices)
-        if planes != self._shown_planes:
-            self._layout_planes(planes)
-        lv = levels or display_levels(self.array)
-        for plane, cut in slices.items():
-            self.images[plane].setImage(np.nan_to_num(cut), levels=lv, autoLevels=False)
-        self.graphics.setVisible(True)
-        self.placeholder.setVisible(False)
-        self.setToolTip(f"shape {tuple(self.array.shape)}, window {lv[0]:.3g} .. {lv[1]:.3g}. Drag to pan, wheel to zoom.")
-
-    def clear(self, message: str = "") -> None:
-        self.array = None
-        for image in self.images.values():
-            image.clear()
-        self.graphics.setVisible(not message)
-        self.placeholder.setText(message)
-        self.placeholder.setVisible(bool(message))
-
-    def apply_plot_theme(self) -> None:
-        self.graphics.setBackground(plot_colors()["background"])
-
-    _apply_colors = apply_plot_theme
-
-    def changeEvent(self, event: QEvent) -> None:
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
-            self.apply_plot_theme()
-        super().changeEvent(event)
 
 
 class _Cell:
