@@ -33,7 +33,7 @@ Generation from the prior runs the prior chain z_L ~ N(0, I), z_l ~ p(z_l | z_{l
 works on its output (the decoders read z_1). The adversarial loss of the paper is not implemented.
 
 Beyond the published port, three options fight posterior collapse and cost, all off by default:
-``warmup`` (the original code's linear KL warm-up), ``free_bits`` per channel and level, and
+``warmup`` (the original code's linear KL warm-up), ``free_bits`` per latent dimension, and
 ``subsets_per_step`` (a random draw of the subsets each step, an unbiased estimate of their mean).
 
 References:
@@ -56,7 +56,7 @@ from torch import nn
 from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress, linear_warmup_per_step
 from core.models._shared.free_bits import free_bits_kl, kl_per_dimension_term
-from core.models._shared.gaussian import kl_per_channel, log_normal, rsample
+from core.models._shared.gaussian import kl_per_dimension, log_normal, rsample
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
 from core.models._shared.subsets import all_subsets
@@ -81,7 +81,12 @@ class MHVAEConfig(BaseMultiVAEConfig):
         0, ge=0, description="Epochs over which the KL weight rises linearly from 0 to beta (the original MHVAE code ramps it)."
     )
     free_bits: float = Field(
-        0.0, ge=0, **advanced("Free bits: nats per latent channel and level below which the KL is not penalised (IAF).")
+        0.0,
+        ge=0,
+        **advanced(
+            "Free bits: nats per latent dimension (per channel and voxel of a spatial latent) below which a level's "
+            "batch-mean KL is not penalised, so no level is pushed to its prior (IAF)."
+        ),
     )
     subsets_per_step: int = Field(
         0,
@@ -358,8 +363,8 @@ class MHVAE(MultimodalVAE):
             log_weights: also return log p(z) - log q(z | x) at the samples (importance weights).
 
         Returns:
-            ``(z, kl, log_w)``: level -> sample, level -> KL per sample and channel ``(B, C)`` (summed over the
-            grid of a spatial latent), and ``(B,)`` or None.
+            ``(z, kl, log_w)``: level -> sample, level -> KL per sample and latent dimension ``(B, D)`` (a
+            spatial latent flattened), and ``(B,)`` or None.
         """
         names = list(z_deepest_params)
         level_top = self.n_latent
@@ -370,7 +375,7 @@ class MHVAE(MultimodalVAE):
             with_prior=True,
         )
         z = rsample(mu, logvar, return_mean=return_mean)
-        zs, kls = {level_top: z}, {level_top: kl_per_channel(mu, logvar)}
+        zs, kls = {level_top: z}, {level_top: kl_per_dimension(mu, logvar)}
         log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar) if log_weights else None
         for i in reversed(range(self.n_latent - 1)):
             h = self.top_down_blocks[i](z)
@@ -386,7 +391,7 @@ class MHVAE(MultimodalVAE):
             )
             event_dims = q_mu.dim() - 1
             z = rsample(q_mu, q_lv, return_mean=return_mean)
-            zs[i + 1], kls[i + 1] = z, kl_per_channel(q_mu, q_lv, p_mu, p_lv)
+            zs[i + 1], kls[i + 1] = z, kl_per_dimension(q_mu, q_lv, p_mu, p_lv)
             if log_w is not None:
                 log_w = log_w + log_normal(z, p_mu, p_lv, event_dims) - log_normal(z, q_mu, q_lv, event_dims)
         return zs, kls, log_w
@@ -497,8 +502,8 @@ class MHVAE(MultimodalVAE):
         r"""The subset-averaged negative ELBO of the module docstring, averaged over the batch.
 
         The subsets run in one stacked top-down pass. With ``warmup`` the KL weight is
-        beta_t = beta min(1, t / warmup); with ``free_bits`` each channel's KL is charged at least that
-        many nats. Terms: ``recon[m]`` and ``kl_l`` (true KLs, means over the counted (subset, sample)
+        beta_t = beta min(1, t / warmup); with ``free_bits`` each dimension's KL is charged at least that
+        many nats per dimension. Terms: ``recon[m]`` and ``kl_l`` (true KLs, means over the counted (subset, sample)
         pairs), ``kl_per_dim[z_l]`` (what the collapse check reads), ``beta`` and, when every subset
         ran, ``neg_elbo[joint]``.
         """

@@ -309,10 +309,13 @@ class Nexus(MultimodalVAE):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log N(zbar_m; t_m(z_sigma), s_m^2) per sample and the scale s_m.
 
-        s_m = 1, or the sigma-VAE optimal scale computed over the samples where ``weight`` is True.
+        s_m = 1, or the sigma-VAE optimal scale computed over the samples where ``weight`` is True: for the
+        modalities in ``adapt_top_decoder_variance``, and for all of them when ``decoder_scale`` is
+        ``'analytic'`` (the calibration then holds at both levels; a unit scale lets z_sigma collapse).
         """
         squared = (target - mean).pow(2)
-        if modality in (self.model_config.adapt_top_decoder_variance or []) and bool(weight.any()):
+        adapted = self.model_config.decoder_scale == "analytic" or modality in (self.model_config.adapt_top_decoder_variance or [])
+        if adapted and bool(weight.any()):
             variance = (squared.sum(-1) * weight).sum() / (weight.sum() * squared.shape[-1])
             logvar = variance.clamp_min(MIN_TOP_VARIANCE).log()
         else:
@@ -360,7 +363,7 @@ class Nexus(MultimodalVAE):
             top_recon = torch.where(counted, -log_p, zero)
             top = top + (cfg.gammas or {}).get(m, 1.0) * top_recon
             terms[f"top_recon[{m}]"] = top_recon.mean().detach()
-            if m in (cfg.adapt_top_decoder_variance or []):
+            if cfg.decoder_scale == "analytic" or m in (cfg.adapt_top_decoder_variance or []):
                 terms[f"top_scale[{m}]"] = scale.detach()
 
         terms[kl_per_dimension_term("z_sigma")] = top_kl.sum().detach() / has_message.sum().clamp_min(1) / mu_s.shape[-1]

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-__all__ = ["kl_standard_normal", "kl_normal", "kl_per_channel", "log_normal", "rsample", "sum_event"]
+__all__ = ["kl_standard_normal", "kl_normal", "kl_per_dimension", "log_normal", "rsample", "sum_event"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -33,17 +33,16 @@ def kl_normal(
     return sum_event(elementwise, event_dims)
 
 
-def kl_per_channel(
+def kl_per_dimension(
     mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor | None = None, logvar_p: torch.Tensor | None = None
 ) -> torch.Tensor:
-    r"""KL per sample and latent channel, ``(B, C)``: summed over the spatial dimensions of a feature-map
-    latent ``(B, C, *grid)``, one value per dimension of a vector latent ``(B, D)``. The prior is N(0, I)
-    when ``mu_p`` is None. Free bits and collapse detection work on this (IAF: per channel)."""
+    r"""KL per sample and latent dimension, ``(B, D)``: a feature-map latent ``(B, C, *grid)`` is
+    flattened, so D = C x grid. The prior is N(0, I) when ``mu_p`` is None. Free bits work on this."""
     if mu_p is None or logvar_p is None:
         elementwise = -0.5 * (1 + logvar_q - mu_q.pow(2) - logvar_q.exp())
     else:
         elementwise = 0.5 * (logvar_p - logvar_q + (logvar_q - logvar_p).exp() + (mu_q - mu_p).pow(2) * (-logvar_p).exp() - 1)
-    return elementwise.flatten(start_dim=2).sum(-1) if elementwise.dim() > 2 else elementwise
+    return elementwise.flatten(start_dim=1)
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
