@@ -353,6 +353,7 @@ class TrainingSignals(QObject):
     epoch = Signal(object)
     checkpoint = Signal(str)
     paused = Signal(bool)
+    warning = Signal(object)
     preview = Signal(object)
     finished = Signal(object)
     failed = Signal(object)
@@ -409,6 +410,9 @@ class QtTrainingCallback(Callback):
 
     def on_pause(self, trainer: Any, paused: bool) -> None:
         self.signals.paused.emit(bool(paused))
+
+    def on_warning(self, trainer: Any, warning: Any) -> None:
+        self.signals.warning.emit(warning)
 
 
 class _TrainingThread(QThread):

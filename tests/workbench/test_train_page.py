@@ -305,3 +305,21 @@ def test_an_interrupted_run_is_offered_for_recovery_and_resumes(
     _wait_idle(second, qtbot)
     assert _status(run_dir) == "completed"
     assert train.loss_plot.epochs(str(run_dir)) == [1, 2]
+
+
+def test_a_run_that_collapses_to_its_prior_says_so_on_the_train_page_and_in_status(
+        make_window: Any, qtbot: Any, manifest_cohort: Path) -> None:
+    window = make_window()
+    _configure(window, qtbot, manifest_cohort, epochs=4)
+    # A KL weight of 1000 with no warm-up: nothing is worth encoding, the latent collapses.
+    window.model_page.model_form.set_values({"beta": 1000.0, "warmup": 0})
+    window.model_page.validate()
+    window.go_to_page(2)
+    train = window.train_page
+    with qtbot.waitSignal(train.run_started, timeout=5000):
+        qtbot.mouseClick(train.start_button, Qt.MouseButton.LeftButton)
+    _wait_idle(window, qtbot)
+    assert train.messages.has("training-posterior_collapse"), train.messages.texts()
+    assert any("collapsed to its prior" in text for text in train.messages.texts())
+    status = json.loads((Path(train._run_id) / "status.json").read_text(encoding="utf-8"))
+    assert [w["kind"] for w in status["warnings"]] == ["posterior_collapse"]

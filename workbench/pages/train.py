@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 
 from core.models.config import ConfigError, config_to_dict
 from core.runs import RunSummary, default_run_dir, list_runs, load_run_config, parse_run_config
-from core.training import BatchProgress, EpochRecord, TrainingResult, format_seconds
+from core.training import BatchProgress, EpochRecord, TrainingResult, TrainingWarning, format_seconds
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, badge, page_header
 from workbench.state import WorkbenchState
@@ -356,6 +356,7 @@ class TrainPage(QWidget):
         s.batch.connect(self._on_batch, QUEUED)
         s.epoch.connect(self._on_epoch, QUEUED)
         s.checkpoint.connect(self._on_checkpoint, QUEUED)
+        s.warning.connect(self._on_warning, QUEUED)
         s.paused.connect(self._on_paused, QUEUED)
         s.preview.connect(self._on_preview, QUEUED)
         s.finished.connect(lambda result, j=job: self._on_finished(j, result), QUEUED)
@@ -489,6 +490,12 @@ class TrainPage(QWidget):
             text += "  \u2605 best so far" if record.is_best else ""
         self.loss_label.setText(text + f" ({record.seconds:.1f} s)")
         self._update_current_row(record)
+
+    @Slot(object)
+    def _on_warning(self, warning: TrainingWarning) -> None:
+        """A run-health warning (posterior collapse, divergence) while training goes on: say it here,
+        where the run is watched; it is also kept in the run's status.json."""
+        self.messages.warning(f"training-{warning.kind}", f"Epoch {warning.epoch}: {warning.message}")
 
     def _update_current_row(self, record: EpochRecord) -> None:
         """Keep the running run's line of the runs list current without re-reading every run folder."""
