@@ -30,7 +30,10 @@ sample's loss is the mean of L_S over the subsets holding at least one of its mo
 data, all of them). A sample with no observed modality adds nothing.
 
 Generation from the prior runs the prior chain z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}), and ``decode``
-works on its output (the decoders read z_1). The adversarial loss of the paper is not implemented.
+works on its output (the decoders read z_1). The paper's adversarial term is the option
+``adversarial_weight`` (off by default, as in the published port): the loss then adds
+``adversarial_weight`` x L_G per image modality from ``adversarial_start_epoch`` on, and trains one
+least-squares PatchGAN per modality in the same step (:mod:`core.models._shared.adversarial`).
 
 Beyond the published port, three options fight posterior collapse and cost, all off by default:
 ``warmup`` (the original code's linear KL warm-up), ``free_bits`` per latent dimension, and
@@ -54,6 +57,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from core.data.dataset import DatasetOutput
+from core.models._shared.adversarial import PatchDiscriminator, least_squares_losses
 from core.models._shared.annealing import TrainingProgress, linear_warmup_per_step
 from core.models._shared.free_bits import free_bits_kl, kl_per_dimension_term
 from core.models._shared.gaussian import kl_per_dimension, log_normal, rsample
@@ -95,6 +99,17 @@ class MHVAEConfig(BaseMultiVAEConfig):
             "Subsets whose ELBO each training step evaluates, drawn at random (an unbiased estimate of the subset "
             "average); 0 evaluates all 2^M - 1 of them. With 4 modalities, 3 makes a step about 5x cheaper."
         ),
+    )
+    adversarial_weight: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Weight of the paper's adversarial term (a least-squares PatchGAN per image modality against the "
+            "synthesized volumes); 0 switches it off, as in the published port."
+        ),
+    )
+    adversarial_start_epoch: int = Field(
+        10, ge=1, **advanced("Epoch from which the adversarial term and its discriminators train (after the KL warm-up).")
     )
     spatial_channels: int = Field(
         64, ge=4, le=512, **advanced("Feature channels of the default spatial blocks at level 1 (images and volumes).")
@@ -186,6 +201,40 @@ class MHVAE(MultimodalVAE):
         self.prior_blocks = nn.ModuleList(blocks["prior_blocks"])
         self.check_and_set_posterior_blocks(blocks["posterior_blocks"])
         self.latent_shapes = self._dry_run()
+        self.discriminators = self._build_discriminators()
+
+    def _build_discriminators(self) -> nn.ModuleDict | None:
+        """One PatchGAN per image or volume modality when ``adversarial_weight`` > 0 (none otherwise, so the
+        weights of models without the term are unchanged)."""
+        dims = self.model_config.input_dims or {}
+        spatial = {m: s for m, s in dims.items() if len(s) in (3, 4)}
+        if self.model_config.adversarial_weight <= 0:
+            return None
+        if not spatial:
+            raise ConfigError("adversarial_weight needs image or volume modalities; these are all vectors.")
+        return nn.ModuleDict({m: PatchDiscriminator(len(s) - 1, s[0], s[1:]) for m, s in spatial.items()})
+
+    def adversarial_terms(
+        self, batch: DatasetOutput, synthesized: Mapping[str, torch.Tensor], counted: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{m: (L_G, L_D)}`` for each modality with a discriminator (:mod:`core.models._shared.adversarial`).
+
+        Real volumes are the observed samples of the batch; synthesized ones the decoded means of every
+        counted (subset, sample) pair of an observed sample. Voxels outside a field of view are set to
+        the background (0) in both, so the discriminator judges only what the data can show.
+        """
+        out = {}
+        for m, discriminator in (self.discriminators or {}).items():
+            observed = batch.masks[m]
+            real, fake = batch.data[m][observed], synthesized[m][:, observed][counted[:, observed]]
+            voxels = batch.observation_masks.get(m)
+            if voxels is not None:
+                keep = voxels[observed]
+                real = torch.where(keep, real, torch.zeros((), dtype=real.dtype, device=real.device))
+                keep_fake = keep.unsqueeze(0).expand(synthesized[m].shape[0], *keep.shape)[counted[:, observed]]
+                fake = torch.where(keep_fake, fake, torch.zeros((), dtype=fake.dtype, device=fake.device))
+            out[m] = least_squares_losses(discriminator, real, fake)
+        return out
 
     # ------------------------------------------------------------------ defaults and checks
     def _default_blocks(self, name: str) -> Any:
@@ -522,7 +571,8 @@ class MHVAE(MultimodalVAE):
         zs, kls, _ = self.top_down(stacked, stacked_skips, present.reshape(len(self.modalities), -1))
 
         z1 = zs[1].reshape(n_sub, B, *zs[1].shape[1:])
-        recon = {m: self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z1)) for m in self.modalities}  # (n_sub, B)
+        decoded = {m: self.decoder_output(m, z1) for m in self.modalities}  # (n_sub, B, *shape)
+        recon = {m: self.reconstruction_log_likelihood(batch, m, decoded[m]) for m in self.modalities}  # (n_sub, B)
 
         counted = present.any(0).float()  # (n_sub, B): the subset holds an observed modality of the sample
         # Each sample's loss is the mean over its counted subsets; the batch loss the mean over samples.
@@ -530,6 +580,12 @@ class MHVAE(MultimodalVAE):
         neg_recon = -(sum(recon.values()).reshape(-1) * weight).sum()
         kl_objective = sum(free_bits_kl(k, weight, cfg.free_bits) for k in kls.values())
         loss = neg_recon + beta * kl_objective
+        adversarial_on = (
+            self.discriminators is not None and self.training and progress is not None and progress.epoch >= cfg.adversarial_start_epoch
+        )
+        adversarial = self.adversarial_terms(batch, decoded, counted.bool()) if adversarial_on else {}
+        for generator_loss, discriminator_loss in adversarial.values():
+            loss = loss + cfg.adversarial_weight * generator_loss + discriminator_loss
 
         pairs = counted.sum().clamp_min(1)
         flat_counted = counted.reshape(-1)
@@ -539,6 +595,10 @@ class MHVAE(MultimodalVAE):
             terms[f"kl_{level}"] = kl_mean
             terms[kl_per_dimension_term(f"z_{level}")] = kl_mean / math.prod(zs[level].shape[1:])
         terms["beta"] = torch.tensor(beta)
+        for m in self.discriminators or {}:  # zero before the term starts, so the columns are stable
+            generator_loss, discriminator_loss = adversarial.get(m, (torch.zeros(()), torch.zeros(())))
+            terms[f"adversarial_g[{m}]"] = generator_loss.detach()
+            terms[f"adversarial_d[{m}]"] = discriminator_loss.detach()
         if n_sub == 2 ** len(self.modalities) - 1:  # every subset ran: the joint one is the last
             kl_joint = sum(k.sum(-1).reshape(n_sub, B)[-1] for k in kls.values())
             terms["neg_elbo[joint]"] = (-sum(r[-1] for r in recon.values()) + cfg.beta * kl_joint).mean().detach()

@@ -229,3 +229,43 @@ def test_short_training_lowers_the_loss_and_beats_the_mean_baseline(toy):
     assert after < before
     mse, baseline = toy.b_from_a_errors(model)
     assert mse < 0.5 * baseline
+
+
+def test_least_squares_losses_train_each_side_only():
+    from core.models._shared.adversarial import PatchDiscriminator, least_squares_losses
+
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(dims=3, in_channels=1, grid=(8, 8, 8), width=4, n_layers=2)
+    real = torch.randn(2, 1, 8, 8, 8)
+    fake = torch.randn(3, 1, 8, 8, 8, requires_grad=True)
+    generator_loss, discriminator_loss = least_squares_losses(discriminator, real, fake)
+    generator_loss.backward(retain_graph=True)
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in discriminator.parameters())  # L_G does not train D
+    fake.grad = None
+    discriminator_loss.backward()
+    assert fake.grad is None  # L_D does not train the generator
+    assert all(p.grad is not None for p in discriminator.parameters())
+
+
+def test_adversarial_term_is_off_by_default_and_starts_at_its_epoch():
+    from core.models._shared.annealing import TrainingProgress
+
+    dims = {"a": (1, 8, 8, 8), "b": (1, 8, 8, 8)}
+    plain = MHVAE(MHVAEConfig(n_modalities=2, input_dims=dims, latent_dim=4))
+    assert plain.discriminators is None and not any(k.startswith("discriminators") for k in plain.state_dict())
+    model = MHVAE(MHVAEConfig(n_modalities=2, input_dims=dims, latent_dim=4, adversarial_weight=0.5, adversarial_start_epoch=3))
+    assert set(model.discriminators) == {"a", "b"}
+    batch = {"data": {m: torch.randn(4, *s) for m, s in dims.items()},
+             "masks": {"a": torch.tensor([True, True, False, True]), "b": torch.ones(4, dtype=torch.bool)}}
+    model.train()
+    before = model(batch, TrainingProgress(epoch=2)).terms
+    assert before["adversarial_g[a]"] == 0 and before["adversarial_d[b]"] == 0
+    after = model(batch, TrainingProgress(epoch=3))
+    assert after.terms["adversarial_g[a]"] > 0 and after.terms["adversarial_d[b]"] > 0
+    after.loss.backward()
+    assert all(p.grad is not None for p in model.discriminators.parameters())
+    model.eval()
+    assert model(batch, TrainingProgress(epoch=3)).terms["adversarial_g[a]"] == 0  # validation: the ELBO alone
+    with pytest.raises(ConfigError, match="image or volume"):
+        MHVAE(MHVAEConfig(n_modalities=2, input_dims={"a": (4,), "b": (3,)}, latent_dim=2, adversarial_weight=1.0))
