@@ -311,7 +311,8 @@ def projection_html(projection: Any, colour_by: str = "missingness") -> str:
     pts = all_xy[ok] if ok.any() else np.zeros((1, 2))
     limits = (float(pts[:, 0].min()), float(pts[:, 0].max()), float(pts[:, 1].min()), float(pts[:, 1].max()))
     labels = projection.colours[colour_by].labels()
-    tips = [f"{s} · {colour_by}: {v}" for s, v in zip(projection.subjects, labels, strict=True)]
+    what = "has" if colour_by == "missingness" else colour_by  # the pattern lists the modalities it has
+    tips = [f"{s} · {what}: {v}" for s, v in zip(projection.subjects, labels, strict=True)]
     method = projection.label()
     big = svg_scatter(projection.views[JOINT], colours, title=f"{method} of the posterior means, all observed modalities",
                       tips=tips, limits=limits, size=380, radius=4.5)

@@ -70,6 +70,11 @@ def test_projection_in_the_background_coloured_by_missingness(make_window: Any, 
     # The legend lists exactly the patterns present.
     legend = [label.text for _, label in page.plot.legend.items]
     assert sorted(legend) == sorted(set(expected))
+    # The tooltip says the pattern is what the subject has, not a "missingness" it lacks.
+    first = projection.subjects[0]
+    tip = page.plot._tip(0.0, 0.0, first)
+    assert f"has {expected[0].replace('+', ', ')}" in tip and "missingness" not in tip
+    assert page.colour_by.currentText().startswith("Modalities present")
     # One plot per modality, with a point exactly for the subjects that have it.
     for m in projection.modalities:
         points = {p.data() for p in page.plot.scatters[m].points()}

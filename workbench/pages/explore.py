@@ -36,7 +36,7 @@ from workbench.workers import TaskError, TaskRunner, TaskState
 
 __all__ = ["ExplorePage", "projection_task"]
 
-_COLOUR_NAMES = {"missingness": "Missingness pattern", "split": "Split (train / validation / test)"}
+_COLOUR_NAMES = {"missingness": "Modalities present (missingness pattern)", "split": "Split (train / validation / test)"}
 
 
 def projection_task(run_dir: str, loaded: LoadedData | None, method: str, max_points: int,

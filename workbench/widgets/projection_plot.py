@@ -166,7 +166,10 @@ class ProjectionPlot(QWidget):
         colours, legend_entries = point_colours(p, column)
         labels = p.colours[column].labels()
         patterns = p.patterns()
-        self._tips = {s: f"{s}\nhas {pattern.replace('+', ', ')}\n{column}: {label}\nclick to open it on the Synthesize page"
+        # The missingness column's value is the modalities the subject has: the "has" line already says it.
+        extra = "" if column == "missingness" else "\n{column}: {label}"
+        self._tips = {s: f"{s}\nhas {pattern.replace('+', ', ')}" + extra.format(column=column, label=label)
+                      + "\nclick to open it on the Synthesize page"
                       for s, pattern, label in zip(p.subjects, patterns, labels, strict=True)}
         brushes = [pg.mkBrush(c) for c in colours]
         for view, scatter in self.scatters.items():
