@@ -58,6 +58,7 @@ from core.training.distributed import (
     shard_indices,
     shutdown_distributed,
 )
+from core.training.eta import EtaEstimator
 from core.training.health import CollapseCheck, TrainingWarning
 from core.training.serialization import atomic_write_text, load_state, replace_directory, save_state
 
@@ -237,7 +238,7 @@ class Trainer:
         self.warnings: list[TrainingWarning] = []
         self.collapse_check = CollapseCheck(first_epoch=model.start_keep_best_epoch + 1)
         self._partial_train = _MeanAccumulator()
-        self._step_seconds: float | None = None
+        self._eta = EtaEstimator()
         self._steps_in_epoch = (0, 0)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -353,7 +354,8 @@ class Trainer:
         done_in_epoch = batch if phase == "train" else n_train + batch
         done = (epoch - 1) * per_epoch + done_in_epoch
         total = self.config.num_epochs * per_epoch
-        eta = self._step_seconds * (total - done) if self._step_seconds is not None else None
+        self._eta.report(epoch, phase, batch, started)
+        eta = self._eta.seconds_left(epoch, phase, batch, self.config.num_epochs, n_train, n_eval)
         self._emit(
             "on_batch_end",
             BatchProgress(
@@ -370,9 +372,6 @@ class Trainer:
             ),
         )
 
-    def _time_step(self, seconds: float) -> None:
-        self._step_seconds = seconds if self._step_seconds is None else 0.8 * self._step_seconds + 0.2 * seconds
-
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int, started: float) -> str | None:
         """Run the remaining training steps of ``epoch``; returns 'stopped'/'cancelled' if interrupted."""
@@ -388,7 +387,6 @@ class Trainer:
             interrupted = self._check_control()
             if interrupted:
                 return interrupted
-            tick = time.monotonic()
             progress = TrainingProgress(epoch=epoch, batch_ratio=step / len(batches))
             with self._autocast():
                 output = self._forward_module(batch.to(self.device, non_blocking=True), progress=progress)
@@ -422,7 +420,6 @@ class Trainer:
             metrics["grad_norm"] = float(grad_norm)
             self._partial_train.add(metrics, output.batch_size)
             self.step_in_epoch = step + 1
-            self._time_step(time.monotonic() - tick)
             self._heartbeat(epoch, "train", step + 1, len(batches), metrics["loss"], started)
         return None
 
@@ -435,11 +432,9 @@ class Trainer:
         accumulator = _MeanAccumulator()
         batches = [b for b in self._eval_batches() if b]
         for index, batch in enumerate(self._loader(self.eval_dataset, batches, epoch) if batches else []):
-            tick = time.monotonic()
             with self._autocast():
                 output = self.model(batch.to(self.device), progress=TrainingProgress(epoch=epoch))
             accumulator.add(output.metrics(), output.batch_size)
-            self._time_step(time.monotonic() - tick)
             if started is not None:
                 self._heartbeat(epoch, "validation", index + 1, len(batches), float(output.loss), started)
         self.model.train()

@@ -1,0 +1,72 @@
+"""The ETA counts every second of wall time: slow first step, cheaper validation, epoch-end work.
+
+A deterministic step-time sequence drives a fake clock; the estimate is compared with the time that
+really remained at every report.
+"""
+
+from __future__ import annotations
+
+from core.training.eta import EtaEstimator
+
+EPOCHS, N_TRAIN, N_EVAL = 5, 6, 3
+TRAIN_STEP, FIRST_STEP, EVAL_STEP = 1.0, 4.0, 0.25  # the first step warms up; validation has no backward
+INTO_VALIDATION, EPOCH_END = 0.5, 3.0  # the end of the training pass; metrics, previews, checkpoint
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _schedule() -> list[tuple[float, int, str, int]]:
+    """(time the step ends, epoch, phase, batch) for the whole run."""
+    now, events = 100.0, []
+    for epoch in range(1, EPOCHS + 1):
+        if epoch > 1:
+            now += EPOCH_END
+        for batch in range(1, N_TRAIN + 1):
+            now += FIRST_STEP if (epoch, batch) == (1, 1) else TRAIN_STEP
+            events.append((now, epoch, "train", batch))
+        now += INTO_VALIDATION
+        for batch in range(1, N_EVAL + 1):
+            now += EVAL_STEP
+            events.append((now, epoch, "validation", batch))
+    return events
+
+
+def test_eta_matches_the_time_that_remained_from_the_second_epoch() -> None:
+    clock = FakeClock()
+    eta = EtaEstimator(clock)
+    events = _schedule()
+    end = events[-1][0]
+    estimates = []
+    for when, epoch, phase, batch in events:
+        clock.now = when
+        eta.report(epoch, phase, batch, started=100.0)
+        estimates.append((when, epoch, eta.seconds_left(epoch, phase, batch, EPOCHS, N_TRAIN, N_EVAL)))
+    # Once one epoch with its boundaries was seen, the estimate is the time that remained.
+    for when, epoch, left in estimates:
+        if epoch >= 2:
+            assert left is not None and abs(left - (end - when)) < 1e-6, (epoch, left, end - when)
+    # In the first epoch the slow first step does not inflate the estimate ...
+    second_step = estimates[1]
+    assert eta.step_time("train") == TRAIN_STEP
+    assert second_step[2] is not None and second_step[2] <= end - second_step[0]
+    # ... and validation steps are counted at their own (lower) cost, not a training step's.
+    assert eta.step_time("validation") == EVAL_STEP
+
+
+def test_no_estimate_before_a_step_and_a_new_fit_measures_from_its_start() -> None:
+    clock = FakeClock()
+    eta = EtaEstimator(clock)
+    assert eta.seconds_left(1, "train", 0, EPOCHS, N_TRAIN, N_EVAL) is None
+    clock.now = 102.0
+    eta.report(1, "train", 1, started=100.0)
+    assert eta.step_time("train") == 2.0
+    # A resume an hour later: its first step is measured from its own start, not from the last report.
+    clock.now = 3700.0 + 1.5
+    eta.report(3, "train", 4, started=3700.0)
+    assert eta.seconds_left(3, "train", 4, EPOCHS, N_TRAIN, 0) < 100
