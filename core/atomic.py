@@ -38,6 +38,7 @@ __all__ = [
     "check_safe_name",
     "ensure_inside",
     "DiskFullError",
+    "disk_full_in_one_line",
 ]
 
 # Letters, digits and ". _ + -" (a space inside too), starting with a letter or digit: a name that is
@@ -79,11 +80,30 @@ def ensure_inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     return path
 
 
-def _disk_full(error: OSError, path: Path) -> DiskFullError | None:
-    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return DiskFullError(error.errno, f"No space left to write {path} ({os.strerror(error.errno)}); the "
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _disk_full(error: OSError | SafetensorError, path: Path) -> DiskFullError | None:
+    """The one-line error for a full disk (or file size limit); safetensors reports it as 'os error 28'."""
+    code = error.errno if isinstance(error, OSError) else next(
+        (c for c in _FULL if f"(os error {c})" in str(error)), None)
+    if code in _FULL:
+        return DiskFullError(code, f"No space left to write {path} ({os.strerror(code)}); the "
                              "previous files are kept. Fix: free disk space, then try again")
     return None
+
+
+@contextmanager
+def disk_full_in_one_line(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk met while writing ``path`` (a file, or a folder staged elsewhere) into :class:`DiskFullError`
+    naming ``path``; the outermost writer names what the user asked for."""
+    try:
+        yield
+    except (OSError, SafetensorError) as error:
+        full = _disk_full(error, Path(path))
+        if full is None:
+            raise
+        raise full from None
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
 
@@ -108,13 +128,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     stem = path.name[: -len(suffix)] if suffix else path.name
     tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.partial{suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as error:
-        full = _disk_full(error, path)
-        if full is None:
-            raise
-        raise full from None
+        with disk_full_in_one_line(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

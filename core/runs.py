@@ -27,6 +27,7 @@ staging folders and temporary files of a killed checkpoint write are removed whe
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -96,9 +97,11 @@ def _lock_of(run_dir: Path) -> FileLock:
 def run_lock(run_dir: str | Path, purpose: str) -> Iterator[None]:
     """Hold the run folder's exclusive lock while writing it; refuse at once if someone else holds it."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_of(run_dir)
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK):  # read-only permissions or mount (root is refused on a mount too)
+            raise PermissionError(errno.EACCES, "read-only")
         lock.acquire(timeout=0)
     except Timeout:
         owner = _read_owner(run_dir)
@@ -106,6 +109,11 @@ def run_lock(run_dir: str | Path, purpose: str) -> Iterator[None]:
                f"{owner.get('started', '?')} ({owner.get('command', '')})" if owner else "another process")
         raise RunBusyError(f"{run_dir} is in use: {who}. Fix: wait for it to finish or stop it, or choose another "
                            "folder.") from None
+    except OSError as error:
+        if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise PermissionError(error.errno, f"{run_dir} is read-only: {purpose} needs to write into it. Fix: make the "
+                              "folder writable, or copy the run to a writable folder and use the copy") from None
     try:
         atomic_write_text(run_dir / _OWNER_NAME, json.dumps({
             "purpose": purpose, "pid": os.getpid(), "host": socket.gethostname(),
@@ -147,12 +155,16 @@ def run_owner(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _clean_stale_files(run_dir: Path) -> None:
-    """Staging folders and partial files a killed writer left (only called while holding the lock)."""
+    """Staging folders and partial files a killed writer left (only called while holding the lock). A folder
+    a kill caught while swapped aside (``.epoch-0003.old``, its replacement not yet in place) is put back."""
     for folder in (run_dir, run_dir / "checkpoints"):
         if not folder.is_dir():
             continue
         for stale in folder.iterdir():
-            if stale.name.startswith(".") and (stale.name.endswith(".staging") or ".partial" in stale.name):
+            swapped_out = folder / stale.name[1:].removesuffix(".old")
+            if stale.name.startswith(".") and stale.name.endswith(".old") and not swapped_out.exists():
+                os.replace(stale, swapped_out)
+            elif stale.name.startswith(".") and (stale.name.endswith((".staging", ".old")) or ".partial" in stale.name):
                 if stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
                 else:

@@ -37,6 +37,10 @@ class TrainerConfig:
     early_stopping_min_delta: float = Field(0.0, ge=0, **advanced("Smallest decrease that counts as an improvement."))
     keep_best: bool = Field(True, description="Keep the weights of the best validation epoch as the final model.")
     checkpoint_every: int = Field(1, ge=1, **advanced("Save a resumable checkpoint every this many epochs."))
+    checkpoint_every_minutes: float | None = Field(
+        10.0, gt=0, **advanced("Also save a resumable checkpoint within an epoch when this many minutes have passed "
+                               "since the last one (long epochs on full-size volumes); None: only per epoch.")
+    )
     seed: int = Field(0, ge=0, description="Random seed: same seed, same data and same result.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_workers: int = Field(0, ge=0, le=64, **advanced("DataLoader worker processes."))

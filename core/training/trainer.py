@@ -2,8 +2,8 @@
 
 One epoch = the training steps over a seeded permutation of the subjects, then a validation pass.
 After each epoch the trainer keeps the best weights (validation loss), steps the LR schedule, checks
-early stopping, appends to ``metrics.csv`` and writes a checkpoint. Control flags (pause, stop-and-keep,
-cancel) are read between steps. Training order depends only on (seed, epoch), and the RNG states are
+early stopping, appends to ``metrics.csv`` and writes a checkpoint; within an epoch a checkpoint is also
+written every ``checkpoint_every_minutes``. Control flags (pause, stop-and-keep, cancel) are read between steps. Training order depends only on (seed, epoch), and the RNG states are
 saved with every checkpoint, so a resumed run gives the same result as an uninterrupted one.
 
 Run folder written here (when ``run_dir`` is given)::
@@ -11,6 +11,7 @@ Run folder written here (when ``run_dir`` is given)::
     metrics.csv              one row per epoch, train/<term> and val/<term> columns
     status.json              running | completed | early_stopped | stopped | cancelled | failed
     checkpoints/epoch-0007/  model + best weights + optimizer/scheduler/RNG/trainer state
+    checkpoints/epoch-0007-step-00040/  the same, 40 steps into epoch 8 (time-based, or stop-and-keep)
     checkpoints/latest       name of the newest complete checkpoint
     final_model/             the bundle to use (best weights when keep_best): core.models.load()
 
@@ -41,7 +42,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from core.atomic import atomic_save_tensors, load_tensors
+from core.atomic import atomic_save_tensors, disk_full_in_one_line, load_tensors
 from core.data.dataset import collate_multimodal
 from core.models._shared.annealing import TrainingProgress
 from core.models.base import MultimodalVAE, TrainingStage, save_bundle
@@ -240,6 +241,7 @@ class Trainer:
         self._partial_train = _MeanAccumulator()
         self._eta = EtaEstimator()
         self._steps_in_epoch = (0, 0)
+        self._last_checkpoint_time = time.monotonic()
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._scaler: torch.amp.GradScaler | None = None
@@ -421,7 +423,22 @@ class Trainer:
             self._partial_train.add(metrics, output.batch_size)
             self.step_in_epoch = step + 1
             self._heartbeat(epoch, "train", step + 1, len(batches), metrics["loss"], started)
+            if step + 1 < len(batches) and self._checkpoint_due():
+                self.save_checkpoint(tag=self._mid_epoch_tag())
         return None
+
+    def _checkpoint_due(self) -> bool:
+        """The time-based checkpoint within an epoch, so a crash loses minutes, not a long epoch. Rank 0's
+        clock decides for every rank (saving is a collective)."""
+        minutes = self.config.checkpoint_every_minutes
+        if self.run_dir is None or minutes is None:
+            return False
+        (due,) = all_reduce_flags(self.dist, self.dist.is_main and time.monotonic() - self._last_checkpoint_time >= 60 * minutes)
+        return due
+
+    def _mid_epoch_tag(self) -> str:
+        """``epoch-0003-step-00040``: sorts after ``epoch-0003`` and before ``epoch-0004``, so the newest wins."""
+        return f"epoch-{self.epoch:04d}-step-{self.step_in_epoch:05d}"
 
     @torch.no_grad()
     def evaluate(self, epoch: int, started: float | None = None) -> dict[str, float]:
@@ -507,6 +524,7 @@ class Trainer:
             self._build_optimizer()
         self._write_status("running", "")
         self._emit("on_train_start")
+        self._last_checkpoint_time = time.monotonic()
         status: Status = "completed"
         message = ""
         try:
@@ -520,7 +538,7 @@ class Trainer:
                 epoch_started = time.monotonic()
                 interrupted = self._train_epoch(epoch, started)
                 if interrupted == "stopped":
-                    self.save_checkpoint(tag=f"epoch-{epoch - 1:04d}-step-{self.step_in_epoch:05d}")
+                    self.save_checkpoint(tag=self._mid_epoch_tag())
                     status, message = "stopped", f"Stopped during epoch {epoch}; resume to continue."
                     break
                 if interrupted == "cancelled":
@@ -575,7 +593,8 @@ class Trainer:
                     break
         except BaseException as error:
             message = str(error)
-            self._write_status("failed", message)
+            with contextlib.suppress(OSError):  # on a full disk the status cannot be written either: keep the first error
+                self._write_status("failed", message)
             self._emit("on_error", error)
             raise
         if status in ("completed", "early_stopped", "stopped"):
@@ -608,8 +627,12 @@ class Trainer:
         if self.run_dir is not None and self.dist.is_main:
             staging = self.run_dir / ".final_model.staging"
             shutil.rmtree(staging, ignore_errors=True)
-            save_bundle(self.model, staging, {"best_epoch": self.best_epoch, "epochs": self.epoch})
-            replace_directory(staging, self.run_dir / "final_model")
+            try:
+                with disk_full_in_one_line(self.run_dir / "final_model"):
+                    save_bundle(self.model, staging, {"best_epoch": self.best_epoch, "epochs": self.epoch})
+                    replace_directory(staging, self.run_dir / "final_model")
+            finally:  # a failed write gives its space back at once
+                shutil.rmtree(staging, ignore_errors=True)
         barrier(self.dist)
 
     def save_checkpoint(self, tag: str | None = None) -> Path | None:
@@ -624,6 +647,7 @@ class Trainer:
         if self.dist.is_main:
             self._write_checkpoint(name, partial, rng_states)
         barrier(self.dist)
+        self._last_checkpoint_time = time.monotonic()
         return target
 
     def _write_checkpoint(self, name: str, partial: _MeanAccumulator, rng_states: list[dict[str, Any]]) -> None:
@@ -631,6 +655,18 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         staging = folder / f".{name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
+        target = folder / name
+        try:
+            with disk_full_in_one_line(target):
+                self._write_staged_checkpoint(staging, partial, rng_states)
+                replace_directory(staging, target)
+                atomic_write_text(folder / "latest", name + "\n")
+        finally:  # a failed write (full disk) gives its space back at once; the previous checkpoint stays
+            shutil.rmtree(staging, ignore_errors=True)
+        self._prune_checkpoints(keep={name})
+        self._emit("on_checkpoint", str(target))
+
+    def _write_staged_checkpoint(self, staging: Path, partial: _MeanAccumulator, rng_states: list[dict[str, Any]]) -> None:
         save_bundle(self.model, staging)
         if self.best_state is not None:
             atomic_save_tensors(self.best_state, staging / "best.safetensors")
@@ -656,11 +692,6 @@ class Trainer:
             "saved_at": datetime.now(timezone.utc).isoformat(),
         }
         (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        target = folder / name
-        replace_directory(staging, target)
-        atomic_write_text(folder / "latest", name + "\n")
-        self._prune_checkpoints(keep={name})
-        self._emit("on_checkpoint", str(target))
 
     def _prune_checkpoints(self, keep: set[str], n_keep: int = 2) -> None:
         folder = self.run_dir / "checkpoints"
