@@ -32,7 +32,7 @@ from core.data.sources import DataConfig, load_data
 from core.metrics._common import batches_of
 from core.models.base import MultimodalVAE, load_bundle
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
-from core.runs import load_run_config
+from core.runs import RunConfig, load_run_config, run_lock
 from core.training.trainer import select_device
 
 __all__ = ["Imputation", "FieldOfView", "FieldsOfView", "own_field_of_view", "predict_with_uncertainty", "impute_subjects", "to_grid",
@@ -216,13 +216,21 @@ def impute_run(
     """Fill every subject's missing modalities in ``data`` with a run's final model; write NIfTI + sidecars.
 
     ``data`` is prepared exactly as the run's training data was (same preprocessing settings), and each
-    volume is written on that subject's original grid (see :mod:`core.export`).
+    volume is written on that subject's original grid (see :mod:`core.export`). ``out_dir`` is held with the
+    run folders' exclusive lock (:func:`core.runs.run_lock`), so a second writer is refused, naming the first.
     """
-    from core.export import Provenance, export_cohort
-
     run_dir = Path(run_dir)
     config = load_run_config(run_dir / "config.yaml")
     model = load_bundle(run_dir / "final_model", map_location=select_device(device))
+    with run_lock(out_dir, "impute"):
+        return _impute_into(run_dir, config, model, data, out_dir, n_samples, uncertainty, progress, cancel)
+
+
+def _impute_into(run_dir: Path, config: RunConfig, model: MultimodalVAE, data: str | os.PathLike,
+                 out_dir: str | os.PathLike, n_samples: int, uncertainty: bool, progress: ProgressFn | None,
+                 cancel: CancelFn | None) -> list[Any]:
+    from core.export import Provenance, export_cohort
+
     # The run pinned its preprocessing (grid, modalities, normalisation) when it trained: reuse it, so a
     # modality the new cohort lacks entirely is kept as all-missing and gets imputed.
     preprocessing = {**config.data.preprocessing, "modalities": list(model.modalities)}
