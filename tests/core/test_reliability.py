@@ -302,3 +302,20 @@ def test_two_writers_kill_minus_9_and_resume(trained_run, tmp_path, capsys):
     assert main(["resume", str(run), "--epochs", str(done + 2), "--quiet"]) == 0
     assert not stale.exists(), "stale staging folders are cleaned when a writer starts"
     assert read_run_summary(run).status == "completed" and run_owner(run) is None
+
+
+def test_impute_into_a_folder_another_writer_holds_is_refused_naming_it(trained_run, tmp_path, capsys):
+    import os
+
+    from core.runs import run_lock
+
+    root, cohort = trained_run
+    out = tmp_path / "synth"
+    with run_lock(out, "train"):
+        capsys.readouterr()
+        assert main(["impute", str(root / "run"), str(cohort), "--out", str(out), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "is in use: train by pid" in err and f"pid {os.getpid()}" in err and "Traceback" not in err
+        assert not list(out.rglob("*.nii.gz")), "the refused writer wrote nothing"
+    assert main(["impute", str(root / "run"), str(cohort), "--out", str(out), "--quiet"]) == 0
+    assert list(out.rglob("*.nii.gz"))
