@@ -56,6 +56,8 @@ def test_open_the_demo_cohort_and_see_the_matrix(make_window: Any, qtbot: Any, t
     viewer.window_box.setValue(0.5)
     viewer.level_box.setValue(0.25)
     assert tuple(viewer.views[0]["coronal"].image.levels) == pytest.approx((0.0, 0.5))
+    # The value under the crosshair says it is in the file's own units (the Synthesize page shows model space).
+    assert viewer.readout.text().endswith("(source units, as stored in the file)")
     # A missing cell says so instead of failing.
     row, col = map(int, np.argwhere(states == MISSING)[0])
     page.matrix.clicked.emit(model.index(row, col))

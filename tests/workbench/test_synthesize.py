@@ -505,3 +505,77 @@ def test_a_run_on_two_dimensional_images(make_window: Any, qtbot: Any, tmp_path:
                     timeout=TIMEOUT)
     window.set_theme("light")
     assert window.explore_page.plot.scatters
+
+
+def test_overlay_blends_or_checkers_synthesized_over_real_and_values_carry_units(qtbot: Any) -> None:
+    viewer = OrthoViewer()
+    qtbot.addWidget(viewer)
+    viewer.resize(900, 600)
+    viewer.show()
+    real = np.zeros((16, 12, 8), np.float32)
+    synth = np.ones((16, 12, 8), np.float32)
+    viewer.units_note = "displayed in model space"
+    viewer.set_panels([Panel("real", real, units="normalised intensity"),
+                       Panel("synthesized", synth, units="normalised intensity"),
+                       Panel("uncertainty", synth * 0.1, "uncertainty", units="std of normalised intensity")])
+    # Side by side: no overlay column; the overlay row is offered because there are two intensity volumes.
+    assert viewer.compare_row.isVisibleTo(viewer) and [p.title for p in viewer.panels] == ["real", "synthesized", "uncertainty"]
+    # The readout gives every value with its units, once per run of columns in the same units, and the space shown.
+    text = viewer.readout.text()
+    assert "real 0  ·  synthesized 1 normalised intensity" in text
+    assert "uncertainty 0.1 std of normalised intensity" in text and text.endswith("(displayed in model space)")
+    # Blend: an extra column, the synthesized volume weighted by the slider, in the shared window.
+    viewer.set_compare("Blend", 30)
+    assert [p.title for p in viewer.panels][-1] == "overlay" and len(viewer.views) == 4
+    axial = viewer.views[3]["axial"].image
+    assert np.allclose(axial.image, 0.3) and viewer.compare_label.text() == "synthesized 30 %"
+    assert axial.levels.tolist() == pytest.approx(list(viewer.levels))
+    viewer.compare_slider.setValue(80)
+    assert np.allclose(viewer.views[3]["coronal"].image.image, 0.8)
+    # Checkerboard: alternating tiles of the chosen size, real in the first tile.
+    viewer.set_compare("Checkerboard", 4)
+    tiles = viewer.views[3]["axial"].image.image
+    assert tiles[0, 0] == 0 and tiles[4, 0] == 1 and tiles[0, 4] == 1 and tiles[4, 4] == 0 and tiles[3, 3] == 0
+    assert viewer.compare_label.text() == "tiles of 4 voxels"
+    # A new subject's volumes keep the overlay; back to side by side drops the column.
+    viewer.set_panels([Panel("real", real + 2, units="normalised intensity"), Panel("synthesized", synth, units="normalised intensity")])
+    assert viewer.views[-1]["axial"].image.image[0, 0] == 2
+    viewer.set_compare("Side by side")
+    assert [p.title for p in viewer.panels] == ["real", "synthesized"]
+    # One volume (the Data page): nothing to overlay.
+    viewer.set_panels([Panel("T1", real)])
+    assert not viewer.compare_row.isVisibleTo(viewer)
+
+
+def test_open_in_external_viewer_hands_the_export_to_the_desktop(
+        make_window: Any, qtbot: Any, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[Any] = []
+
+    class FakeDesktop:
+        """Records the URL instead of launching an application."""
+
+        answer = True
+
+        @staticmethod
+        def openUrl(url: Any) -> bool:
+            opened.append(url)
+            return FakeDesktop.answer
+
+    monkeypatch.setattr(synthesize_module, "QDesktopServices", FakeDesktop)
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    assert not page.external_button.isEnabled()
+    subject = _subject_lacking(page)
+    assert page.select_subject(subject)
+    _generate(page, qtbot, page.generate_button)
+    assert page.viewer.units_note.startswith("displayed in model space") and "source's units" in page.viewer.units_note
+    assert "normalised intensity" in page.viewer.readout.text()
+    out = tmp_path / f"{subject}_{page.shown_modality()}.nii.gz"
+    page.export_current(str(out), confirmed=True)
+    _wait_batch(page, qtbot)
+    assert out.is_file() and page.external_button.isEnabled()
+    qtbot.mouseClick(page.external_button, Qt.MouseButton.LeftButton)
+    assert len(opened) == 1 and opened[0].isLocalFile() and Path(opened[0].toLocalFile()) == out
+    # No application for .nii.gz: the page says how to set one up, naming the file.
+    FakeDesktop.answer = False
+    assert page.open_in_external_viewer() is False
+    assert any("No application is set to open" in t and out.name in t for t in page.messages.texts())

@@ -233,6 +233,7 @@ class DataPage(QWidget):
         self.tabs = QTabWidget()
         # The same linked orthogonal viewer as the Synthesize page: scroll slices, one crosshair, window/level.
         self.volume_view = OrthoViewer()
+        self.volume_view.units_note = "source units, as stored in the file"
         self.volume_view.clear("Open a cohort, then click a cell of the matrix to view that volume.")
         self.volume_info = QLabel("")
         self.volume_info.setObjectName("PageHint")

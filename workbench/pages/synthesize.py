@@ -4,8 +4,11 @@ Pick a run and a subject, tick which of the subject's modalities to condition on
 samples to draw; every other modality is generated in a background worker (:mod:`core.synthesis`): the
 mean of the N decodings and their voxel-wise standard deviation as the uncertainty map. Linked
 orthogonal views show real (where it exists), synthesized, difference and uncertainty side by side with
-one crosshair and one window/level; where the real volume exists the metrics table scores the synthesis
-and the mean image of the training subjects (MSE, PSNR, SSIM, from :mod:`core.metrics`).
+one crosshair and one window/level, and optionally an overlay of synthesized over real (blend or
+checkerboard, with a slider); the value under the crosshair says that the page shows model space
+(normalised intensity) while exports are in the source's units. Where the real volume exists the metrics
+table scores the synthesis and the mean image of the training subjects (MSE, PSNR, SSIM, from
+:mod:`core.metrics`). The last export opens in the desktop's default application ("Open in external viewer").
 
 "Leave one out" hides a modality the subject has, synthesizes it from the others and shows the error:
 the user's way to judge whether the model can be trusted. Beside it, one **verdict** per modality in plain
@@ -78,6 +81,9 @@ METRIC_HEADERS = ["Modality", "Metric", "Model", "Mean", "Better"]
 _METRICS = (("mse", "MSE", False), ("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True))
 #: The page shows volumes in model space; exports are in the source's units (their sidecar says which).
 UNCERTAINTY_UNITS = "std of normalised intensity"
+INTENSITY_UNITS = "normalised intensity"
+#: After the value readout: what is displayed, and that an export is not in these units.
+DISPLAYED_UNITS_NOTE = "displayed in model space (normalised intensity); exports are in the source's units"
 _VERDICT_RULE_TEXT = (
     "Leave-one-out over every held-out subject (test, else validation) that has the modality: hidden, synthesized from "
     "the subject's other modalities and compared with the training subjects' mean image on the same voxels. A modality "
@@ -261,6 +267,7 @@ class SynthesizePage(QWidget):
         self.verdict_progress.cancel_requested.connect(self.verdict_runner.cancel)
         viewer_card.body.addWidget(self.verdict_progress)
         self.viewer = OrthoViewer()
+        self.viewer.units_note = DISPLAYED_UNITS_NOTE
         viewer_card.body.addWidget(self.viewer, 1)
 
         # -- metrics and exports
@@ -319,6 +326,13 @@ class SynthesizePage(QWidget):
         buttons.addWidget(self.csv_button)
         buttons.addWidget(self.report_button)
         export_card.body.addLayout(buttons)
+        self.external_button = QPushButton("Open in external viewer")
+        self.external_button.setToolTip("Open the last exported volume in the desktop's default application for NIfTI "
+                                        "files (e.g. ITK-SNAP or 3D Slicer), in its source units")
+        self.external_button.setEnabled(False)
+        self.external_button.clicked.connect(lambda: self.open_in_external_viewer())
+        export_card.body.addWidget(self.external_button)
+        self.last_export: Path | None = None
         self.batch_progress = ProgressRow(stacked=True)
         self.batch_progress.cancel_requested.connect(self.cancel_batch)
         export_card.body.addWidget(self.batch_progress)
@@ -528,6 +542,7 @@ class SynthesizePage(QWidget):
         self.export_button.setEnabled(has_result and not batch_busy)
         for button in (self.export_all_button, self.csv_button, self.report_button):
             button.setEnabled(self.context is not None and not batch_busy)
+        self.external_button.setEnabled(self.last_export is not None and not batch_busy)
         for widget in (self.subject_box, self.only_incomplete):
             widget.setEnabled(self.context is not None)
 
@@ -713,10 +728,11 @@ class SynthesizePage(QWidget):
         where = "" if fov is None else (" · inside its field of view" if fov.source == "subject"
                                         else f" · inside the {fov.source.replace('cohort', 'cohort’s')} field of view")
         panels = [
-            Panel("real", item.real, "intensity", "" if item.real is not None else f"{result.subject} has no {m}"),
-            Panel("synthesized", item.mean, "intensity", f"from {'+'.join(result.conditioning)}{where}"),
+            Panel("real", item.real, "intensity", "" if item.real is not None else f"{result.subject} has no {m}",
+                  units=INTENSITY_UNITS),
+            Panel("synthesized", item.mean, "intensity", f"from {'+'.join(result.conditioning)}{where}", units=INTENSITY_UNITS),
             Panel("difference", item.difference, "difference", "synthesized − real" if item.real is not None else "no real volume",
-                  units="normalised intensity"),
+                  units=INTENSITY_UNITS),
             Panel("uncertainty", item.std, "uncertainty", std_note, units=UNCERTAINTY_UNITS),
         ]
         self.viewer.set_panels(panels)
@@ -880,11 +896,18 @@ class SynthesizePage(QWidget):
                 return
             folder = Path(result[0].image).parent
             self.settings.set_last_dir(folder)
+            self.last_export = Path(result[0].image)
+            self.external_button.setToolTip(f"Open {self.last_export.name} in the desktop's default application for NIfTI "
+                                            "files (e.g. ITK-SNAP or 3D Slicer), in its source units")
             images = ", ".join(r.image.name for r in result[:3]) + (" …" if len(result) > 3 else "")
             self.export_label.setText(f"Wrote {len(result)} volume(s) to {folder}: {images} (each with a .json sidecar"
                                       + (" and a _std uncertainty map)" if result[0].uncertainty else ")"))
-            self.messages.info("export", f"Exported {len(result)} synthesized volume(s) to {folder}.",
-                               action=("Open folder", lambda f=folder: QDesktopServices.openUrl(QUrl.fromLocalFile(str(f)))))
+            if len(result) == 1:
+                self.messages.info("export", f"Exported {self.last_export.name} to {folder}, in the source's units.",
+                                   action=("Open in external viewer", lambda: self.open_in_external_viewer()))
+            else:
+                self.messages.info("export", f"Exported {len(result)} synthesized volume(s) to {folder}.",
+                                   action=("Open folder", lambda f=folder: QDesktopServices.openUrl(QUrl.fromLocalFile(str(f)))))
             self.status_message.emit(f"Exported {len(result)} volume(s)")
         else:
             path = Path(result)
@@ -893,6 +916,20 @@ class SynthesizePage(QWidget):
             self.messages.info("export", f"Wrote {path.name}.",
                                action=("Open", lambda p=path: QDesktopServices.openUrl(QUrl.fromLocalFile(str(p)))))
         self._update_buttons()
+
+    def open_in_external_viewer(self, path: Path | None = None) -> bool:
+        """Open ``path`` (the last export) with the desktop's default application; say how when none opens it."""
+        target = path or self.last_export
+        if target is None:
+            return False
+        if not target.exists():
+            self.messages.warning("export", f"{target} is no longer there: export it again.")
+            return False
+        opened = QDesktopServices.openUrl(QUrl.fromLocalFile(str(target)))
+        if not opened:
+            self.messages.warning("export", f"No application is set to open {target.name}. Associate .nii.gz files with a "
+                                            f"viewer such as ITK-SNAP or 3D Slicer, or open it from there: {target}")
+        return bool(opened)
 
     def _batch_failed(self, error: TaskError) -> None:
         self.batch_progress.finish()

@@ -10,7 +10,11 @@ Compare Volumes:
   (1st..99th percentile); the difference column uses a symmetric diverging map around 0 and the
   uncertainty column its own 0..99th-percentile window, each with a colour bar under the column labelled
   with the panel's units;
-* **linked zoom and pan** per plane (mouse wheel, left-drag).
+* **linked zoom and pan** per plane (mouse wheel, left-drag);
+* **an overlay** of the second intensity column over the first (synthesized over real) in an extra column:
+  a blend with a slider for the top volume's weight, or a checkerboard with a slider for the tile size;
+* **the value under the crosshair** of every column, with its units (``Panel.units``, and the viewer's
+  ``units_note`` saying which space is displayed).
 
 A single volume (the Data page's viewer) shows its three planes side by side under its title.
 
@@ -29,10 +33,12 @@ import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPointF, Qt, Signal, Slot
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSlider,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -44,8 +50,10 @@ from workbench.resources import plot_colors
 __all__ = ["OrthoViewer", "Panel", "as_spatial", "KINDS"]
 
 PLANES = ("axial", "coronal", "sagittal")
-#: What a column shows, which decides its colour map and window.
-KINDS = ("intensity", "difference", "uncertainty")
+#: What a column shows, which decides its colour map and window ("overlay" is the viewer's own column).
+KINDS = ("intensity", "difference", "uncertainty", "overlay")
+#: How the overlay column combines the first two intensity columns (None: no overlay column).
+COMPARE_MODES = {"Side by side": None, "Blend": "blend", "Checkerboard": "checkerboard"}
 _CMAPS = {"difference": "CET-D1", "uncertainty": "inferno"}
 
 
@@ -138,6 +146,9 @@ class OrthoViewer(QWidget):
         self._other_levels: dict[int, tuple[float, float]] = {}
         self._titles: list[pg.LabelItem] = []
         self.colour_bars: dict[int, pg.ColorBarItem] = {}
+        self._given: list[Panel] = []  # the caller's panels, without the overlay column
+        #: Which space the values are in, after the readout (e.g. that exports are in other units).
+        self.units_note = ""
 
         # -- controls
         controls = QHBoxLayout()
@@ -174,6 +185,29 @@ class OrthoViewer(QWidget):
         self.auto_button.clicked.connect(self.auto_levels)
         controls.addWidget(self.auto_button)
         controls.addStretch(1)
+        # -- overlay of the second intensity column over the first (its own row: the first row stays narrow)
+        self.compare_row = QWidget()
+        compare = QHBoxLayout(self.compare_row)
+        compare.setContentsMargins(0, 0, 0, 0)
+        compare.addWidget(QLabel("Overlay"))
+        self.compare_box = QComboBox()
+        self.compare_box.addItems(list(COMPARE_MODES))
+        self.compare_box.setToolTip("Show the synthesized volume over the real one in an extra column: blended, or in a "
+                                    "checkerboard of alternating tiles (edges that do not line up show at the tile borders)")
+        self.compare_box.currentIndexChanged.connect(self._compare_changed)
+        compare.addWidget(self.compare_box)
+        self.compare_slider = QSlider(Qt.Orientation.Horizontal)
+        self.compare_slider.setRange(0, 100)
+        self.compare_slider.setValue(50)
+        self.compare_slider.setMaximumWidth(220)
+        self.compare_slider.valueChanged.connect(self._compare_slider_moved)
+        compare.addWidget(self.compare_slider, 1)
+        self.compare_label = QLabel("")
+        compare.addWidget(self.compare_label)
+        compare.addStretch(1)
+        self._blend, self._tile = 50, 8
+        self._compare_changed()
+        self.compare_row.setVisible(False)
         self.readout = QLabel("")
         self.readout.setObjectName("PageHint")
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -190,6 +224,7 @@ class OrthoViewer(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
         layout.addLayout(controls)
+        layout.addWidget(self.compare_row)
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.message, 1)
         layout.addWidget(self.readout)
@@ -205,8 +240,25 @@ class OrthoViewer(QWidget):
     def planes(self) -> tuple[str, ...]:
         return ("image",) if self.is_2d else PLANES
 
+    @property
+    def compare_mode(self) -> str | None:
+        return COMPARE_MODES[self.compare_box.currentText()]
+
+    def _overlay_pair(self, panels: Sequence[Panel]) -> tuple[int, int] | None:
+        """The first two intensity columns with a volume (real, synthesized): what the overlay combines."""
+        shown = [i for i, p in enumerate(panels) if p.kind == "intensity" and p.array is not None]
+        return (shown[0], shown[1]) if len(shown) >= 2 else None
+
     def set_panels(self, panels: Sequence[Panel], keep_position: bool = True, levels: tuple[float, float] | None = None) -> None:
-        """Show ``panels`` side by side (arrays of one shape; None arrays show their note)."""
+        """Show ``panels`` side by side (arrays of one shape; None arrays show their note), and the overlay
+        column when an overlay is chosen and there are two intensity volumes."""
+        self._given = [p for p in panels if p.kind != "overlay"]
+        pair = self._overlay_pair(self._given)
+        self.compare_row.setVisible(pair is not None)
+        panels = list(self._given)
+        if pair is not None and self.compare_mode is not None:
+            top, base = panels[pair[1]].title, panels[pair[0]].title
+            panels.append(Panel("overlay", panels[pair[0]].array, "overlay", f"{top} over {base}", panels[pair[0]].units))
         arrays = [as_spatial(p.array) for p in panels]
         shapes = {a.shape for a in arrays if a is not None}
         if len(shapes) > 1:
@@ -233,7 +285,7 @@ class OrthoViewer(QWidget):
             box.blockSignals(False)
         self._other_levels = {}
         for i, (panel, array) in enumerate(zip(self.panels, arrays, strict=True)):
-            if array is None or panel.kind == "intensity":
+            if array is None or panel.kind in ("intensity", "overlay"):
                 continue
             finite = np.abs(array[np.isfinite(array)])
             top = float(np.percentile(finite, 99)) if finite.size else 1.0
@@ -331,8 +383,27 @@ class OrthoViewer(QWidget):
         x, y, z = self.position
         return {"image": (x, y), "axial": (x, y), "coronal": (x, z), "sagittal": (y, z)}[plane]
 
-    def _update_slices(self) -> None:
+    def overlay_slice(self, plane: str) -> np.ndarray | None:
+        """The overlay column's slice of ``plane``: the second intensity volume blended over, or in a
+        checkerboard with, the first (None without an overlay)."""
+        pair = self._overlay_pair(self.panels)
+        mode = self.compare_mode
+        if pair is None or mode is None:
+            return None
+        base = self._cuts(self.arrays[pair[0]])[plane]
+        top = self._cuts(self.arrays[pair[1]])[plane]
+        if mode == "blend":
+            weight = self._blend / 100.0
+            return (1.0 - weight) * base + weight * top
+        rows, cols = np.indices(base.shape)
+        tiles = ((rows // self._tile) + (cols // self._tile)) % 2 == 1
+        return np.where(tiles, top, base)
+
+    def _update_slices(self, only: str | None = None) -> None:
         for i, array in enumerate(self.arrays):
+            kind = self.panels[i].kind
+            if only is not None and kind != only:
+                continue
             levels = self._other_levels.get(i, self.levels)
             for plane, view in self.views[i].items():
                 if array is None:
@@ -340,7 +411,8 @@ class OrthoViewer(QWidget):
                     view.vline.setVisible(False)
                     view.hline.setVisible(False)
                     continue
-                view.image.setImage(np.nan_to_num(self._cuts(array)[plane]), levels=levels, autoLevels=False)
+                cut = self.overlay_slice(plane) if kind == "overlay" else self._cuts(array)[plane]
+                view.image.setImage(np.nan_to_num(cut), levels=levels, autoLevels=False)
                 h, v = self._cross(plane)
                 view.vline.setVisible(True)
                 view.hline.setVisible(True)
@@ -353,10 +425,14 @@ class OrthoViewer(QWidget):
             return
         index = tuple(self.position[: len(self.shape)])
         parts = [f"voxel ({', '.join(str(i) for i in index)})"]
-        for panel, array in zip(self.panels, self.arrays, strict=True):
-            if array is not None:
-                parts.append(f"{panel.title} {float(array[index]):.4g}")
-        self.readout.setText("  ·  ".join(parts))
+        shown = [(p, a) for p, a in zip(self.panels, self.arrays, strict=True) if a is not None and p.kind != "overlay"]
+        for k, (panel, array) in enumerate(shown):
+            # Units after the last of a run of columns in the same units: "real 0.51 · synthesized 0.48 normalised intensity".
+            last_of_run = k + 1 == len(shown) or shown[k + 1][0].units != panel.units
+            units = f" {panel.units}" if panel.units and last_of_run else ""
+            parts.append(f"{panel.title} {float(array[index]):.4g}{units}")
+        note = f"  ({self.units_note})" if self.units_note else ""
+        self.readout.setText("  ·  ".join(parts) + note)
 
     def value_at(self, title: str) -> float | None:
         """The value of column ``title`` under the crosshair."""
@@ -408,6 +484,46 @@ class OrthoViewer(QWidget):
             event.accept()
             return
         super().keyPressEvent(event)
+
+    # ------------------------------------------------------------------ overlay
+    @Slot()
+    def _compare_changed(self) -> None:
+        """Another overlay mode: the slider is the top volume's weight (blend) or the tile size (checkerboard)."""
+        mode = self.compare_mode
+        self.compare_slider.blockSignals(True)
+        if mode == "checkerboard":
+            self.compare_slider.setRange(2, 32)
+            self.compare_slider.setValue(self._tile)
+            self.compare_slider.setToolTip("Tile size of the checkerboard, in voxels")
+        else:
+            self.compare_slider.setRange(0, 100)
+            self.compare_slider.setValue(self._blend)
+            self.compare_slider.setToolTip("Weight of the synthesized volume in the blend (0 %: real only, 100 %: synthesized only)")
+        self.compare_slider.blockSignals(False)
+        self.compare_slider.setEnabled(mode is not None)
+        self._show_compare_value()
+        if self._given:
+            self.set_panels(self._given, levels=self.levels)
+
+    @Slot(int)
+    def _compare_slider_moved(self, value: int) -> None:
+        if self.compare_mode == "checkerboard":
+            self._tile = value
+        else:
+            self._blend = value
+        self._show_compare_value()
+        self._update_slices(only="overlay")
+
+    def _show_compare_value(self) -> None:
+        mode = self.compare_mode
+        self.compare_label.setText({"blend": f"synthesized {self._blend} %", "checkerboard": f"tiles of {self._tile} voxels"}
+                                   .get(mode or "", ""))
+
+    def set_compare(self, mode: str, value: int | None = None) -> None:
+        """Choose the overlay (one of :data:`COMPARE_MODES`' names) and, optionally, its slider value."""
+        self.compare_box.setCurrentText(mode)
+        if value is not None:
+            self.compare_slider.setValue(value)
 
     # ------------------------------------------------------------------ window / level
     def set_levels(self, low: float, high: float) -> None:
