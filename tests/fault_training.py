@@ -12,15 +12,20 @@ follows step K):
   optimizer state reach the staging folder;
 - ``--file-limit-after-write K BYTES``: after write K, RLIMIT_FSIZE caps every file at BYTES (a full disk).
 
-Errors are printed in one line, ``error: ...``, as the command line prints them.
+Errors are printed in one line, ``error: ...``, as the command line prints them. The helpers below run it
+(:func:`run_in_subprocess`), train the uninterrupted reference (:func:`reference_run`) and compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
+import json
 import os
 import resource
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import core.training.trainer as trainer_module  # noqa: E402
+from core.atomic import load_tensors  # noqa: E402
 from core.data import IncompleteDataset, split_by_subject  # noqa: E402
 from core.models import MVAE, MVAEConfig  # noqa: E402
 from core.runs import run_lock  # noqa: E402
@@ -36,6 +42,22 @@ from core.training import Callback, Trainer, TrainerConfig, latest_checkpoint  #
 
 INPUT_DIMS = {"a": (8,), "b": (8,)}
 NUM_EPOCHS, STEPS_PER_EPOCH = 3, 4
+SCRIPT = Path(__file__).resolve()
+
+# The kill -9 moments: arguments of the faulty run, the step it dies in, whether it dies inside a checkpoint write.
+KILLS = {
+    "inside-the-first-checkpoint-write": (["--kill-in-write", "1"], 1, True),
+    "mid-epoch": (["--kill-after-step", "7"], 7, False),
+    "first-step-after-an-epoch-checkpoint": (["--kill-after-step", "5"], 5, False),
+    "inside-an-end-of-epoch-checkpoint-write": (["--kill-in-write", "8"], 8, True),
+}
+# A full disk: after 5 checkpoints every file is capped at 1 kB, so checkpoint 6 (epoch-0001-step-00002) fails.
+FULL_DISK = ["--file-limit-after-write", "5", "1024"]
+
+
+def new_model() -> MVAE:
+    torch.manual_seed(11)
+    return MVAE(MVAEConfig(n_modalities=2, latent_dim=2, input_dims=INPUT_DIMS, warmup=1, k=1))
 
 
 def tiny_splits() -> tuple[IncompleteDataset, IncompleteDataset]:
@@ -93,16 +115,63 @@ def train_or_resume(run: Path, kill_after_step: int | None = None, kill_in_write
     try:
         with run_lock(run, "train"):
             resume = latest_checkpoint(run) is not None
-            torch.manual_seed(11)
-            model = MVAE(MVAEConfig(n_modalities=2, latent_dim=2, input_dims=INPUT_DIMS, warmup=1, k=1))
             faults = _Faults(kill_after_step, file_limit_after_write)
-            trainer = Trainer(model, train, validation, trainer_config(), [faults], run)
+            trainer = Trainer(new_model(), train, validation, trainer_config(), [faults], run)
             result = trainer.train(resume_from=run if resume else None)
     except (OSError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"{result.status}: {result.epochs_completed} epochs")
     return 0
+
+
+def run_in_subprocess(run: Path, *args: str, read_only: bool = False) -> subprocess.CompletedProcess:
+    """This script on ``run`` in a fresh process; ``read_only`` makes ``run`` read-only for it (root writes
+    through permissions, so as root it is mounted read-only in a private mount namespace instead)."""
+    command = [sys.executable, str(SCRIPT), str(run), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if read_only and os.geteuid() == 0:
+        command = ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(run), *command]
+    if not read_only or os.geteuid() == 0:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    modes = {p: p.stat().st_mode for p in [run, *run.rglob("*")]}
+    try:
+        for path, mode in modes.items():
+            path.chmod(mode & ~0o222)
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+
+
+def reference_run(folder: Path) -> Path:
+    """The uninterrupted run, without the time-based checkpoints (they must not change the result)."""
+    config = dataclasses.replace(trainer_config(), checkpoint_every_minutes=None)
+    result = Trainer(new_model(), *tiny_splits(), config, run_dir=folder).train()
+    assert result.status == "completed", result.message
+    return folder
+
+
+def checkpoint_step(run: Path) -> int:
+    """Training steps of the run the newest checkpoint holds (0 without one)."""
+    last = latest_checkpoint(run)
+    if last is None:
+        return 0
+    state = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
+    return state["epoch"] * STEPS_PER_EPOCH + state["step_in_epoch"]
+
+
+def _losses(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", encoding="utf-8") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def same_result(run: Path, reference: Path) -> bool:
+    """Bit-identical final weights and the same loss history as the reference run."""
+    ours = load_tensors(run / "final_model" / "model.safetensors")
+    theirs = load_tensors(reference / "final_model" / "model.safetensors")
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours) \
+        and _losses(run) == _losses(reference)
 
 
 def main() -> int:
