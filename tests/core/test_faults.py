@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from bad_inputs import digest
 from fault_training import (
     FULL_DISK,
     KILLS,
@@ -92,17 +93,13 @@ def test_full_disk_is_one_line_keeps_the_last_checkpoint_and_frees_the_staging(t
     assert same_result(run, reference)
 
 
-def _digest(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_a_read_only_run_folder_is_refused_in_one_line(tmp_path, reference):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    before = _digest(run)
+    before = digest(run)
     result = run_in_subprocess(run, read_only=True)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{run} is read-only" in lines[0] and "Fix: make the folder writable" in lines[0]
-    assert _digest(run) == before
+    assert digest(run) == before
