@@ -103,3 +103,21 @@ def test_a_read_only_run_folder_is_refused_in_one_line(tmp_path, reference):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{run} is read-only" in lines[0] and "Fix: make the folder writable" in lines[0]
     assert digest(run) == before
+
+
+def test_a_checkpoint_a_kill_caught_swapped_aside_is_put_back_when_a_writer_starts(tmp_path, reference):
+    """replace_directory moves an existing checkpoint aside, then the new one in: a kill between the two
+    renames leaves only ``.<name>.old``, which the next writer restores (and drops when both exist)."""
+    from core.runs import run_lock
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    checkpoints = run / "checkpoints"
+    newest = latest_checkpoint(run)
+    older = sorted(p for p in checkpoints.glob("epoch-*") if p != newest)[0]
+    newest.rename(checkpoints / f".{newest.name}.old")
+    shutil.copytree(older, checkpoints / f".{older.name}.old")
+    assert latest_checkpoint(run) == older
+    with run_lock(run, "resume"):
+        assert latest_checkpoint(run) == newest and (newest / "trainer_state.json").is_file()
+        assert not list(checkpoints.glob(".*")), "the superseded copy is dropped"
