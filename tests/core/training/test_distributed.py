@@ -115,6 +115,10 @@ def _worker(rank: int, world_size: int, port: int, folder: str) -> None:
         # B: resume, on two processes, a checkpoint written by a single process.
         resumed = Trainer(mean_code_model(), train, validation, trainer_config(), run_dir=folder / "single-resumed")
         _dump(folder, "resumed", rank, resumed, resumed.train(resume_from=folder / "single-resumed"))
+        # E: time-based checkpoints within an epoch (rank 0's clock decides for both ranks).
+        timed = Trainer(mean_code_model(), train, validation, trainer_config(num_epochs=1, checkpoint_every_minutes=1e-9),
+                        run_dir=folder / "ddp-timed")
+        _dump(folder, "timed", rank, timed, timed.train())
         # C: MVAE on incomplete data with random subsets (parameters unused in some steps).
         dims3 = {"a": (5,), "b": (4,), "c": (3,)}
         torch.manual_seed(0)
@@ -197,6 +201,12 @@ def test_two_gloo_processes_match_a_single_process_run(tmp_path):
     assert (latest / "rng-rank1.json").is_file()
     assert json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))["world_size"] == 2
     assert not list(run.rglob("*.staging")) and not list(run.rglob("*.tmp"))
+
+    # Time-based checkpoints within an epoch, written once for both ranks.
+    timed = tmp_path / "ddp-timed" / "checkpoints"
+    assert sorted(p.name for p in timed.glob("epoch-*")) == ["epoch-0000-step-00003", "epoch-0001"]
+    assert (timed / "epoch-0000-step-00003" / "rng-rank1.json").is_file()
+    _same(load_file(str(tmp_path / "timed-rank0.safetensors")), load_file(str(tmp_path / "timed-rank1.safetensors")), 0, 0)
 
     # 1 -> 2 processes: resuming the single-process checkpoint continues the same trajectory.
     resumed = load_file(str(tmp_path / "resumed-rank0.safetensors"))
