@@ -9,11 +9,12 @@ and a generated volume can share one window.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt
+from PySide6.QtCore import QEvent, Qt, QTimer, Slot
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from core.display import display_window
@@ -109,15 +110,29 @@ class SliceGrid(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.message, 1)
-        self.views: dict[tuple[str, str], _Cell] = {}
+        self._views: dict[tuple[str, str], _Cell] = {}
+        #: Cells still to build ((row, column), grid position): prepare_rows builds them a few per event-loop
+        #: turn, since a pyqtgraph view box costs milliseconds and a grid of them would freeze the window.
+        self._pending: list[tuple[tuple[str, str], tuple[int, int]]] = []
+        self._build_timer = QTimer(self)
+        self._build_timer.setInterval(0)
+        self._build_timer.timeout.connect(self._build_some)
         self._rows: list[str] = []
         self._row_labels: list[pg.LabelItem] = []
         self.apply_plot_theme()
         self.show_message("")
 
-    def _build(self, row_names: list[str]) -> None:
+    @property
+    def views(self) -> dict[tuple[str, str], _Cell]:
+        """Every cell, by (row, column): the ones still pending are built now."""
+        self._finish_build()
+        return self._views
+
+    def _build(self, row_names: list[str], gradually: bool = False) -> None:
+        self._build_timer.stop()
+        self._pending = []
         self.graphics.clear()
-        self.views.clear()
+        self._views.clear()
         fg = plot_colors()["foreground"]
         grid = self.graphics.ci
         grid.setContentsMargins(2, 2, 2, 2)
@@ -132,22 +147,42 @@ class SliceGrid(QWidget):
             label.setMaximumWidth(100)
             self._row_labels.append(label)
             grid.layout.setRowStretchFactor(r + 1, 1)
-        for r, row in enumerate(row_names):
-            for c, column in enumerate(self.columns):
-                at = (c + 1, r + 1) if self.transposed else (r + 1, c + 1)
-                cell_layout = self.graphics.addLayout(row=at[0], col=at[1])
-                self.views[(row, column)] = _Cell(cell_layout, self.planes)
+        self._pending = [((row, column), (c + 1, r + 1) if self.transposed else (r + 1, c + 1))
+                         for r, row in enumerate(row_names) for c, column in enumerate(self.columns)]
+        if gradually:
+            self._build_timer.start()
+        else:
+            self._finish_build()
         grid.layout.setRowStretchFactor(0, 0)
         grid.layout.setColumnStretchFactor(0, 0)
         for c in range(len(across)):
             grid.layout.setColumnStretchFactor(c + 1, 1)
         self._rows = list(row_names)
 
+    def _build_cell(self) -> None:
+        key, (row, col) = self._pending.pop(0)
+        self._views[key] = _Cell(self.graphics.addLayout(row=row, col=col), self.planes)
+
+    @Slot()
+    def _build_some(self) -> None:
+        """Build pending cells for a few milliseconds, then let the event loop run."""
+        started = time.perf_counter()
+        while self._pending and time.perf_counter() - started < 0.004:
+            self._build_cell()
+        if not self._pending:
+            self._build_timer.stop()
+
+    def _finish_build(self) -> None:
+        while self._pending:
+            self._build_cell()
+        self._build_timer.stop()
+
     def prepare_rows(self, row_names: Sequence[str], message: str = "") -> None:
-        """Build the cells for ``row_names`` now (e.g. when a run starts) so the first update is cheap."""
+        """Build the cells for ``row_names`` (e.g. when a run starts) so the first update is cheap: in the
+        background of the event loop, a few at a time, so that the window stays responsive meanwhile."""
         if list(row_names) != self._rows:
-            self._build(list(row_names))
-        for cell in self.views.values():
+            self._build(list(row_names), gradually=True)
+        for cell in self._views.values():
             cell.set_volume(None, None, "", plot_colors()["foreground"])
         self._last = None
         self.show_message(message)
