@@ -87,9 +87,8 @@ class _SliceBox(pg.ViewBox):
     """A view box where a left click moves the crosshair and a right-drag changes window/level."""
 
     def __init__(self, viewer: OrthoViewer, plane: str) -> None:
-        super().__init__(lockAspect=True, enableMouse=True, invertY=False)
+        super().__init__(lockAspect=True, enableMouse=True, invertY=False, enableMenu=False)  # no menu: it is costly to build
         self.viewer, self.plane = viewer, plane
-        self.setMenuEnabled(False)
 
     def mouseClickEvent(self, ev: object) -> None:
         if ev.button() == Qt.MouseButton.LeftButton:

@@ -64,8 +64,8 @@ class _Cell:
         self.boxes: dict[str, pg.ViewBox] = {}
         self.images: dict[str, pg.ImageItem] = {}
         for col, plane in enumerate(planes):
-            box = layout.addViewBox(row=0, col=col, lockAspect=True, enableMouse=True)
-            box.setMenuEnabled(False)
+            # No context menu: pyqtgraph builds it eagerly unless told not to, and it is most of a view box's cost.
+            box = layout.addViewBox(row=0, col=col, lockAspect=True, enableMouse=True, enableMenu=False)
             box.enableAutoRange(enable=True)  # re-fit when the cell is resized, not only when the image changes
             image = pg.ImageItem(axisOrder="col-major")
             box.addItem(image)
