@@ -5,6 +5,7 @@ trains a model in its background thread (p50, p99, max), written to benchmarks/r
 
 Goal: p99 <= 16 ms (one frame at 60 Hz). The run is the real window: the Data page opens the demo
 cohort, the Model page is configured, the Train page's Start is clicked; only the measurement is added.
+The load average before and after is recorded: on a busy machine the lateness is the scheduler's too.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> int:
     from workbench.workers import UiThreadGarbageCollector
 
     pg.setConfigOptions(**PYQTGRAPH_OPTIONS)
+    load_before = os.getloadavg()
     app = QApplication([])
     tmp = Path(tempfile.mkdtemp(prefix="gui-latency-"))
     collector = UiThreadGarbageCollector(app)
@@ -109,7 +111,9 @@ def main() -> int:
         "training_seconds": round(started.get("seconds", float("nan")), 1),
         "setup": {"subjects": args.subjects, "shape": [args.shape] * 3, "epochs": args.epochs, "batch_size": args.batch_size,
                   "model": "MVAE", "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                  "platform": platform.platform(), "qpa": os.environ.get("QT_QPA_PLATFORM")},
+                  "platform": platform.platform(), "qpa": os.environ.get("QT_QPA_PLATFORM"),
+                  "load_average_1_5_15_before": [round(v, 2) for v in load_before],
+                  "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()]},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
