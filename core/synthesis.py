@@ -544,13 +544,8 @@ def export_missing(ctx: SynthesisContext, out_dir: str | os.PathLike, n_samples:
                    verdicts: Mapping[str, Verdict] | None = None) -> list[Any]:
     """Synthesize every missing modality of every subject (or ``subjects``) and export them all into
     ``out_dir`` (:func:`core.export.export_cohort`: staged, so a cancelled or failed batch leaves nothing),
-    each inside its field of view and with its modality's verdict (``verdicts``, default :func:`modality_verdicts`).
-
-    ``out_dir`` is held with the run folders' exclusive lock (:func:`core.runs.run_lock`, which leaves the
-    hidden ``.mmvae.lock``) while the batch is written, so a second export, or an ``mmvae impute``, into the
-    same folder is refused naming the first."""
+    each inside its field of view and with its modality's verdict (``verdicts``, default :func:`modality_verdicts`)."""
     from core.export import export_cohort
-    from core.runs import run_lock
 
     if ctx.records is None:
         raise SynthesisError("The cohort's preprocessing records are needed to export on the source grids.")
@@ -571,7 +566,6 @@ def export_missing(ctx: SynthesisContext, out_dir: str | os.PathLike, n_samples:
     grid = {s: {m: to_grid(v, ctx.records[s]) for m, v in mods.items()} for s, mods in imputed.mean.items()}
     grid_std = {s: {m: to_grid(v, ctx.records[s]) for m, v in mods.items()} for s, mods in imputed.std.items()} \
         if uncertainty else None
-    with run_lock(out_dir, "export"):
-        return export_cohort(grid, ctx.records, out_dir, provenance=_provenance(ctx, None, n_samples), uncertainty=grid_std,
-                             overwrite=overwrite, progress=writing, cancel=cancel, fields_of_view=imputed.field_of_view,
-                             verdicts={m: v.to_dict() for m, v in verdicts.items()})
+    return export_cohort(grid, ctx.records, out_dir, provenance=_provenance(ctx, None, n_samples), uncertainty=grid_std,
+                         overwrite=overwrite, progress=writing, cancel=cancel, fields_of_view=imputed.field_of_view,
+                         verdicts={m: v.to_dict() for m, v in verdicts.items()})
