@@ -20,17 +20,25 @@ def sum_event(x: torch.Tensor, event_dims: int) -> torch.Tensor:
     return x.flatten(start_dim=x.dim() - event_dims).sum(-1) if event_dims > 0 else x
 
 
+def _kl_elementwise(
+    mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor | None = None, logvar_p: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The Gaussian KL of every latent element, before any sum; the prior is N(0, 1) when ``mu_p`` is None."""
+    if mu_p is None or logvar_p is None:
+        return -0.5 * (1 + logvar_q - mu_q.pow(2) - logvar_q.exp())
+    return 0.5 * (logvar_p - logvar_q + (logvar_q - logvar_p).exp() + (mu_q - mu_p).pow(2) * (-logvar_p).exp() - 1)
+
+
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
     r"""KL(N(mu, e^logvar) || N(0, I)) = -1/2 sum(1 + logvar - mu^2 - e^logvar), per sample."""
-    return sum_event(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()), event_dims)
+    return sum_event(_kl_elementwise(mu, logvar), event_dims)
 
 
 def kl_normal(
     mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor, event_dims: int = 1
 ) -> torch.Tensor:
     r"""KL(N(mu_q, e^lq) || N(mu_p, e^lp)) = 1/2 sum(lp - lq + e^(lq-lp) + (mu_q-mu_p)^2 e^-lp - 1)."""
-    elementwise = 0.5 * (logvar_p - logvar_q + (logvar_q - logvar_p).exp() + (mu_q - mu_p).pow(2) * (-logvar_p).exp() - 1)
-    return sum_event(elementwise, event_dims)
+    return sum_event(_kl_elementwise(mu_q, logvar_q, mu_p, logvar_p), event_dims)
 
 
 def kl_per_dimension(
@@ -38,11 +46,7 @@ def kl_per_dimension(
 ) -> torch.Tensor:
     r"""KL per sample and latent dimension, ``(B, D)``: a feature-map latent ``(B, C, *grid)`` is
     flattened, so D = C x grid. The prior is N(0, I) when ``mu_p`` is None. Free bits work on this."""
-    if mu_p is None or logvar_p is None:
-        elementwise = -0.5 * (1 + logvar_q - mu_q.pow(2) - logvar_q.exp())
-    else:
-        elementwise = 0.5 * (logvar_p - logvar_q + (logvar_q - logvar_p).exp() + (mu_q - mu_p).pow(2) * (-logvar_p).exp() - 1)
-    return elementwise.flatten(start_dim=1)
+    return _kl_elementwise(mu_q, logvar_q, mu_p, logvar_p).flatten(start_dim=1)
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
