@@ -1,7 +1,7 @@
 """No registered model collapses to its prior with the settings the workbench offers for synthesis.
 
-Each model trains its "Synthesis" preset (warm-up shortened to fit the test's few epochs) on the three
-kinds of data the workbench handles: vectors, the 2D demo and the 3D demo. A latent level whose KL per
+Each model trains its "Synthesis" preset (its KL warm-up, where it has one, shortened to fit the test's
+few epochs) on the three kinds of data the workbench handles: vectors, the 2D demo and the 3D demo. A latent level whose KL per
 dimension stays near zero carries nothing about the input, so the trainer's collapse check must stay
 silent and every level must keep a KL above the check's threshold. The last test shows the check does
 fire on a model pushed into collapse.
@@ -15,7 +15,7 @@ import torch
 from core.data import MultimodalBaseDataset, split_by_subject
 from core.data.demo import DemoSpec, make_demo_dataset
 from core.models import available, get_model_class
-from core.models.config import config_from_dict
+from core.models.config import config_from_dict, config_schema
 from core.presets import synthesis_preset
 from core.training import Trainer, TrainerConfig
 from core.training.health import CollapseCheck, latent_kl_per_dimension
@@ -45,7 +45,8 @@ def build(model_name: str, data: MultimodalBaseDataset, **overrides):
     cls = get_model_class(model_name)
     preset = synthesis_preset(model_name)
     assert preset is not None, f"{model_name} has no Synthesis preset in resources/presets/{model_name}.yaml"
-    values = {**preset["model"], "warmup": 2, **overrides}
+    shortened = {"warmup": 2} if "warmup" in config_schema(cls.config_class)["properties"] else {}
+    values = {**preset["model"], **shortened, **overrides}
     config = config_from_dict(cls.config_class, {**values, "n_modalities": len(data.modalities), "input_dims": data.input_dims})
     return cls(config), preset
 
