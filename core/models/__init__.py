@@ -15,6 +15,7 @@ from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
 from core.models.mhvae import MHVAE, MHVAEConfig
 from core.models.mvae import MVAE, MVAEConfig
+from core.models.mvtcae import MVTCAE, MVTCAEConfig
 from core.models.nexus import Nexus, NexusConfig
 from core.models.registry import available, build_model, get_model_class, register_model
 
@@ -33,6 +34,8 @@ __all__ = [
     "IncompleteDataError",
     "LossOutput",
     "MVAEConfig",
+    "MVTCAE",
+    "MVTCAEConfig",
     "ModelOutput",
     "MultimodalVAE",
     "Nexus",
