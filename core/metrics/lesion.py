@@ -110,15 +110,22 @@ def region_psnr(truth: np.ndarray, pred: np.ndarray, region: np.ndarray) -> floa
 
 
 def region_ssim(truth: np.ndarray, pred: np.ndarray, region: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """SSIM of the whole volumes on the truth's scale, averaged over the window centres in ``mask``
-    (default: the region). NaN when no window centre falls in it."""
+    """SSIM on the truth's scale, averaged over the window centres in ``mask`` (default: the region).
+    NaN when no window centre falls in it.
+
+    Only the region's voxels are scored, like every other metric here: outside it the prediction is
+    replaced by the truth, so windows that straddle the region's edge compare real voxels with real
+    voxels instead of penalizing whatever a method writes in the background (a U-Net's nonzero skull,
+    say) or rewarding an exact zero there.
+    """
     truth, pred, region = _checked(truth, pred, region)
     if truth.ndim not in (2, 3):
         raise MetricError(f"SSIM needs an image or a volume, got an array of shape {truth.shape}.")
     lo, data_range = target_scale(truth, region)
+    scored = np.where(np.asarray(region, bool), pred, truth)
     as_batch = lambda a: torch.from_numpy((a - lo) / data_range)[None, None]  # noqa: E731
     centres = torch.from_numpy(np.asarray(region if mask is None else mask, bool))[None, None]
-    return float(ssim(as_batch(truth), as_batch(pred), data_range=1.0, observed=centres)[0])
+    return float(ssim(as_batch(truth), as_batch(scored), data_range=1.0, observed=centres)[0])
 
 
 def r_squared(truth: np.ndarray, pred: np.ndarray, region: np.ndarray) -> float:

@@ -58,9 +58,13 @@ def test_ssim_is_the_core_map_on_the_truth_scale_averaged_over_the_region():
     lo, scale = target_scale(truth, brain)
     assert (lo, scale) == (0.5, 1.5)
     batch = lambda a: torch.from_numpy((a - lo) / scale)[None, None]  # noqa: E731
-    expected = float(ssim(batch(truth), batch(pred), data_range=1.0, observed=torch.from_numpy(brain)[None, None])[0])
+    # Only the region's voxels are scored: outside it the prediction counts as the truth.
+    scored = np.where(brain, pred, truth)
+    expected = float(ssim(batch(truth), batch(scored), data_range=1.0, observed=torch.from_numpy(brain)[None, None])[0])
     assert region_ssim(truth, pred, brain) == pytest.approx(expected)
     assert 0 < region_ssim(truth, pred, brain) < 0.9
+    garbage_outside = np.where(brain, pred, 1e3)
+    assert region_ssim(truth, garbage_outside, brain) == pytest.approx(expected)
 
 
 def test_lesion_ratio_and_ring_by_hand():
