@@ -11,6 +11,7 @@ from core.models.config import (
     config_schema,
     config_to_dict,
 )
+from core.models.dmvae import DMVAE, DMVAEConfig
 from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
 from core.models.mhvae import MHVAE, MHVAEConfig
@@ -22,6 +23,8 @@ from core.models.registry import available, build_model, get_model_class, regist
 load = load_bundle
 
 __all__ = [
+    "DMVAE",
+    "DMVAEConfig",
     "JMVAE",
     "JMVAEConfig",
     "JNF",
