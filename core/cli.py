@@ -95,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     def run(context: object) -> int:
         # Every rank must write into the folder rank 0 chose (the default name holds a timestamp).
-        run_dir = Path(broadcast_object(context, str(Path(args.out) if args.out else default_run_dir(config))))
+        run_dir = Path(broadcast_object(context, str(Path(args.out) if args.out else default_run_dir(config.name))))
         control = TrainingControl()
         _install_interrupt_handler(control)
         loaded = load_run_data(config)
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as error:
         if args.debug:
             raise
-        from core.models.config import ConfigError
+        from core.config import ConfigError
 
         kind = "configuration error" if isinstance(error, ConfigError) else "error"
         print(f"{kind}: {error}", file=sys.stderr)

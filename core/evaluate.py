@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset, collate_multimodal
 from core.metrics import SECTIONS, EvaluationConfig, MetricError, evaluate_model
 from core.models.base import load_bundle
-from core.models.config import config_from_dict, config_to_dict
 from core.progress import CancelFn, ProgressFn, ProgressReporter
 from core.samplers import GaussianMixtureSampler, LatentSampler, MAFSampler, load_sampler, sampler_folder
 from core.training.serialization import atomic_write_text
@@ -57,7 +56,7 @@ def _load_dataset(run_dir: Path, data_source: Any, progress: ProgressFn | None, 
 
         data_config = load_run_config(config_path).data
         if data_source is not None:
-            data_config = config_from_dict(DataConfig, {**config_to_dict(data_config), "source": str(data_source), "cache": None})
+            data_config = data_config.for_another_cohort(data_source)
     elif data_source is not None:
         data_config = DataConfig(source=str(data_source))
     else:

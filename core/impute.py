@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.data.sources import DataConfig, load_data
-from core.metrics._common import batches_of
+from core.data.dataset import batches_of
+from core.data.sources import load_data
 from core.models.base import MultimodalVAE, load_bundle
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 from core.runs import RunConfig, load_run_config, run_lock
@@ -233,9 +233,7 @@ def _impute_into(run_dir: Path, config: RunConfig, model: MultimodalVAE, data: s
 
     # The run pinned its preprocessing (grid, modalities, normalisation) when it trained: reuse it, so a
     # modality the new cohort lacks entirely is kept as all-missing and gets imputed.
-    preprocessing = {**config.data.preprocessing, "modalities": list(model.modalities)}
-    data_config = DataConfig(source=str(data), preprocessing=preprocessing)
-    loaded = load_data(data_config, cancel=cancel)
+    loaded = load_data(config.data.for_another_cohort(data, modalities=model.modalities), cancel=cancel)
     lacking = [m for m in model.modalities if m not in loaded.dataset.modalities]
     if lacking:
         raise ValueError(f"The run's model needs modalities {lacking}, which {data} does not have.")

@@ -27,6 +27,7 @@ __all__ = [
     "ProgressReporter",
     "report_progress",
     "raise_if_cancelled",
+    "Steps",
 ]
 
 ProgressFn = Callable[[int, int, str], None]
@@ -124,3 +125,21 @@ def raise_if_cancelled(cancel: CancelFn | None, what: str = "operation") -> None
     """Raise :class:`Cancelled` if ``cancel()`` says so."""
     if cancel is not None and cancel():
         raise Cancelled(f"{what} was cancelled.")
+
+
+class Steps:
+    """Counts units of work, polls ``cancel`` before each and reports ``progress`` after each."""
+
+    def __init__(self, total: int, progress: ProgressFn | None, cancel: CancelFn | None, what: str) -> None:
+        self.total = max(int(total), 1)
+        self.done = 0
+        self.progress = progress
+        self.cancel = cancel
+        self.what = what
+
+    def check(self) -> None:
+        raise_if_cancelled(self.cancel, self.what)
+
+    def advance(self, message: str = "") -> None:
+        self.done = min(self.done + 1, self.total)
+        report_progress(self.progress, self.done, self.total, message)

@@ -248,7 +248,7 @@ def stratified_subsample(patterns: Sequence[str], max_points: int, seed: int = 0
 
 # ---------------------------------------------------------------------------------------------- encoding
 def _batch(dataset: Any, indices: Sequence[int]) -> Any:
-    from core.metrics._common import batches_of
+    from core.data.dataset import batches_of
 
     return next(batches_of(dataset, list(indices), len(indices)))[1]
 

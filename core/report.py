@@ -522,14 +522,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike, data: str |
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"The report is HTML: --out must end in .html, got '{out.name}'.")
     if data is not None and kwargs.get("loaded") is None:
-        from core.data.sources import DataConfig, load_data
-        from core.models.config import config_from_dict, config_to_dict
+        from core.data.sources import load_data
         from core.runs import load_run_config
 
         config = load_run_config(Path(run_dir) / "config.yaml").data
-        values = {**config_to_dict(config), "source": str(data), "cache": None}
-        values.pop("demo", None)
-        kwargs["loaded"] = load_data(config_from_dict(DataConfig, values), cancel=kwargs.get("cancel"))
+        kwargs["loaded"] = load_data(config.for_another_cohort(data), cancel=kwargs.get("cancel"))
     text = build_report(run_dir, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)

@@ -31,14 +31,13 @@ import errno
 import json
 import os
 import platform
-import re
 import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,18 +48,17 @@ from filelock import FileLock, Timeout
 
 import core
 from core.atomic import atomic_write_text
+from core.config import config_from_dict, config_to_dict
 from core.data.dataset import MultimodalBaseDataset, split_by_subject
-from core.data.preprocessing import PreprocessingConfig
 from core.data.sources import DataConfig, LoadedData, load_data, resolved_preprocessing
 from core.models.base import MultimodalVAE
-from core.models.config import ConfigError, config_from_dict, config_to_dict, format_problems
-from core.models.registry import get_model_class
+from core.run_config import RunConfig, load_run_config, parse_run_config, run_config_to_dict
 from core.training.callbacks import Callback
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
 from core.training.distributed import barrier, current_context
 from core.training.divergence import DivergenceCheck
-from core.training.monitoring import MonitoringConfig, monitoring_callbacks
+from core.training.monitoring import monitoring_callbacks
 from core.training.trainer import Trainer, TrainingResult, latest_checkpoint
 
 __all__ = [
@@ -171,101 +169,6 @@ def _clean_stale_files(run_dir: Path) -> None:
                     stale.unlink(missing_ok=True)
 
 
-@dataclass
-class RunConfig:
-    """A validated run description (see the module docstring)."""
-
-    name: str
-    data: DataConfig
-    model_name: str
-    model_params: dict[str, Any]
-    training: TrainerConfig
-    monitoring: MonitoringConfig | None = None
-
-
-def _section(values: Mapping[str, Any], key: str, required: bool = True) -> dict[str, Any]:
-    section = values.get(key)
-    if section is None:
-        if required:
-            raise ConfigError(f"The run config needs a '{key}' section.")
-        return {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"'{key}' must be a mapping of settings, got {type(section).__name__}.")
-    return dict(section)
-
-
-def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
-    """Validate a run description; every error is reported at once, each under its key (``model.warmpu``)."""
-    if not isinstance(values, Mapping):
-        raise ConfigError("A run config must be a YAML mapping with data, model and training sections.")
-    problems: list[tuple[str, str]] = []
-
-    def checked(section: str, build: Callable[[], Any]) -> Any:
-        try:
-            return build()
-        except ConfigError as error:
-            problems.extend(error.prefixed(section))
-            return None
-
-    for key in sorted(set(values) - {"name", "data", "model", "training", "monitoring"}):
-        problems.append((key, "is not a section of a run config (name, data, model, training, monitoring)."))
-    name = str(values.get("name") or "run")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        problems.append(("name", f"'{name}' may only contain letters, digits, '.', '_' and '-'."))
-    data = checked("data", lambda: config_from_dict(DataConfig, _section(values, "data")))
-    raw_data = values.get("data") if isinstance(values.get("data"), Mapping) else {}
-    if isinstance(raw_data.get("preprocessing"), Mapping):
-        checked("data.preprocessing", lambda: config_from_dict(PreprocessingConfig, raw_data["preprocessing"]))
-    model_section = checked("model", lambda: _section(values, "model")) or {}
-    model_name = model_section.pop("name", None)
-    cls = None
-    if not model_name:
-        problems.append(("model.name", "is required (one of the registered models, e.g. MVAE)."))
-    else:
-        cls = checked("model.name", lambda: get_model_class(str(model_name)))
-    for filled in ("n_modalities", "input_dims"):
-        if filled in model_section:
-            problems.append((f"model.{filled}", "is set from the data; remove it from the config."))
-    if cls is not None:
-        probe = {"n_modalities": 1, "input_dims": None, **model_section}
-        try:
-            config_from_dict(cls.config_class, probe)
-        except ConfigError as error:  # per-modality keys are checked again once the data is known
-            problems.extend(p for p in error.prefixed("model") if "modalities" not in p[1])
-    training = checked("training", lambda: config_from_dict(TrainerConfig, _section(values, "training", required=False)))
-    monitoring = checked("monitoring", lambda: config_from_dict(MonitoringConfig, values["monitoring"])
-                         if values.get("monitoring") else None)
-    if problems:
-        raise ConfigError(format_problems(problems, "the run config"), problems)
-    return RunConfig(
-        name=name, data=data, model_name=cls.name, model_params=model_section, training=training, monitoring=monitoring
-    )
-
-
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a run YAML."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file {path} does not exist.")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    return parse_run_config(values or {})
-
-
-def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
-    values = {
-        "name": config.name,
-        "data": config_to_dict(config.data),
-        "model": {"name": config.model_name, **config.model_params},
-        "training": config_to_dict(config.training),
-    }
-    if config.monitoring is not None:
-        values["monitoring"] = config_to_dict(config.monitoring)
-    return values
-
-
 def load_run_data(config: RunConfig) -> LoadedData:
     """The run's data, prepared once; under torchrun rank 0 prepares it first (it may write the demo cohort
     or a cache)."""
@@ -282,14 +185,9 @@ def load_run_data(config: RunConfig) -> LoadedData:
 
 def build_model(config: RunConfig, dataset: MultimodalBaseDataset) -> MultimodalVAE:
     """The model the config asks for, sized from the data (n_modalities, input_dims)."""
-    cls = get_model_class(config.model_name)
-    params = {"n_modalities": len(dataset.modalities), "input_dims": dataset.input_dims, **config.model_params}
-    try:
-        model_config = config_from_dict(cls.config_class, params)
-    except ConfigError as error:
-        raise ConfigError(f"model: {error}") from None
+    model_config = config.model.bind(dataset.modalities, dataset.input_dims)
     torch.manual_seed(config.training.seed)
-    return cls(model_config)
+    return config.model.model_class(model_config)
 
 
 def split_dataset(config: RunConfig, dataset: MultimodalBaseDataset) -> tuple[MultimodalBaseDataset, ...]:
@@ -297,9 +195,10 @@ def split_dataset(config: RunConfig, dataset: MultimodalBaseDataset) -> tuple[Mu
     return split_by_subject(dataset, split.fractions, seed=split.seed)
 
 
-def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+def default_run_dir(name: str, root: str | Path = "runs") -> Path:
+    """``<root>/<name>-<date>-<time>``: where a run named ``name`` goes when no folder is given."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{config.name}-{stamp}"
+    return Path(root) / f"{name}-{stamp}"
 
 
 def _environment() -> dict[str, Any]:
@@ -351,7 +250,8 @@ def train_run(
         if latest_checkpoint(run_dir) is not None:
             raise FileExistsError(f"{run_dir} already holds a run; resume it (mmvae resume {run_dir}) or choose another folder.")
         loaded = loaded or load_run_data(config)
-        config.data = config_from_dict(DataConfig, {**config_to_dict(config.data), "preprocessing": resolved_preprocessing(loaded)})
+        resolved = config_from_dict(DataConfig, {**config_to_dict(config.data), "preprocessing": resolved_preprocessing(loaded)})
+        config = replace(config, data=resolved)  # the caller's config stays as given
         parts = split_dataset(config, loaded.dataset)
         model = build_model(config, loaded.dataset)
         context = current_context()
@@ -377,7 +277,8 @@ def resume_run(
     with _writer_lock(run_dir, "resume"):
         config = load_run_config(run_dir / "config.yaml")
         if num_epochs is not None:
-            config.training = config_from_dict(TrainerConfig, {**config_to_dict(config.training), "num_epochs": num_epochs})
+            config = replace(config, training=config_from_dict(
+                TrainerConfig, {**config_to_dict(config.training), "num_epochs": num_epochs}))
             if current_context().is_main:
                 atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
         if latest_checkpoint(run_dir) is None:

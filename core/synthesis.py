@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.data.dataset import IncompleteDataset, MultimodalBaseDataset
+from core.data.dataset import IncompleteDataset, MultimodalBaseDataset, batches_of, spatial_dims
 from core.impute import (
     FieldOfView,
     FieldsOfView,
@@ -56,12 +56,12 @@ from core.impute import (
     predict_with_uncertainty,
     to_grid,
 )
-from core.metrics._common import batches_of, seeded, spatial_dims
 from core.metrics.baselines import MeanImputer
 from core.metrics.errors import mse, psnr
 from core.metrics.imputation import data_ranges
 from core.metrics.ssim import ssim
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
+from core.seeding import seeded
 
 __all__ = [
     "SynthesisError",

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.models.config import ConfigError
+from core.config import ConfigError
 from core.runs import load_run_config
 from workbench.environment import device_info, versions
 from workbench.messages import ErrorReporter, Message, MessageArea

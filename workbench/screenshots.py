@@ -22,7 +22,6 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication
 
 from workbench.main_window import PAGES, MainWindow
-from workbench.pages._runs import run_selection
 
 __all__ = ["take_screenshots", "ScreenshotTour"]
 
@@ -154,7 +153,7 @@ class ScreenshotTour(QObject):
         explore.runner.failed.connect(lambda error: self._fail(f"projection failed: {error.message}", stop=True))
         runs = self.window.train_page.run_summaries()
         if runs:  # the run just trained (newest first)
-            run_selection(self.window.state).set_run(runs[0].path)
+            explore.selection.set_run(runs[0].path)
         self.window.go_to_page(3)  # showing the page starts the projection of the selected run
         if not explore.runner.is_running and explore.projection is not None:
             self._later(self.explore_done, 500)

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from core.config import config_from_dict, config_to_dict
 from core.data.cohort import Cohort, CohortReport
 from core.data.io import Issue
 from core.data.sources import DataConfig, LoadedData
-from core.models.config import config_from_dict, config_to_dict
+from core.run_config import RunConfig
 
 __all__ = ["CohortInfo", "WorkbenchState", "DEFAULT_DEMO", "source_label"]
 
@@ -79,7 +80,7 @@ class WorkbenchState(QObject):
         self.split: dict[str, Any] = {}
         self.loaded: LoadedData | None = None
         self.loaded_key: str | None = None
-        self.run_config: dict[str, Any] | None = None
+        self.run_config: RunConfig | None = None  # parsed once, by the Model page
         self.start_blocker: str | None = "Open a cohort on the Data page first."
 
     # ------------------------------------------------------------------ cohort
@@ -172,6 +173,6 @@ class WorkbenchState(QObject):
         return int((~masks.all(axis=1)).sum()), int(masks.shape[0]), missing
 
     # ------------------------------------------------------------------ run configuration
-    def set_run_config(self, values: dict[str, Any] | None, blocker: str | None) -> None:
-        self.run_config, self.start_blocker = values, blocker
+    def set_run_config(self, config: RunConfig | None, blocker: str | None) -> None:
+        self.run_config, self.start_blocker = config, blocker
         self.run_config_changed.emit()

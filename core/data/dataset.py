@@ -33,6 +33,8 @@ __all__ = [
     "split_by_subject",
     "MissingnessSummary",
     "missingness_summary",
+    "batches_of",
+    "spatial_dims",
 ]
 
 
@@ -170,6 +172,18 @@ class MultimodalBaseDataset(Dataset):
             masks={m: mask[index] for m, mask in self.masks.items()},
             labels=_index_labels(self.labels, index),
             ids=self.ids[index],
+            observation_masks={m: vm[index] for m, vm in self.observation_masks.items()},
+        )
+
+    def batch(self, indices: Sequence[int]) -> DatasetOutput:
+        """The samples at ``indices`` as one batch, indexed at once: the same tensors as collating
+        ``self[i]`` for each index, without building a sample per subject (the trainer's in-memory path)."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return DatasetOutput(
+            data={m: x[index] for m, x in self.data.items()},
+            masks={m: mask[index] for m, mask in self.masks.items()},
+            labels=_index_labels(self.labels, index),
+            ids=[self.ids[i] for i in index.tolist()],
             observation_masks={m: vm[index] for m, vm in self.observation_masks.items()},
         )
 
@@ -366,3 +380,27 @@ def missingness_summary(dataset: MultimodalBaseDataset) -> MissingnessSummary:
         patterns=dict(patterns),
         per_modality={m: int(dataset.masks[m].sum()) for m in dataset.modalities},
     )
+
+
+def batches_of(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[list[int], DatasetOutput]]:
+    """``(indices, batch)`` chunks of ``indices`` in order (no shuffling: metrics are order-free)."""
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        if isinstance(dataset, MultimodalBaseDataset):
+            index = torch.as_tensor(chunk, dtype=torch.long)
+            batch = DatasetOutput(
+                data={m: x[index] for m, x in dataset.data.items()},
+                masks={m: v[index] for m, v in dataset.masks.items()},
+                labels=None,
+                ids=[dataset.ids[i] for i in chunk],
+                observation_masks={m: v[index] for m, v in dataset.observation_masks.items()},
+            )
+        else:
+            batch = collate_multimodal([dataset[i] for i in chunk])
+        yield chunk, batch
+
+
+def spatial_dims(shape: Sequence[int]) -> int:
+    """2 for an image ``(C, H, W)``, 3 for a volume ``(C, X, Y, Z)``, 0 for anything else."""
+    return {3: 2, 4: 3}.get(len(shape), 0)

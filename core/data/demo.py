@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import functools
 import importlib.util
 import json
@@ -154,7 +155,9 @@ def spec_from_dict(values: dict[str, Any]) -> DemoSpec:
     known = set(DemoSpec.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
-        raise DatasetError(f"Unknown demo settings {unknown}; valid keys are {sorted(known)}.")
+        hints = [f"'{close[0]}'" for key in unknown if (close := difflib.get_close_matches(key, known, n=1))]
+        hint = f" Did you mean {', '.join(hints)}?" if hints else ""
+        raise DatasetError(f"Unknown demo settings {unknown}; valid keys are {sorted(known)}.{hint}")
     missing = values.pop("missing", None)
     if isinstance(missing, dict):
         unknown = sorted(set(missing) - set(MissingSpec.__dataclass_fields__))

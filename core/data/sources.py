@@ -8,24 +8,28 @@ The demo cohort is generated once into the cache folder (``$MMVAE_CACHE_DIR``, d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 from pydantic.dataclasses import dataclass as config_dataclass
 
+from core.config import CONFIG_DICT, advanced, config_to_dict
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset
-from core.models.config import MODEL_CONFIG_DICT, ConfigError, advanced, config_from_dict, config_to_dict
+from core.data.demo import DemoSpec, spec_from_dict, spec_to_dict
+from core.data.preprocessing import CohortRecords, PreprocessingConfig
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["SplitConfig", "DataConfig", "LoadedData", "load_data", "cache_root", "ensure_demo_cohort", "resolved_preprocessing"]
 
 
-@config_dataclass(config=MODEL_CONFIG_DICT)
+@config_dataclass(config=CONFIG_DICT)
 class SplitConfig:
     """Subject-level split into train / validation / test."""
 
@@ -41,18 +45,53 @@ class SplitConfig:
         return self
 
 
-@config_dataclass(config=MODEL_CONFIG_DICT)
+@config_dataclass(config=CONFIG_DICT)
 class DataConfig:
     """What to train on and how to prepare it."""
 
     source: str = Field("demo", description="'demo', or a cohort folder, BIDS dataset, manifest CSV or HDF5 cache.")
-    demo: dict[str, Any] = Field(default_factory=dict, **advanced("Demo cohort settings (core.data.demo.DemoSpec)."))
+    demo: DemoSpec = Field(default_factory=DemoSpec, **advanced("Demo cohort settings (core.data.demo.DemoSpec)."))
     modalities: list[str] | None = Field(None, description="Train on these modalities only (default: all).")
-    preprocessing: dict[str, Any] = Field(
-        default_factory=dict, **advanced("Preprocessing settings (core.data.preprocessing.PreprocessingConfig).")
+    preprocessing: PreprocessingConfig = Field(
+        default_factory=PreprocessingConfig, **advanced("Preprocessing settings (core.data.preprocessing.PreprocessingConfig).")
     )
     cache: str | None = Field(None, **advanced("HDF5 cache file to build or reuse (default: keep the cohort in memory)."))
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("demo", mode="before")
+    @classmethod
+    def _demo_from_settings(cls, value: Any) -> DemoSpec:
+        """YAML settings (``{n_subjects: 48}``, ``missing: mnar_label``) become the typed spec."""
+        if isinstance(value, DemoSpec):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"demo must be a mapping of settings, got {type(value).__name__}")
+        return spec_from_dict(value)
+
+    @field_serializer("demo")
+    def _demo_settings(self, spec: DemoSpec) -> dict[str, Any]:
+        return spec_to_dict(spec)
+
+    @field_serializer("preprocessing")
+    def _given_preprocessing(self, config: PreprocessingConfig) -> dict[str, Any]:
+        """Only the settings given: the run YAML stays what the user wrote (the defaults apply on load)."""
+        return config.model_dump(mode="json", exclude_unset=True)
+
+    def for_another_cohort(self, source: str | os.PathLike, modalities: Sequence[str] | None = None) -> DataConfig:
+        """Another cohort prepared the way this config prepares its own (a trained run's preprocessing pins the
+        grid, the modalities and the normalisation), without a cache. ``modalities`` replaces the preprocessed
+        modalities: imputation keeps every modality of the model, even one the new cohort lacks entirely."""
+        preprocessing = self.preprocessing
+        if modalities is not None:
+            preprocessing = preprocessing.model_copy(update={"modalities": list(modalities)})
+        return dataclasses.replace(self, source=str(source), demo=DemoSpec(), cache=None, preprocessing=preprocessing)
+
+    def preprocessing_to_apply(self) -> PreprocessingConfig:
+        """The preprocessing, restricted to ``modalities`` when they are chosen and it names none itself."""
+        if not self.modalities or self.preprocessing.modalities is not None:
+            return self.preprocessing
+        given = self.preprocessing.model_dump(exclude_unset=True)
+        return PreprocessingConfig.model_validate({**given, "modalities": list(self.modalities)})
 
 
 @dataclass
@@ -61,42 +100,35 @@ class LoadedData:
 
     dataset: MultimodalBaseDataset
     source: Path
-    records: dict[str, Any] = field(default_factory=dict)
+    records: CohortRecords = field(default_factory=CohortRecords)
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("MMVAE_CACHE_DIR") or Path.home() / ".cache" / "mmvae-workbench")
 
 
-def ensure_demo_cohort(settings: dict[str, Any], progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Path:
+def ensure_demo_cohort(settings: DemoSpec | dict[str, Any], progress: ProgressFn | None = None,
+                       cancel: CancelFn | None = None) -> Path:
     """Generate the demo cohort described by ``settings`` into the cache (once); returns its folder."""
-    from core.data import demo
+    from core.data.demo import write_demo_cohort
 
-    spec = demo.spec_from_dict(settings)
-    key = hashlib.sha1(json.dumps(demo.spec_to_dict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    spec = settings if isinstance(settings, DemoSpec) else spec_from_dict(settings)
+    key = hashlib.sha1(json.dumps(spec_to_dict(spec), sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_root() / "demo" / key
     if not (folder / "manifest.csv").is_file():
-        demo.write_demo_cohort(folder, spec, progress=progress, cancel=cancel)
+        write_demo_cohort(folder, spec, progress=progress, cancel=cancel)
     return folder
 
 
 def load_data(config: DataConfig, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> LoadedData:
     """Load (and preprocess) the cohort a run config points to."""
     from core.data.loading import load_cohort_dataset
-    from core.data.preprocessing import PreprocessingConfig
 
     source = ensure_demo_cohort(config.demo, progress, cancel) if config.source == "demo" else Path(config.source).expanduser()
     if not source.exists():
         raise FileNotFoundError(f"Data source {source} does not exist; point data.source at a cohort folder, manifest or cache.")
-    settings = dict(config.preprocessing)
-    if config.modalities:
-        settings.setdefault("modalities", list(config.modalities))
-    try:
-        preprocessing = config_from_dict(PreprocessingConfig, settings)
-    except ConfigError as error:
-        raise ConfigError(f"data.preprocessing: {error}") from None
     dataset, records = load_cohort_dataset(
-        source, preprocessing=preprocessing, cache_path=config.cache, progress=progress, cancel=cancel
+        source, preprocessing=config.preprocessing_to_apply(), cache_path=config.cache, progress=progress, cancel=cancel
     )
     return LoadedData(dataset=_as_images_if_single_slice(dataset), source=source, records=records)
 

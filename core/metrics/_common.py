@@ -1,29 +1,22 @@
-"""Plumbing shared by the metrics: batches from any dataset, seeding, progress, subsets, labels."""
+"""What the metrics share and nothing else needs: their error, subsets, labels, features and scores."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.data.dataset import DatasetOutput, MultimodalBaseDataset, collate_multimodal
-from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
+from core.data.dataset import spatial_dims
 
 __all__ = [
     "MetricError",
-    "Steps",
-    "seeded",
-    "batches_of",
-    "masks_of",
     "labels_of",
     "default_subsets",
     "resolve_subsets",
     "subset_name",
-    "spatial_dims",
     "downsample",
     "class_scores",
 ]
@@ -31,62 +24,6 @@ __all__ = [
 
 class MetricError(ValueError):
     """A metric cannot be computed as asked (no labels, no observed sample, an unknown modality)."""
-
-
-class Steps:
-    """Counts units of work, polls ``cancel`` before each and reports ``progress`` after each."""
-
-    def __init__(self, total: int, progress: ProgressFn | None, cancel: CancelFn | None, what: str) -> None:
-        self.total = max(int(total), 1)
-        self.done = 0
-        self.progress = progress
-        self.cancel = cancel
-        self.what = what
-
-    def check(self) -> None:
-        raise_if_cancelled(self.cancel, self.what)
-
-    def advance(self, message: str = "") -> None:
-        self.done = min(self.done + 1, self.total)
-        report_progress(self.progress, self.done, self.total, message)
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
-    """Run the block with torch's RNG seeded to ``seed``; the caller's RNG state is restored afterwards."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def masks_of(dataset: Dataset) -> dict[str, torch.Tensor]:
-    """Per-modality observed flags ``(n,)`` of any dataset of :class:`DatasetOutput` samples."""
-    masks = getattr(dataset, "masks", None)
-    if isinstance(masks, Mapping) and masks:
-        return {m: torch.as_tensor(v).bool() for m, v in masks.items()}
-    items = [dataset[i] for i in range(len(dataset))]
-    return {m: torch.tensor([bool(item["masks"][m]) for item in items]) for m in items[0]["masks"]}
-
-
-def batches_of(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[list[int], DatasetOutput]]:
-    """``(indices, batch)`` chunks of ``indices`` in order (no shuffling: metrics are order-free)."""
-    indices = list(indices)
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        if isinstance(dataset, MultimodalBaseDataset):
-            index = torch.as_tensor(chunk, dtype=torch.long)
-            batch = DatasetOutput(
-                data={m: x[index] for m, x in dataset.data.items()},
-                masks={m: v[index] for m, v in dataset.masks.items()},
-                labels=None,
-                ids=[dataset.ids[i] for i in chunk],
-                observation_masks={m: v[index] for m, v in dataset.observation_masks.items()},
-            )
-        else:
-            batch = collate_multimodal([dataset[i] for i in chunk])
-        yield chunk, batch
 
 
 def labels_of(dataset: Dataset, label: str | None = None) -> np.ndarray:
@@ -141,11 +78,6 @@ def resolve_subsets(subsets: Sequence[Sequence[str]] | None, modalities: Sequenc
         if ordered not in resolved:
             resolved.append(ordered)
     return resolved
-
-
-def spatial_dims(shape: Sequence[int]) -> int:
-    """2 for an image ``(C, H, W)``, 3 for a volume ``(C, X, Y, Z)``, 0 for anything else."""
-    return {3: 2, 4: 3}.get(len(shape), 0)
 
 
 def downsample(x: torch.Tensor, size: int, observed: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,20 +30,18 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from core.data.dataset import MultimodalBaseDataset
+from core.data.dataset import MultimodalBaseDataset, batches_of
 from core.metrics._common import (
     MetricError,
-    Steps,
-    batches_of,
     class_scores,
     downsample,
     labels_of,
     resolve_subsets,
-    seeded,
     subset_name,
 )
 from core.nn.base import evaluation_mode
-from core.progress import CancelFn, ProgressFn
+from core.progress import CancelFn, ProgressFn, Steps
+from core.seeding import seeded
 
 __all__ = ["Classifier", "LogisticClassifier", "train_classifiers", "classify", "coherence_metrics"]
 

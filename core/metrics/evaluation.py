@@ -15,13 +15,13 @@ from typing import Any, Literal, get_args
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from core.config import CONFIG_DICT, advanced, config_to_dict
 from core.data.dataset import MultimodalBaseDataset
 from core.metrics._common import MetricError, labels_of
 from core.metrics.coherence import coherence_metrics, train_classifiers
 from core.metrics.imputation import data_ranges, imputation_metrics
 from core.metrics.latent import latent_metrics
 from core.metrics.likelihood import joint_nll
-from core.models.config import MODEL_CONFIG_DICT, advanced, config_to_dict
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["EvaluationConfig", "evaluate_model", "SECTIONS"]
@@ -30,7 +30,7 @@ Section = Literal["imputation", "coherence", "likelihood", "latent"]
 SECTIONS: tuple[str, ...] = get_args(Section)
 
 
-@dataclass(config=MODEL_CONFIG_DICT)
+@dataclass(config=CONFIG_DICT)
 class EvaluationConfig:
     """What to measure and how (every metric is seeded, so the same config gives the same numbers)."""
 

@@ -22,21 +22,14 @@ from typing import Any
 
 import torch
 
-from core.data.dataset import DatasetOutput, MultimodalBaseDataset
-from core.metrics._common import (
-    MetricError,
-    Steps,
-    batches_of,
-    resolve_subsets,
-    seeded,
-    spatial_dims,
-    subset_name,
-)
+from core.data.dataset import DatasetOutput, MultimodalBaseDataset, batches_of, spatial_dims
+from core.metrics._common import MetricError, resolve_subsets, subset_name
 from core.metrics.baselines import KNNImputer, MeanImputer
 from core.metrics.errors import mae, mse, psnr
 from core.metrics.ssim import ssim
 from core.nn.base import evaluation_mode
-from core.progress import CancelFn, ProgressFn
+from core.progress import CancelFn, ProgressFn, Steps
+from core.seeding import seeded
 
 __all__ = ["imputation_metrics", "data_ranges", "METHODS"]
 

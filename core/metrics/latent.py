@@ -22,10 +22,10 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from core.data.dataset import MultimodalBaseDataset
-from core.metrics._common import MetricError, Steps, batches_of, class_scores, labels_of
+from core.data.dataset import MultimodalBaseDataset, batches_of
+from core.metrics._common import MetricError, class_scores, labels_of
 from core.nn.base import evaluation_mode
-from core.progress import CancelFn, ProgressFn
+from core.progress import CancelFn, ProgressFn, Steps
 
 __all__ = ["latent_means", "latent_metrics"]
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from core.data.dataset import MultimodalBaseDataset
-from core.metrics._common import Steps, batches_of, seeded
+from core.data.dataset import MultimodalBaseDataset, batches_of
 from core.nn.base import evaluation_mode
-from core.progress import CancelFn, ProgressFn
+from core.progress import CancelFn, ProgressFn, Steps
+from core.seeding import seeded
 
 __all__ = ["joint_nll", "supports_joint_nll"]
 

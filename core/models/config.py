@@ -2,20 +2,26 @@
 
 Every config is a pydantic dataclass with ``extra='forbid'``: a misspelt key is an error that names
 it (and suggests the closest valid key) instead of being silently ignored. Fields carry a description
-(shown as tooltip) and ``json_schema_extra={"advanced": True}`` marks those the GUI tucks away.
+(shown as tooltip) and ``json_schema_extra={"advanced": True}`` marks those the GUI tucks away. The
+machinery (errors, parsing, schemas) lives in :mod:`core.config` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import fields
-from typing import Any, TypeVar
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from core.config import (
+    CONFIG_DICT,
+    ConfigError,
+    advanced,
+    config_from_dict,
+    config_schema,
+    config_to_dict,
+    format_problems,
+)
 from core.models._shared.likelihoods import DecoderDistribution, DecoderScale
 
 __all__ = [
@@ -29,35 +35,8 @@ __all__ = [
     "advanced",
 ]
 
-MODEL_CONFIG_DICT = ConfigDict(extra="forbid", validate_assignment=True)
-ConfigT = TypeVar("ConfigT")
-
-
-def advanced(description: str) -> dict[str, Any]:
-    """Field keywords marking an option as advanced in the generated forms."""
-    return {"description": description, "json_schema_extra": {"advanced": True}}
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message names the key, the value and what is allowed.
-
-    ``problems`` lists every ``(dotted key, what is wrong)`` found, so that a caller validating several
-    sections can report them all at once (:func:`format_problems`).
-    """
-
-    def __init__(self, message: str, problems: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(message)
-        self.problems = list(problems) or [("", message)]
-
-    def prefixed(self, section: str) -> list[tuple[str, str]]:
-        """The problems with their keys under ``section`` (``latent_dimm`` -> ``model.latent_dimm``)."""
-        return [(f"{section}.{key}" if key else section, text) for key, text in self.problems]
-
-
-def format_problems(problems: Sequence[tuple[str, str]], where: str = "the configuration") -> str:
-    """All problems at once, one line each, led by its dotted key."""
-    lines = [f"  {key}: {text}" if key else f"  {text}" for key, text in problems]
-    return f"{len(problems)} problem(s) in {where}:\n" + "\n".join(lines)
+#: The models' name for :data:`core.config.CONFIG_DICT` (the machinery lives in ``core.config``).
+MODEL_CONFIG_DICT = CONFIG_DICT
 
 
 @dataclass(config=MODEL_CONFIG_DICT)
@@ -121,8 +100,6 @@ class BaseMultiVAEConfig:
                     raise ValueError(f"decoder_dist_params['{m}'] has unknown parameter '{p}'; only 'scale' exists.")
                 if not value > 0:
                     raise ValueError(f"decoder_dist_params['{m}']['scale'] = {value}; a scale must be positive.")
-        if self.uses_likelihood_rescaling and self.rescale_factors is None and self.input_dims is None:
-            raise ValueError("uses_likelihood_rescaling needs input_dims (to compute default factors) or rescale_factors.")
         return self
 
     @property
@@ -141,54 +118,8 @@ class BaseMultiVAEConfig:
             return 1.0
         if self.rescale_factors is not None:
             return float(self.rescale_factors.get(modality, 1.0))
-        sizes = {m: math.prod(s) for m, s in (self.input_dims or {}).items()}
+        if self.input_dims is None:  # the data fill input_dims; a config checked before them may lack it
+            raise ConfigError("uses_likelihood_rescaling needs input_dims (to compute default factors) or rescale_factors.")
+        sizes = {m: math.prod(s) for m, s in self.input_dims.items()}
         return max(sizes.values()) / sizes[modality]
 
-
-def _field_names(cls: type) -> list[str]:
-    if hasattr(cls, "model_fields"):  # pydantic BaseModel
-        return list(cls.model_fields)
-    return [f.name for f in fields(cls)]
-
-
-def _validation_problems(cls: type, error: ValidationError) -> list[tuple[str, str, str]]:
-    """``(key, what is wrong, the sentence naming the key)`` for every error pydantic found, not the first."""
-    names = _field_names(cls)
-    problems = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item.get("loc", ()) if p != "__root__")
-        if item.get("type") in ("unexpected_keyword_argument", "extra_forbidden"):
-            hint = difflib.get_close_matches(loc, names, n=1)
-            suggestion = f" Did you mean '{hint[0]}'?" if hint else f" Valid keys: {', '.join(names)}."
-            text = f"is not a parameter of {cls.__name__}.{suggestion}"
-            problems.append((loc, text, f"'{loc}' {text}"))
-        elif item.get("type") in ("missing_argument", "missing"):
-            text = f"is required by {cls.__name__}."
-            problems.append((loc, text, f"'{loc}' {text}"))
-        else:
-            msg = item.get("msg", "").removeprefix("Value error, ")
-            text = f"{msg} (got {item.get('input')!r})" if loc else msg
-            problems.append((loc, text, f"'{loc}': {text}" if loc else text))
-    return problems
-
-
-def config_from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
-    """Build ``cls`` from a plain mapping (YAML/JSON), with errors that name the offending key."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{cls.__name__} expects a mapping of parameters, got {type(values).__name__}.")
-    try:
-        return cls(**dict(values))
-    except ValidationError as error:
-        problems = _validation_problems(cls, error)
-        message = f"Invalid {cls.__name__}: " + "; ".join(line for _, _, line in problems)
-        raise ConfigError(message, [(loc, text) for loc, text, _ in problems]) from None
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """JSON-ready dict of a config (tuples become lists)."""
-    return TypeAdapter(type(config)).dump_python(config, mode="json")
-
-
-def config_schema(cls: type) -> dict[str, Any]:
-    """JSON schema of a config class: types, defaults, ranges, descriptions, advanced flags."""
-    return TypeAdapter(cls).json_schema()

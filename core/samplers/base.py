@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 import torch
 
 from core.atomic import atomic_save_tensors, atomic_write_json, load_tensors
-from core.data.dataset import MultimodalBaseDataset
-from core.metrics._common import Steps, batches_of, seeded
-from core.models._shared.outputs import ModelOutput
+from core.data.dataset import MultimodalBaseDataset, batches_of
 from core.nn.base import evaluation_mode
-from core.progress import CancelFn, ProgressFn
+from core.outputs import ModelOutput
+from core.progress import CancelFn, ProgressFn, Steps
+from core.seeding import seeded
 
 __all__ = ["LatentSampler", "SamplerError", "encode_training_latents", "register_sampler", "load_sampler",
            "sampler_folder", "SAMPLER_FORMAT"]

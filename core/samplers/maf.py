@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import zuko
 
-from core.metrics._common import seeded
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 from core.samplers.base import LatentSampler, SamplerError, register_sampler
+from core.seeding import seeded
 
 __all__ = ["MAFSampler"]
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from core.models.config import MODEL_CONFIG_DICT, advanced, config_to_dict
+from core.config import CONFIG_DICT, advanced, config_to_dict
 from core.training.callbacks import Callback, EpochRecord
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class MonitoringError(RuntimeError):
     """A monitoring backend cannot be used (package missing, non-local store); the message says what to do."""
 
 
-@dataclass(config=MODEL_CONFIG_DICT)
+@dataclass(config=CONFIG_DICT)
 class MonitoringConfig:
     """Mirrors of the run's metrics in TensorBoard and MLflow (the run folder stays the reference)."""
 

@@ -1,5 +1,6 @@
 """House rules that keep the architecture honest."""
 
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -32,3 +33,82 @@ def test_no_pickle_loading_in_the_product():
             if "pickle.load" in text or "torch.load(" in text or "allow_pickle=True" in text:
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+# ---------------------------------------------------------------------------------------------- import contract
+ROOT = Path(__file__).resolve().parents[2]
+#: core's bottom layer: shared by every other layer, importing nothing of core above it.
+BOTTOM = ("core.config", "core.progress", "core.atomic", "core.outputs", "core.seeding")
+#: Private modules used outside their package, each with why it is still so. Empty it, never grow it.
+PRIVATE_EXCEPTIONS = {
+    ("core.training.health", "core.models._shared"):
+        "COLLAPSE_TERM_PREFIX names the loss terms models emit; it needs a public export from core.models.",
+    ("core.training.trainer", "core.models._shared"):
+        "LossOutput and TrainingProgress are exported by core.models; the trainer is being reworked elsewhere.",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function (``from a import b`` counts ``a.b`` when
+    ``b`` is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}"))
+    return found
+
+
+def _graph(*folders: str) -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_core_never_imports_the_workbench_even_lazily():
+    offenders = [f"{m} -> {t}" for m, targets in _graph("core").items() for t in targets
+                 if t.split(".")[0] in ("workbench", "PySide6", "PyQt5", "PyQt6", "pyqtgraph", "shiboken6")]
+    assert offenders == []
+
+
+def test_data_and_nn_import_nothing_above_them():
+    allowed = ("core.data", "core.nn", *BOTTOM)
+    offenders = [f"{m} -> {t}" for m, targets in _graph("core/data", "core/nn").items() for t in targets
+                 if _within(t, "core") and t != "core" and not any(_within(t, a) for a in allowed)]
+    assert offenders == [], "core.data and core.nn may only import each other and the bottom layer"
+
+
+def test_the_bottom_layer_imports_nothing_of_core_above_it():
+    graph = _graph("core")
+    offenders = [f"{m} -> {t}" for m in BOTTOM for t in graph[m]
+                 if _within(t, "core") and t != "core" and not any(_within(t, b) for b in BOTTOM)]
+    assert offenders == []
+
+
+def test_nothing_imports_a_private_module_of_another_package():
+    graph = {**_graph("core", "workbench"), "app": _imports(ROOT / "app.py")}
+    offenders = []
+    for importer, targets in graph.items():
+        for target in targets:
+            parts = target.split(".")
+            private = next((i for i, p in enumerate(parts) if i and p.startswith("_") and not p.startswith("__")), None)
+            if private is None:
+                continue
+            owner, module = ".".join(parts[:private]), ".".join(parts[: private + 1])
+            if not _within(importer, owner) and (importer, module) not in PRIVATE_EXCEPTIONS:
+                offenders.append(f"{importer} -> {module}")
+    assert sorted(set(offenders)) == []

@@ -95,6 +95,29 @@ def test_config_typo_names_the_key(workspace, tmp_path, capsys):
     assert "MVAE" in capsys.readouterr().err  # the error lists the available models
 
 
+def test_likelihood_rescaling_is_accepted_and_trains(workspace, tmp_path, capsys):
+    """Regression: the model section was checked against a fake (input_dims=None), so this valid setting was
+    refused ("needs input_dims"); its default factors come from the data's shapes."""
+    _, cohort, _ = workspace
+    config = tmp_path / "rescaled.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": str(cohort)}, "training": {"num_epochs": 1, "batch_size": 4},
+                                      "model": {"name": "MVAE", "latent_dim": 4, "uses_likelihood_rescaling": True}}))
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0, capsys.readouterr().err
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))["model"]["uses_likelihood_rescaling"]
+
+
+def test_a_misspelt_data_filled_key_is_refused_before_the_data_load(tmp_path, capsys):
+    """Regression: ``n_modalitiez`` passed the check (its message mentions "modalities") and failed only after
+    loading. The source does not exist, so a failure after loading would be exit 1 naming the source."""
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": str(tmp_path / "nowhere")},
+                                      "model": {"name": "MVAE", "n_modalitiez": 2}}))
+    assert main(["train", str(config), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "model.n_modalitiez: is not a parameter of MVAEConfig. Did you mean 'n_modalities'?" in err
+    assert "nowhere" not in err and not (tmp_path / "r").exists()
+
+
 def test_missing_data_source_is_reported(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"data": {"source": str(tmp_path / "nowhere")}, "model": {"name": "MVAE"}}))

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from core.data import IncompleteDataset
-from core.data.demo import spec_from_dict
 from core.models import available
 from core.runs import build_model, load_run_config
 
@@ -21,7 +20,7 @@ def test_there_is_an_example_per_model():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_builds_its_model(path):
     config = load_run_config(path)
-    spec = spec_from_dict(config.data.demo)
+    spec = config.data.demo  # typed: a DemoSpec
     n = 4
     data = {m: torch.randn(n, 1, *spec.shape) for m in spec.modalities}
     masks = {m: torch.ones(n, dtype=torch.bool) for m in spec.modalities}

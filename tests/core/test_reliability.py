@@ -229,7 +229,7 @@ def test_config_errors_come_all_at_once_with_their_paths(tmp_path, capsys):
               "extra": 1}
     with pytest.raises(ConfigError) as error:
         parse_run_config(values)
-    keys = [key for key, _ in error.value.problems]
+    keys = [problem.path for problem in error.value.problems]
     assert keys == ["extra", "data.splt", "data.preprocessing.target_shap", "model.latent_dimm", "model.warmpu",
                     "training.batch_size", "training.epochs"]
     text = str(error.value)

@@ -10,9 +10,10 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 import core.models.registry as registry
+from core.config import config_to_dict
 from core.models import MVAE
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig
-from core.runs import load_run_config, parse_run_config, run_config_to_dict
+from core.runs import load_run_config, run_config_to_dict
 from workbench.resources import load_presets
 
 TIMEOUT = 60_000
@@ -85,7 +86,7 @@ def test_run_yaml_round_trip_through_the_gui(make_window: Any, qtbot: Any, manif
     assert page.save_yaml(path)
     config = load_run_config(path)  # the file the command line takes
     assert config.model_name == "MVAE" and config.model_params["latent_dim"] == 6
-    assert config.training.seed == 7 and config.data.preprocessing == {"target_shape": [8, 8, 8]}
+    assert config.training.seed == 7 and config_to_dict(config.data)["preprocessing"] == {"target_shape": [8, 8, 8]}
     assert "mmvae train" in path.read_text(encoding="utf-8").splitlines()[0]
     # A second window loads it: the model, the forms and the data settings all follow.
     second = make_window()
@@ -93,7 +94,7 @@ def test_run_yaml_round_trip_through_the_gui(make_window: Any, qtbot: Any, manif
         assert second.model_page.load_yaml(path)
     qtbot.waitUntil(lambda: second.state.preprocessing == {"target_shape": [8, 8, 8]}, timeout=TIMEOUT)
     second.model_page.validate()
-    assert run_config_to_dict(load_run_config(path)) == run_config_to_dict(parse_run_config(second.state.run_config))
+    assert run_config_to_dict(load_run_config(path)) == run_config_to_dict(second.state.run_config)
     assert second.settings.recent_runs()[0] == str(path)
     # A broken file is reported inline, not raised.
     bad = tmp_path / "bad.yaml"
@@ -114,3 +115,28 @@ def test_a_warmup_longer_than_the_run_is_pointed_out(make_window: Any) -> None:
     page.model_form.set_values({"warmup": 6}, reset_others=False)
     page.validate()
     assert not page.messages.has("warmup")
+
+
+def test_valid_rescaling_passes_and_problems_mark_their_field(make_window: Any, qtbot: Any, tmp_path: Path) -> None:
+    """Regressions: ``uses_likelihood_rescaling`` was refused ("needs input_dims", a field the page hides) and
+    ``n_modalitiez`` passed. The model is checked against the cohort's real modalities, and each problem marks
+    the field its path names."""
+    window = make_window()
+    with qtbot.waitSignal(window.state.cohort_changed, timeout=TIMEOUT):
+        window.data_page.open_demo()
+    page = window.model_page
+    page.select_model("MVAE")
+    page.model_form.set_values({"uses_likelihood_rescaling": True}, reset_others=False)
+    page.validate()
+    assert window.state.start_blocker is None, window.state.start_blocker
+    assert window.state.run_config is not None and window.state.run_config.model.params["uses_likelihood_rescaling"]
+    # Four modalities have 10 subsets of size 2..3: k = 50 is refused by the model's check across fields,
+    # which carries no location in pydantic; the problem's path still marks the k field.
+    page.model_form.set_values({"k": 50}, reset_others=False)
+    page.validate()
+    assert "only 10 subsets" in page.model_form.errors()["k"]
+    assert "model: k" in window.state.start_blocker and window.state.run_config is None
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: x\ndata: {source: demo}\nmodel: {name: MVAE, n_modalitiez: 2}\n")
+    assert not page.load_yaml(typo)
+    assert "Did you mean 'n_modalities'?" in page.messages.bar("yaml").message.text

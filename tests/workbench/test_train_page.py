@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QCheckBox
 
 import workbench.pages.train as train_module
 import workbench.workers as workers_module
-from core.runs import load_run_config, parse_run_config, run_config_to_dict
+from core.runs import load_run_config, run_config_to_dict
 from core.training import latest_checkpoint
 from workbench.workers import TrainingJob
 
@@ -83,7 +83,7 @@ def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
     assert (run_dir / "final_model" / "model.safetensors").is_file()
     assert "mmvae train" in (run_dir / "command.txt").read_text(encoding="utf-8")
     # The run folder's YAML is the configuration the GUI built (core adds the resolved preprocessing).
-    gui = run_config_to_dict(parse_run_config(window.state.run_config))
+    gui = run_config_to_dict(window.state.run_config)
     written = run_config_to_dict(load_run_config(run_dir / "config.yaml"))
     assert {k: written[k] for k in ("name", "model", "training")} == {k: gui[k] for k in ("name", "model", "training")}
     assert written["data"]["source"] == gui["data"]["source"] == str(manifest_cohort)

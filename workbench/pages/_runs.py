@@ -18,8 +18,9 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtWidgets import QComboBox, QWidget
 
+from core.config import config_to_dict
+from core.data.demo import spec_to_dict
 from core.data.sources import LoadedData, load_data, resolved_preprocessing
-from core.models.config import config_to_dict
 from core.runs import RunSummary, list_runs, load_run_config
 from workbench.messages import MessageArea
 from workbench.state import WorkbenchState, source_label
@@ -128,11 +129,11 @@ def other_cohort_note(state: WorkbenchState, run_dir: Path) -> str:
         data = load_run_config(Path(run_dir) / "config.yaml").data
     except (OSError, ValueError):
         return ""
-    if _same_cohort(str(data.source), dict(data.demo), state):
+    if _same_cohort(str(data.source), spec_to_dict(data.demo), state):
         return ""
     trained_on = source_label(str(data.source))
-    if data.source == "demo" and data.demo.get("n_subjects"):
-        trained_on += f" ({data.demo['n_subjects']} subjects)"
+    if data.source == "demo":
+        trained_on += f" ({data.demo.n_subjects} subjects)"
     return (f"{Path(run_dir).name} was trained on {trained_on}, not on the cohort open on the Data page "
             f"({source_label(state.info.source)}): the subjects shown here are the run's own.")
 

@@ -30,12 +30,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.config import config_from_dict, config_schema, config_to_dict
 from core.data.cohort import check_cohort
 from core.data.dataset import missingness_summary
+from core.data.demo import spec_from_dict
 from core.data.io import read_volume
 from core.data.preprocessing import PreprocessingConfig, preprocess_subject
 from core.data.sources import DataConfig, SplitConfig, ensure_demo_cohort, load_data
-from core.models.config import config_from_dict, config_schema, config_to_dict
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, ProgressRow, page_header
 from workbench.state import CohortInfo, WorkbenchState, source_label
@@ -640,7 +641,7 @@ class DataPage(QWidget):
         """Switch to a run's data section: open its source if needed, then apply its settings."""
         config = config_to_dict(config_from_dict(DataConfig, values))
         current = self.state.info
-        demo_changed = config["source"] == "demo" and bool(config.get("demo")) and config["demo"] != self.state.demo_settings
+        demo_changed = config["source"] == "demo" and spec_from_dict(config["demo"]) != spec_from_dict(self.state.demo_settings)
         if demo_changed:
             self.state.demo_settings = dict(config["demo"])
         same_source = current is not None and current.source == config["source"] and not demo_changed

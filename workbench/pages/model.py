@@ -29,31 +29,36 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.models import available, config_schema, get_model_class
-from core.models.config import ConfigError, config_from_dict, config_to_dict
+from core.config import ConfigError, ConfigProblem, config_schema, config_to_dict
+from core.models import available, get_model_class
+from core.run_config import DATA_FILLED_KEYS, RunConfig
 from core.runs import list_runs, load_run_config, parse_run_config, run_config_to_dict
 from core.training import TrainerConfig
 from workbench.messages import MessageArea
 from workbench.pages._common import Card, page_header
 from workbench.resources import Preset, load_presets
 from workbench.state import WorkbenchState
-from workbench.widgets.schema_form import NO_DEFAULT, SchemaForm, fields_named_in
+from workbench.widgets.schema_form import NO_DEFAULT, SchemaForm
 
 __all__ = ["ModelPage", "DATA_FILLED_KEYS", "run_yaml_text"]
 
-#: Model config keys the data fills in (``core.runs.build_model``), so they are not in the form.
-DATA_FILLED_KEYS = ("n_modalities", "input_dims")
 #: Keys only meaningful from Python (user-supplied modules).
 HIDDEN_MODEL_KEYS = ("custom_architectures",)
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _NAME_TIP = "Name of the run; its folder is <name>-<date>-<time>. Letters, digits, '.', '_' and '-'."
 
 
-def run_yaml_text(values: dict[str, Any]) -> str:
-    """The run YAML for ``values`` exactly as ``core`` resolves it (what ``mmvae train`` reads)."""
-    config = parse_run_config(values)
+def run_yaml_text(config: RunConfig) -> str:
+    """The run YAML of ``config`` exactly as ``core`` resolves it (what ``mmvae train`` reads)."""
     header = "# mmvae run configuration. Train it headless with: mmvae train THIS_FILE.yaml\n"
     return header + yaml.safe_dump(run_config_to_dict(config), sort_keys=False)
+
+
+def _form_field(problem: ConfigProblem, section: str) -> str:
+    """The field of ``section``'s form a problem belongs to (``model.rescale_factors.T1`` -> ``rescale_factors``),
+    or "" when it is about another section."""
+    head, _, rest = problem.path.partition(".")
+    return rest.split(".", 1)[0] if head == section else ""
 
 
 class ModelPage(QWidget):
@@ -352,14 +357,12 @@ class ModelPage(QWidget):
         return True
 
     def save_yaml(self, path: str | Path) -> bool:
-        values = self.run_config_values()
-        try:
-            text = run_yaml_text(values)
-        except (ConfigError, ValueError) as error:
-            self.messages.error("yaml", f"The configuration is not valid yet, so it was not saved: {error}")
+        blocker = self.validate()
+        if self.state.run_config is None:
+            self.messages.error("yaml", f"The configuration is not valid yet, so it was not saved: {blocker}")
             return False
         path = Path(path)
-        path.write_text(text, encoding="utf-8")
+        path.write_text(run_yaml_text(self.state.run_config), encoding="utf-8")
         self.messages.clear("yaml")
         self.run_file_used.emit(str(path))
         self.status_message.emit(f"Saved {path}")
@@ -407,27 +410,11 @@ class ModelPage(QWidget):
         name = self.name_edit.text().strip()
         name_error = "" if not name or _NAME_RE.fullmatch(name) else "Use only letters, digits, '.', '_' and '-'."
         values = self.run_config_values()
-        config_error = ""
-        core_model: dict[str, str] = {}
-        core_training: dict[str, str] = {}
-        if not model_errors and not training_errors and not name_error:
-            try:
-                parse_run_config(values)
-            except (ConfigError, ValueError) as error:
-                config_error = str(error)
-            n = len(self.state.modalities())
-            if not config_error and n:
-                try:  # checks that need the number of modalities (input shapes are known only after loading)
-                    config_from_dict(cls.config_class, {"n_modalities": n, "input_dims": None, **self.model_values()})
-                except ConfigError as error:
-                    if "input_dims" not in str(error):
-                        config_error = f"model: {error}"
-            if config_error:
-                section = config_error.split(":", 1)[0]
-                form = self.training_form if section == "training" else self.model_form
-                target = core_training if section == "training" else core_model
-                for key in fields_named_in(config_error, form.keys()):
-                    target[key] = config_error.split(": ", 1)[-1]
+        config, problems = self._checked_config(values) if not (model_errors or training_errors or name_error) else (None, [])
+        config_error = str(ConfigError.of(problems, "the run config")) if problems else ""
+        core_model = {field: p.text for p in problems if (field := _form_field(p, "model")) in self.model_form.keys()}
+        core_training = {field: p.text for p in problems
+                         if (field := _form_field(p, "training")) in self.training_form.keys()}
         self.model_form.set_external_errors(core_model)
         self.training_form.set_external_errors(core_training)
         model_errors.update(core_model)
@@ -461,14 +448,24 @@ class ModelPage(QWidget):
             self.messages.error("config", config_error)
         else:
             self.messages.clear("config")
-        try:
-            self.yaml_view.setPlainText(run_yaml_text(values) if not (model_errors or training_errors or name_error or config_error)
-                                        else f"# Not valid yet: {blocker}")
-        except (ConfigError, ValueError) as error:
-            self.yaml_view.setPlainText(f"# Not valid yet: {error}")
+        self.yaml_view.setPlainText(run_yaml_text(config) if config is not None else f"# Not valid yet: {blocker}")
         self.reason_label.setText(blocker or "Ready to train.")
-        self.state.set_run_config(None if (model_errors or training_errors or name_error or config_error) else values, blocker)
+        self.state.set_run_config(config, blocker)
         return blocker
+
+    def _checked_config(self, values: dict[str, Any]) -> tuple[RunConfig | None, list[ConfigProblem]]:
+        """The run config parsed once, with the model bound to what is known of the data: the modalities as
+        soon as a cohort is open, their input shapes once the Data page has prepared the dataset."""
+        try:
+            config = parse_run_config(values)
+            loaded = self.state.loaded_for(config_to_dict(config.data))
+            if loaded is not None:
+                config.model.bind(loaded.dataset.modalities, loaded.dataset.input_dims)
+            elif self.state.modalities():
+                config.model.bind(self.state.modalities())
+        except ConfigError as error:
+            return None, error.problems
+        return config, []
 
     def _check_schedule(self, values: dict[str, Any]) -> None:
         """Valid but probably not meant: a warm-up longer than the run (a KL weight that never reaches beta,

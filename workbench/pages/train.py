@@ -11,7 +11,6 @@ import math
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal, Slot
@@ -34,8 +33,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.models.config import ConfigError, config_to_dict
-from core.runs import RunSummary, default_run_dir, list_runs, load_run_config, parse_run_config
+from core.config import ConfigError, config_to_dict
+from core.runs import RunSummary, default_run_dir, list_runs, load_run_config
 from core.training import BatchProgress, EpochRecord, TrainingResult, TrainingWarning, format_seconds
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, badge, page_header
@@ -54,7 +53,7 @@ _COLUMNS = ["Show", "Run", "Model", "Status", "Epochs", "Best val. loss", "Durat
 
 def unique_run_dir(root: Path, name: str) -> Path:
     """``<root>/<name>-<date>-<time>``, with a numeric suffix if that folder exists already."""
-    base = default_run_dir(SimpleNamespace(name=name), root)  # type: ignore[arg-type]
+    base = default_run_dir(name, root)
     candidate, n = base, 2
     while candidate.exists():
         candidate = base.with_name(f"{base.name}-{n}")
@@ -307,14 +306,9 @@ class TrainPage(QWidget):
         if self.state.start_blocker or self.state.run_config is None:
             self.messages.warning("start", self.state.start_blocker or "The configuration is not ready.")
             return False
-        values = self.state.run_config
-        try:
-            config = parse_run_config(values)
-        except (ConfigError, ValueError) as error:
-            self.messages.error("start", f"The configuration is not valid: {error}")
-            return False
+        config = self.state.run_config
         run_dir = unique_run_dir(self.runs_root, config.name)
-        loaded = self.state.loaded_for(values.get("data"))
+        loaded = self.state.loaded_for(config_to_dict(config.data))
         self.messages.clear()
         self._begin(run_dir, f"{config.model_name} · {run_dir.name}", fresh=True)
         assert self.job is not None
@@ -445,8 +439,9 @@ class TrainPage(QWidget):
 
     @Slot(object)
     def _on_data_loaded(self, loaded: Any) -> None:
-        values = self.state.run_config or {}
-        if self.state.info is not None and self.state.data_key(values.get("data")) == self.state.data_key():
+        config = self.state.run_config
+        if (config is not None and self.state.info is not None
+                and self.state.data_key(config_to_dict(config.data)) == self.state.data_key()):
             self.state.set_loaded(loaded)
 
     @Slot(str)

@@ -37,6 +37,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.config import fields_named_in  # the fields a message names, for errors that carry no path
+
 __all__ = ["FieldSpec", "parse_schema", "SchemaForm", "FieldEditor", "NO_DEFAULT", "fields_named_in"]
 
 
@@ -224,16 +226,6 @@ def parse_schema(
         if spec.default is NO_DEFAULT and not spec.required and spec.kind in ("mapping", "list"):
             spec.default = {} if spec.kind == "mapping" else []
     return specs
-
-
-def fields_named_in(message: str, keys: Iterable[str]) -> list[str]:
-    """The field names a core error message mentions (``'latent_dim'``, ``model.k``, ``k =``)."""
-    found = []
-    for key in keys:
-        pattern = rf"(?:'{re.escape(key)}'|\b{re.escape(key)}\b(?=\s*(?:=|\[|:|\s+is|\s+must|\s+but|\s+names)))"
-        if re.search(pattern, message):
-            found.append(key)
-    return found
 
 
 # ---------------------------------------------------------------------------------------------- editors
