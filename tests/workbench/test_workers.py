@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
+import types
+import weakref
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,7 +14,13 @@ from PySide6.QtCore import QThread
 
 from core.progress import Cancelled
 from core.training import BatchProgress
-from workbench.workers import QtTrainingCallback, TaskError, TaskRunner, TrainingSignals
+from workbench.workers import (
+    QtTrainingCallback,
+    TaskError,
+    TaskRunner,
+    TrainingSignals,
+    UiThreadGarbageCollector,
+)
 
 
 def _work(n: int, gate: threading.Event | None, state: Any) -> dict[str, Any]:
@@ -79,3 +89,42 @@ def test_training_heartbeats_are_throttled(qtbot: Any) -> None:
         callback.on_batch_end(trainer, BatchProgress(1, 1, "train", "train", b, n, 1.0, 0.0, None, b / n))
     assert [p.batch for p in emitted][0] == 1 and emitted[-1].batch == n
     assert len(emitted) <= 5
+
+
+class _Cycle:
+    """Garbage that only the cyclic collector frees."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_ui_thread_collector_frees_cycles_and_freezes_what_an_import_brought(monkeypatch: Any) -> None:
+    collector = UiThreadGarbageCollector()
+    collector.start()
+    try:
+        frozen = gc.get_freeze_count()
+        probe = _Cycle()
+        alive = weakref.ref(probe)
+        del probe
+        for _ in range(gc.get_threshold()[0] + 10):  # past the youngest generation's threshold
+            _Cycle()
+        collector.check()
+        assert alive() is None  # the cycle was collected, on this thread
+        # A module imported meanwhile (a worker's first `import scipy`): its objects are frozen, not scanned.
+        monkeypatch.setitem(sys.modules, "imported_by_a_worker", types.ModuleType("imported_by_a_worker"))
+        module_objects = [[i] for i in range(50_000)]
+        collector.check()
+        assert gc.get_freeze_count() >= frozen + len(module_objects)
+        assert gc.get_count()[0] < gc.get_threshold()[0]
+        # A full collection waits until the old generation has grown by a quarter since the last one.
+        gc.collect(1)
+        collector._old_after_full = 10 * len(gc.get_objects(generation=2)) + 1000
+        collections_before = gc.get_stats()[2]["collections"]
+        for _ in range((gc.get_threshold()[1] + 1) * (gc.get_threshold()[2] + 2)):
+            for _ in range(gc.get_threshold()[0] + 1):
+                _Cycle()
+            collector.check()
+        assert gc.get_stats()[2]["collections"] == collections_before
+    finally:
+        collector.stop()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
