@@ -11,6 +11,7 @@ from core.models.config import (
     config_schema,
     config_to_dict,
 )
+from core.models.crmvae import CRMVAE, CRMVAEConfig
 from core.models.dmvae import DMVAE, DMVAEConfig
 from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
@@ -23,6 +24,8 @@ from core.models.registry import available, build_model, get_model_class, regist
 load = load_bundle
 
 __all__ = [
+    "CRMVAE",
+    "CRMVAEConfig",
     "DMVAE",
     "DMVAEConfig",
     "JMVAE",
