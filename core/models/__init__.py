@@ -16,6 +16,7 @@ from core.models.dmvae import DMVAE, DMVAEConfig
 from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
 from core.models.mhvae import MHVAE, MHVAEConfig
+from core.models.mmvae import MMVAE, MMVAEConfig
 from core.models.mvae import MVAE, MVAEConfig
 from core.models.mvtcae import MVTCAE, MVTCAEConfig
 from core.models.nexus import Nexus, NexusConfig
@@ -34,6 +35,8 @@ __all__ = [
     "JNFConfig",
     "MHVAE",
     "MHVAEConfig",
+    "MMVAE",
+    "MMVAEConfig",
     "MVAE",
     "BaseMultiVAEConfig",
     "ConfigError",
