@@ -21,6 +21,7 @@ from core.models.mvae import MVAE, MVAEConfig
 from core.models.mvtcae import MVTCAE, MVTCAEConfig
 from core.models.nexus import Nexus, NexusConfig
 from core.models.registry import available, build_model, get_model_class, register_model
+from core.models.telbo import TELBO, TELBOConfig
 
 load = load_bundle
 
@@ -49,6 +50,8 @@ __all__ = [
     "MultimodalVAE",
     "Nexus",
     "NexusConfig",
+    "TELBO",
+    "TELBOConfig",
     "TrainingProgress",
     "TrainingStage",
     "available",
