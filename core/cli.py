@@ -189,17 +189,30 @@ def _print_preparation_issues(loaded: object, strict: bool) -> None:
         raise ValueError(f"--strict: the data has {len(issues)} error(s) or warning(s) (listed above); nothing was trained.")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str:
+    """The subcommand ``argv`` names ("" for none: ``mmvae --help``); the global options take no value."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``mmvae`` parser. demo-data, evaluate and report take their arguments from their modules, which
+    import torch and scikit-learn: only ``command``'s are added (every command's when None), so that
+    ``mmvae --help`` and the light commands start in well under a second."""
+
+    def wanted(name: str) -> bool:
+        return command is None or command == name
+
     parser = argparse.ArgumentParser(prog="mmvae", description="Multimodal VAEs on partially observed medical images.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo_parser = commands.add_parser("demo-data", help="write the demo MR/US cohort")
-    from core.data import demo
+    if wanted("demo-data"):
+        from core.data import demo
 
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(func=_cmd_demo_data)
+        demo.add_arguments(demo_parser)
+        demo_parser.set_defaults(func=_cmd_demo_data)
 
     train = commands.add_parser("train", help="train a model from a run YAML")
     train.add_argument("config", help="run YAML (data, model, training)")
@@ -230,16 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_cmd_models)
 
     evaluate = commands.add_parser("evaluate", help="measure a run's imputation, coherence, likelihood and latents")
-    from core import evaluate as evaluation
+    if wanted("evaluate"):
+        from core import evaluate as evaluation
 
-    evaluation.add_arguments(evaluate)
-    evaluate.set_defaults(func=evaluation.run_from_args)
+        evaluation.add_arguments(evaluate)
+        evaluate.set_defaults(func=evaluation.run_from_args)
 
     report = commands.add_parser("report", help="write a run's HTML report (curves, latent space, synthesis, metrics)")
-    from core import report as reporting
+    if wanted("report"):
+        from core import report as reporting
 
-    reporting.add_arguments(report)
-    report.set_defaults(func=reporting.run_from_args)
+        reporting.add_arguments(report)
+        report.set_defaults(func=reporting.run_from_args)
 
     info = commands.add_parser("info", help="summarise a cohort")
     info.add_argument("data", help="cohort folder, manifest CSV, HDF5 cache, or 'demo'")
@@ -257,8 +272,8 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_in(argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
