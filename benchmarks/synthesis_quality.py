@@ -30,6 +30,7 @@ issue 10 for each model, and a PNG panel of one lesion slice per task (truth, ea
     python benchmarks/synthesis_quality.py                       # 200 subjects at 40^3, CPU
     python benchmarks/synthesis_quality.py --device cuda         # 96x112x96 on a GPU
     python benchmarks/synthesis_quality.py --quick               # smoke run: 24 subjects at 16^3, 1 epoch
+    python benchmarks/synthesis_quality.py --resume              # after an interruption: skip the finished methods
     python benchmarks/synthesis_quality.py --missing mnar_label  # writes synthesis_quality_mnar_label.json
 
 Writes ``benchmarks/results/synthesis_quality.json`` (``_mnar_label`` for that variant) and the ``.png`` beside it.
@@ -38,12 +39,15 @@ Writes ``benchmarks/results/synthesis_quality.json`` (``_mnar_label`` for that v
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -148,6 +152,12 @@ def _load_or_make_cohort(spec: DemoSpec) -> DemoCohort:
         tensors["fov"] = cohort.dataset.observation_masks["US"].contiguous()
     save_file(tensors, str(path))
     return cohort
+
+
+def _finished_methods(settings: Settings) -> Path:
+    """Where each method's raw result is kept until the run ends, so ``--resume`` can skip it (same settings only)."""
+    key = hashlib.sha1(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"mmvae_synthesis_quality_{key}"
 
 
 def prepare(settings: Settings) -> Data:
@@ -537,6 +547,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="JSON path, the PNG panel beside it (default: results/synthesis_quality[_MISSING].json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 24 subjects at 16^3, 1 epoch, in this process")
     parser.add_argument("--in-process", action="store_true", help="run every method in this process (peak RSS is then shared)")
+    parser.add_argument("--resume", action="store_true", help="reuse the methods an interrupted run with the same settings finished")
     return parser.parse_args(argv)
 
 
@@ -571,10 +582,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     data = prepare(settings)
     raw: dict[str, dict[str, Any]] = {}
+    finished = _finished_methods(settings)
+    finished.mkdir(parents=True, exist_ok=True)
     for name in [*args.baselines, *models]:
         began = time.monotonic()
+        saved = finished / f"{name}.json"
+        if args.resume and saved.is_file():
+            raw[name] = json.loads(saved.read_text(encoding="utf-8"))
+            print(f"{name}: reused from the interrupted run ({saved})", flush=True)
+            continue
         in_process = args.in_process or args.quick  # a fresh process per method costs more than a quick run
         raw[name] = evaluate_or_report(name, settings, data) if in_process else evaluate_in_fresh_process(name, settings)
+        if "error" not in raw[name]:
+            saved.write_text(json.dumps(raw[name]), encoding="utf-8")  # NaN kept: the summary reads it back
         print(f"{name}: {raw[name].get('error', 'done')} ({time.monotonic() - began:.0f} s)", flush=True)
     methods = summarize(raw, settings.tasks)
     out = Path(args.out) if args.out else RESULTS / ("synthesis_quality.json" if args.missing == "mcar" else f"synthesis_quality_{args.missing}.json")
@@ -605,6 +625,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "panel": {"file": panel.name, "test_subject": data.truth.ids[data.panel_subject], "axial_slice": panel_slice(data), "columns": columns},
     }
     _cohort_cache(DemoSpec(n_subjects=settings.n_subjects, shape=settings.shape, seed=settings.seed, missing=MISSING[settings.missing])).unlink(missing_ok=True)
+    shutil.rmtree(finished, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     print_table(methods, settings.tasks)
