@@ -67,12 +67,13 @@ _TRACEBACK = "Traceback (most recent call last)"
 #: Advice written for the command line or Python, and what a person does in the window instead.
 _GUI_ADVICE = [
     (re.compile(r"pass modality_patterns \(e\.g\. \{[^}]*\}\) or a manifest CSV"),
-     "rename the files so that each name says its modality (for example sub-01_T1.nii.gz, sub-01_FLAIR.nii.gz), or "
-     "list each subject's files in a manifest CSV and open it with File > Open manifest"),
+     "say which files hold which modality with 'Map file names to modalities…' on the Data page (for example "
+     "*_T1.nii.gz is T1), or list each subject's files in a manifest CSV and open it with File > Open manifest"),
     (re.compile(r"pass modality_patterns to map them, e\.g\. \{[^}]*\}"),
-     "rename them so that each name says its modality (for example sub-01_US.nii.gz), or list them in a manifest CSV "
-     "(File > Open manifest)"),
-    (re.compile(r"give modality_patterns that tell them apart"), "rename the files so that their names tell them apart"),
+     "say which modality they hold with 'Map file names to modalities…' on the Data page (for example "
+     "*-US-before* is US)"),
+    (re.compile(r"give modality_patterns that tell them apart"),
+     "tell them apart with 'Map file names to modalities…' on the Data page, or rename the files"),
 ]
 #: Exceptions that mean a fault in the program, not in what the user gave it.
 _INTERNAL = ("KeyError", "IndexError", "AttributeError", "TypeError", "NameError", "AssertionError",

@@ -6,6 +6,7 @@ own :class:`QSettings` (an INI file in a temporary folder), so they never touch 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,27 @@ class Settings:
     def set_last_dir(self, path: str | Path) -> None:
         path = Path(path)
         self._s.setValue("paths/last_dir", str(path if path.is_dir() else path.parent))
+
+    def modality_patterns(self, source: str) -> dict[str, str]:
+        """The file-name patterns a cohort folder was last opened with (reapplied when it is reopened)."""
+        try:
+            stored = json.loads(str(self._s.value("cohort/modality_patterns", "{}")))
+        except ValueError:
+            return {}
+        patterns = stored.get(str(source), {}) if isinstance(stored, dict) else {}
+        return {str(k): str(v) for k, v in patterns.items()} if isinstance(patterns, dict) else {}
+
+    def set_modality_patterns(self, source: str, patterns: dict[str, str]) -> None:
+        try:
+            stored = json.loads(str(self._s.value("cohort/modality_patterns", "{}")))
+        except ValueError:
+            stored = {}
+        stored = stored if isinstance(stored, dict) else {}
+        if patterns:
+            stored[str(source)] = dict(patterns)
+        else:
+            stored.pop(str(source), None)
+        self._s.setValue("cohort/modality_patterns", json.dumps(stored))
 
     def preview_every(self) -> int:
         """Epochs between two cross-modal synthesis previews during training."""

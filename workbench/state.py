@@ -51,6 +51,8 @@ class CohortInfo:
     report: CohortReport | None = None
     loaded: LoadedData | None = None
     layout: str = ""
+    #: File-name patterns -> modality the cohort was opened with (the Data page's mapping dialog).
+    modality_patterns: dict[str, str] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -122,6 +124,8 @@ class WorkbenchState(QObject):
             values["demo"] = dict(self.demo_settings)
         if self.selected_modalities:
             values["modalities"] = list(self.selected_modalities)
+        if self.info.modality_patterns:
+            values["modality_patterns"] = dict(self.info.modality_patterns)
         if self.preprocessing:
             values["preprocessing"] = dict(self.preprocessing)
         if self.cache_path:

@@ -52,6 +52,9 @@ class DataConfig:
     source: str = Field("demo", description="'demo', or a cohort folder, BIDS dataset, manifest CSV or HDF5 cache.")
     demo: DemoSpec = Field(default_factory=DemoSpec, **advanced("Demo cohort settings (core.data.demo.DemoSpec)."))
     modalities: list[str] | None = Field(None, description="Train on these modalities only (default: all).")
+    modality_patterns: dict[str, str] = Field(default_factory=dict, **advanced(
+        "File-name patterns naming the modality of files the built-in rules do not recognise, tried first: "
+        "{'*_MPRAGE.nii.gz': 'T1', '*_sector*': 'US:mask'} (':mask' marks an observation mask, '' skips the file)."))
     preprocessing: PreprocessingConfig = Field(
         default_factory=PreprocessingConfig, **advanced("Preprocessing settings (core.data.preprocessing.PreprocessingConfig).")
     )
@@ -128,7 +131,8 @@ def load_data(config: DataConfig, progress: ProgressFn | None = None, cancel: Ca
     if not source.exists():
         raise FileNotFoundError(f"Data source {source} does not exist; point data.source at a cohort folder, manifest or cache.")
     dataset, records = load_cohort_dataset(
-        source, preprocessing=config.preprocessing_to_apply(), cache_path=config.cache, progress=progress, cancel=cancel
+        source, preprocessing=config.preprocessing_to_apply(), cache_path=config.cache, progress=progress, cancel=cancel,
+        modality_patterns=config.modality_patterns or None,
     )
     return LoadedData(dataset=_as_images_if_single_slice(dataset), source=source, records=records)
 

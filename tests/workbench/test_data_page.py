@@ -133,3 +133,52 @@ def test_cancel_while_preparing_keeps_nothing(make_window: Any, qtbot: Any, mani
     with qtbot.waitSignal(window.state.loaded_changed, timeout=TIMEOUT):
         page.prepare_button.click()
     assert cache.is_file()
+
+
+def test_file_names_mapped_to_modalities_in_a_dialog(make_window: Any, qtbot: Any, tmp_path: Path) -> None:
+    """The advice 'pass modality_patterns' done the GUI way: the failed open offers the dialog, the dialog
+    suggests the files' endings, the folder opens with them, the run config and the settings keep them."""
+    import nibabel as nib
+
+    from workbench.widgets.pattern_dialog import ModalityPatternDialog
+
+    root = tmp_path / "site"
+    for i, case in enumerate(("c1", "c2", "c3")):
+        for j, name in enumerate(("MPRAGE", "SPACE")):
+            (root / case).mkdir(parents=True, exist_ok=True)
+            data = np.random.default_rng(i * 2 + j).random((6, 6, 6)).astype(np.float32) + 1
+            nib.save(nib.Nifti1Image(data, np.eye(4)), root / case / f"{case}_{name}.nii.gz")
+    window = make_window()
+    page = window.data_page
+    page.open_source(str(root))
+    qtbot.waitUntil(lambda: not page.open_runner.is_running, timeout=TIMEOUT)
+    bar = page.messages.bar("open")
+    assert bar is not None and "Map file names to modalities" in bar.message.text and bar.action_button is not None
+    bar.action_button.click()
+    dialog = page._pattern_dialog
+    assert isinstance(dialog, ModalityPatternDialog) and dialog.isVisible()
+    suggested = [dialog.table.item(r, 0).text() for r in range(dialog.table.rowCount())]
+    assert sorted(suggested) == ["*_MPRAGE.nii.gz", "*_SPACE.nii.gz"]
+    for row, pattern in enumerate(suggested):
+        dialog.table.item(row, 1).setText("T1" if "MPRAGE" in pattern else "T2")
+    dialog.open_button.click()
+    qtbot.waitUntil(lambda: page.state.info is not None and not page.open_runner.is_running, timeout=TIMEOUT)
+    assert not page.messages.has("open")
+    assert page.state.info.modalities == ["T1", "T2"] and len(page.state.info.subjects) == 3
+    assert page.state.data_config_dict()["modality_patterns"] == {"*_MPRAGE.nii.gz": "T1", "*_SPACE.nii.gz": "T2"}
+    assert window.settings.modality_patterns(str(root)) == {"*_MPRAGE.nii.gz": "T1", "*_SPACE.nii.gz": "T2"}
+    # Reopened later (recent cohorts, the next launch), the folder opens with its patterns.
+    page.open_source("demo")
+    qtbot.waitUntil(lambda: page.state.info is not None and page.state.info.source == "demo", timeout=TIMEOUT)
+    _open(window, qtbot, str(root))
+    assert page.state.info.modalities == ["T1", "T2"]
+    # A file the patterns do not cover is named, with the way to map it.
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.float32), np.eye(4)), root / "c1" / "c1_FLAIR3D.nii.gz")
+    _open(window, qtbot, str(root))
+    info_bar = page.messages.bar("unmatched")
+    assert info_bar is not None and "c1_FLAIR3D.nii.gz" in info_bar.message.text and info_bar.action_button is not None
+    info_bar.action_button.click()
+    dialog = page._pattern_dialog
+    rows = {dialog.table.item(r, 0).text(): dialog.table.item(r, 1).text() for r in range(dialog.table.rowCount())}
+    assert rows == {"*_MPRAGE.nii.gz": "T1", "*_SPACE.nii.gz": "T2", "*_FLAIR3D.nii.gz": ""}
+    dialog.reject()

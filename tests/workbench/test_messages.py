@@ -33,7 +33,8 @@ def test_errors_read_as_what_failed_why_and_what_to_do() -> None:
     text, _ = plain_task_error("The cohort could not be opened", _raised(CohortError(
         "No image file of a known modality was found in /d (folders layout). Fix: check the folder, or pass "
         "modality_patterns (e.g. {'*_T1.nii.gz': 'T1'}) or a manifest CSV.")))
-    assert "modality_patterns" not in text and "File > Open manifest" in text and "sub-01_T1.nii.gz" in text
+    assert "modality_patterns" not in text and "File > Open manifest" in text
+    assert "'Map file names to modalities…' on the Data page" in text and "*_T1.nii.gz is T1" in text
     assert gui_advice("nothing to change") == "nothing to change"
 
 

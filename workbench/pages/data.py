@@ -3,6 +3,7 @@ and prepare the dataset (optionally an HDF5 cache) in the background."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,12 @@ from core.data.demo import spec_from_dict
 from core.data.io import read_volume
 from core.data.preprocessing import PreprocessingConfig, preprocess_subject
 from core.data.sources import DataConfig, SplitConfig, ensure_demo_cohort, load_data
-from workbench.messages import MessageArea, plain_task_error
+from workbench.messages import MessageArea, gui_advice, plain_task_error
 from workbench.pages._common import Card, ProgressRow, page_header
 from workbench.state import CohortInfo, WorkbenchState, source_label
 from workbench.widgets.elided_label import ElidedLabel
 from workbench.widgets.ortho_viewer import OrthoViewer, Panel
+from workbench.widgets.pattern_dialog import ModalityPatternDialog
 from workbench.widgets.presence_matrix import MISSING, PRESENT, UNREADABLE, PresenceMatrix
 from workbench.widgets.schema_form import SchemaForm, fields_named_in
 from workbench.widgets.slice_preview import SliceGrid
@@ -51,14 +53,17 @@ __all__ = ["DataPage", "open_cohort_task", "read_volume_task", "preprocessing_pr
            "PreprocessingPreview"]
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+MAP_FILES = "Map file names to modalities…"
 
 
 # ---------------------------------------------------------------------------------------------- tasks
 # Plain functions run by TaskRunner in a worker thread: data in, result out, no widgets.
 
 
-def open_cohort_task(source: str, demo_settings: dict[str, Any], state: TaskState) -> CohortInfo:
-    """Find a cohort's files and check their headers (or open an HDF5 cache)."""
+def open_cohort_task(source: str, demo_settings: dict[str, Any], patterns: dict[str, str], state: TaskState) -> CohortInfo:
+    """Find a cohort's files (``patterns``: file-name pattern -> modality, tried before the built-in rules) and
+    check their headers (or open an HDF5 cache)."""
     if source == "demo":
         state.set_status("Preparing the demo cohort (generated once, then reused)")
         root = ensure_demo_cohort(demo_settings, progress=state.progress, cancel=state.is_cancelled)
@@ -72,7 +77,8 @@ def open_cohort_task(source: str, demo_settings: dict[str, Any], state: TaskStat
         issues = list(getattr(loaded.records, "issues", []))
         return CohortInfo(source, root, list(ds.ids), list(ds.modalities), states, issues, loaded=loaded, layout="HDF5 cache")
     state.set_status("Finding subjects and checking every file (the cohort report `mmvae info` prints)")
-    cohort, report = check_cohort(root, progress=state.progress, cancel=state.is_cancelled)
+    cohort, report = check_cohort(root, modality_patterns=patterns or None, progress=state.progress,
+                                  cancel=state.is_cancelled)
     presence = np.asarray(report.presence, dtype=bool)
     states = np.where(presence, PRESENT, MISSING).astype(np.int8)
     states[presence & ~report.usable] = UNREADABLE
@@ -86,7 +92,18 @@ def open_cohort_task(source: str, demo_settings: dict[str, Any], state: TaskStat
             spacing = " x ".join(f"{s:.3g}" for s in f.spacing or ())
             tooltips[(f.subject, f.modality)] = f"{f.path.name}<br>{f.shape} voxels, {spacing} mm, {f.orientation}"
     return CohortInfo(source, root, list(report.subjects), list(report.modalities), states, list(report.issues),
-                      tooltips, cohort=cohort, report=report, layout=report.layout)
+                      tooltips, cohort=cohort, report=report, layout=report.layout, modality_patterns=dict(patterns))
+
+
+def image_file_names(folder: Path, limit: int = 2000) -> list[str]:
+    """Names of the image files under ``folder`` (the first ``limit`` found), for the mapping dialog to suggest
+    patterns from when no file was recognised."""
+    names: list[str] = []
+    for _, _, files in os.walk(folder):
+        names.extend(f for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+        if len(names) >= limit:
+            break
+    return names[:limit]
 
 
 def read_volume_task(info: CohortInfo, subject: str, modality: str, state: TaskState) -> tuple[str, str, np.ndarray, str]:
@@ -157,6 +174,8 @@ class DataPage(QWidget):
         self.preview_runner = TaskRunner(self, "preprocessing preview")
         self.prepare_runner = TaskRunner(self, "prepare dataset")
         self._pending_data: dict[str, Any] | None = None
+        self._opening: str | None = None  # the source being opened or that failed to open (it can still be mapped)
+        self._pattern_dialog: ModalityPatternDialog | None = None
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
@@ -223,7 +242,16 @@ class DataPage(QWidget):
         issues_card = Card("Cohort report")
         self.issue_summary = QLabel("")
         self.issue_summary.setObjectName("PageHint")
-        issues_card.body.addWidget(self.issue_summary)
+        self.issue_summary.setWordWrap(True)
+        self.pattern_button = QPushButton(MAP_FILES)
+        self.pattern_button.setToolTip("Say which files hold which modality when their names are not recognised "
+                                       "(for example *_MPRAGE.nii.gz is T1), then open the folder again")
+        self.pattern_button.clicked.connect(self.edit_modality_patterns)
+        self.pattern_button.setEnabled(False)
+        report_row = QHBoxLayout()
+        report_row.addWidget(self.issue_summary, 1)
+        report_row.addWidget(self.pattern_button)
+        issues_card.body.addLayout(report_row)
         issues_card.body.addWidget(self.issue_tree, 1)
         left = QSplitter(Qt.Orientation.Vertical)
         left.addWidget(matrix_card)
@@ -384,13 +412,50 @@ class DataPage(QWidget):
     def open_demo(self) -> None:
         self.open_source("demo")
 
-    def open_source(self, source: str) -> None:
-        """Open a cohort in the background ('demo', a folder, a manifest CSV or an HDF5 cache)."""
+    def open_source(self, source: str, patterns: dict[str, str] | None = None) -> None:
+        """Open a cohort in the background ('demo', a folder, a manifest CSV or an HDF5 cache). ``patterns``
+        (file-name pattern -> modality) default to the ones this folder was last opened with."""
         source = str(source)
+        if patterns is None:
+            settings = getattr(self.window(), "settings", None)
+            patterns = settings.modality_patterns(source) if settings is not None and source != "demo" else {}
+        self._opening = source
         self.messages.clear()
         self.progress.start(f"Opening {source_label(source)}")
         self.source_label.setText(f"Opening {source_label(source)}…")
-        self.open_runner.start(open_cohort_task, source, dict(self.state.demo_settings))
+        self.open_runner.start(open_cohort_task, source, dict(self.state.demo_settings), dict(patterns))
+
+    def _mappable_folder(self) -> Path | None:
+        """The cohort folder being opened or open, if it is one whose files are found by name."""
+        source = self._opening or (self.state.info.source if self.state.info is not None else None)
+        if not source or source == "demo":
+            return None
+        path = Path(source).expanduser()
+        return path if path.is_dir() and not (path / "manifest.csv").is_file() else None
+
+    @Slot()
+    def edit_modality_patterns(self) -> None:
+        """Ask which file names hold which modality, then open the folder again with those patterns."""
+        folder = self._mappable_folder()
+        if folder is None:
+            self.messages.info("patterns", "File-name patterns apply to a cohort folder; open one first (a manifest "
+                               "names each file's modality itself).")
+            return
+        info = self.state.info
+        current = info if info is not None and info.root == folder else None
+        patterns = dict(current.modality_patterns) if current is not None else self._remembered_patterns(str(folder))
+        if current is not None and current.cohort is not None:
+            unmatched = [p.name for p in current.cohort.unmatched]
+        else:
+            unmatched = image_file_names(folder)
+        dialog = ModalityPatternDialog(patterns, unmatched, self)
+        self._pattern_dialog = dialog
+        dialog.accepted.connect(lambda: self.open_source(str(folder), dialog.patterns()))
+        dialog.open()
+
+    def _remembered_patterns(self, source: str) -> dict[str, str]:
+        settings = getattr(self.window(), "settings", None)
+        return settings.modality_patterns(source) if settings is not None else {}
 
     @Slot(int)
     def _recent_chosen(self, index: int) -> None:
@@ -409,7 +474,12 @@ class DataPage(QWidget):
     @Slot(object)
     def _cohort_opened(self, info: CohortInfo) -> None:
         self.progress.finish()
+        self._opening = None
+        settings = getattr(self.window(), "settings", None)
+        if settings is not None and info.source != "demo" and info.cohort is not None:
+            settings.set_modality_patterns(info.source, info.modality_patterns)
         self.state.set_cohort(info)
+        self.pattern_button.setEnabled(self._mappable_folder() is not None)
         self.matrix.set_matrix(info.subjects, info.modalities, info.states, info.tooltips)
         counts = info.counts
         complete = int((info.states == PRESENT).all(axis=1).sum())
@@ -458,7 +528,8 @@ class DataPage(QWidget):
         for issue in info.issues:
             levels[issue.level] = levels.get(issue.level, 0) + 1
             item = QTreeWidgetItem([issue.level, issue.subject or "", issue.modality or "", issue.message])
-            tip = issue.message + (f"\nFix: {issue.fix}" if issue.fix else "") + (f"\nFile: {issue.path}" if issue.path else "")
+            fix = gui_advice(issue.fix) if issue.fix else ""
+            tip = issue.message + (f"\nFix: {fix}" if fix else "") + (f"\nFile: {issue.path}" if issue.path else "")
             for col in range(4):
                 item.setToolTip(col, tip)
             self.issue_tree.addTopLevelItem(item)
@@ -467,6 +538,11 @@ class DataPage(QWidget):
         if levels["error"]:
             self.messages.warning("report", f"The cohort report found {levels['error']} problem file(s); those "
                                   "modalities are treated as missing. See the Cohort report below for the fixes.")
+        unmatched = info.cohort.unmatched if info.cohort is not None else []
+        if unmatched and self._mappable_folder() is not None:
+            self.messages.info("unmatched", f"{len(unmatched)} image file(s) match no modality and are left out, "
+                               f"e.g. {unmatched[0].name}. Say which modality they hold to use them.",
+                               action=(MAP_FILES, self.edit_modality_patterns))
 
     def _set_enabled_for_cohort(self, enabled: bool) -> None:
         for widget in (self.prepare_button, self.preview_button, self.modality_list, self.split_form, self.cache_check):
@@ -644,12 +720,14 @@ class DataPage(QWidget):
         demo_changed = config["source"] == "demo" and spec_from_dict(config["demo"]) != spec_from_dict(self.state.demo_settings)
         if demo_changed:
             self.state.demo_settings = dict(config["demo"])
-        same_source = current is not None and current.source == config["source"] and not demo_changed
+        patterns = dict(config.get("modality_patterns") or {})
+        same_source = (current is not None and current.source == config["source"] and not demo_changed
+                       and current.modality_patterns == patterns)
         if same_source:
             self._apply_settings(config)
         else:
             self._pending_data = config
-            self.open_source(config["source"])
+            self.open_source(config["source"], patterns)
 
     def _apply_settings(self, config: dict[str, Any]) -> None:
         wanted = config.get("modalities")
@@ -672,7 +750,11 @@ class DataPage(QWidget):
         if key == "open":
             self._show_source()
         text, details = plain_task_error(what, error)
-        self.messages.error(key, text, details)
+        if key == "open":
+            self.pattern_button.setEnabled(self._mappable_folder() is not None)
+        mappable = key == "open" and "modality_patterns" in error.message and self._mappable_folder() is not None
+        self.messages.error(key, text, details,
+                            action=(MAP_FILES, self.edit_modality_patterns) if mappable else None)
 
     def _task_cancelled(self, text: str) -> None:
         self.progress.finish()

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import config_from_dict, config_to_dict
 from core.data.cohort import CohortError, cohort_report, discover_cohort, read_manifest
 from core.data.io import Geometry, write_volume
+from core.data.sources import DataConfig, load_data
 
 
 def vol(path: Path, shape=(8, 9, 10), spacing=(1.0, 1.0, 1.0), value=None, affine=None, seed=0) -> Path:
@@ -124,6 +126,20 @@ def test_user_patterns_map_files_to_modalities(tmp_path):
     only = discover_cohort(root, modality_patterns={"*/MRI/*": "anatomy"}, default_patterns=False)
     assert only.modalities == ["anatomy"] and len(only.unmatched) == 5
 
+
+
+def test_a_run_config_carries_the_file_patterns(tmp_path):
+    """The patterns the Data page's dialog writes go into the run's data section and reach discovery."""
+    root = tmp_path / "site"
+    for case in ("c1", "c2", "c3"):
+        vol(root / case / f"{case}_MPRAGE.nii.gz", seed=1)
+        vol(root / case / f"{case}_SPACE.nii.gz", seed=2)
+    with pytest.raises(CohortError, match="No image file of a known modality"):
+        load_data(DataConfig(source=str(root)))
+    config = config_from_dict(DataConfig, {"source": str(root), "modality_patterns": {"*_mprage*": "T1", "*_SPACE*": "T2"}})
+    assert config_to_dict(config)["modality_patterns"] == {"*_mprage*": "T1", "*_SPACE*": "T2"}
+    loaded = load_data(config)
+    assert list(loaded.dataset.modalities) == ["T1", "T2"] and len(loaded.dataset) == 3
 
 def test_duplicates_are_reported(tmp_path):
     root = tmp_path / "dup"
