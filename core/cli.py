@@ -146,6 +146,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_share(args: argparse.Namespace) -> int:
+    from core.sharing import export_shared_model
+
+    folder = export_shared_model(args.run, args.out)
+    print(f"wrote the shared model to {folder} (model card: {folder / 'README.md'}); upload that folder to a model hub")
+    return EXIT_OK
+
+
 def _print_issue_summary(issues: Sequence[object], strict: bool) -> int:
     """The last lines of a report on stderr; EXIT_FAILED when an error (or, with ``strict``, a warning) remains."""
     errors = [i for i in issues if i.level == "error" or (strict and i.level == "warning")]
@@ -255,6 +263,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         reporting.add_arguments(report)
         report.set_defaults(func=reporting.run_from_args)
+
+    share = commands.add_parser("share", help="write a run's final model as a folder a model hub accepts, with a model card")
+    share.add_argument("run", help="run folder")
+    share.add_argument("out", help="new folder for the shared model (must not exist)")
+    share.set_defaults(func=_cmd_share)
 
     info = commands.add_parser("info", help="summarise a cohort")
     info.add_argument("data", help="cohort folder, manifest CSV, HDF5 cache, or 'demo'")

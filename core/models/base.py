@@ -40,7 +40,7 @@ from core.models.config import BaseMultiVAEConfig, ConfigError, config_from_dict
 from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
 from core.nn.default_architectures import default_decoder, default_encoder
 
-__all__ = ["MultimodalVAE", "TrainingStage", "IncompleteDataError", "save_bundle", "load_bundle"]
+__all__ = ["MultimodalVAE", "TrainingStage", "IncompleteDataError", "save_bundle", "load_bundle", "check_bundle_compatible"]
 
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_CONFIG = "model_config.json"
@@ -408,12 +408,37 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
+def _version(text: Any) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in str(text).split("+")[0].split("."))
+    except ValueError:
+        return None
+
+
+def check_bundle_compatible(payload: Mapping[str, Any], folder: str | os.PathLike[str]) -> None:
+    """Refuse a bundle this code does not know: another format, a newer or unreadable software version,
+    or a model name that is not registered (a bundle shared from a later release, or tampered with)."""
+    from core.models.registry import available
+
+    where = Path(folder) / BUNDLE_CONFIG
+    if payload.get("format", BUNDLE_FORMAT) != BUNDLE_FORMAT:
+        raise ConfigError(f"{where} has bundle format {payload.get('format')!r}; this software reads format {BUNDLE_FORMAT}. "
+                          "Load it with the mmvae-workbench release that wrote it.")
+    written, ours = _version(payload.get("software_version", core.__version__)), _version(core.__version__)
+    if written is None or (ours is not None and written > ours):
+        raise ConfigError(f"{where} was written by mmvae-workbench {payload.get('software_version')!r}, which this "
+                          f"version ({core.__version__}) does not know; upgrade mmvae-workbench to load it.")
+    if payload["model"] not in available():
+        raise ConfigError(f"{where} holds an unknown model {payload['model']!r}; this version knows {', '.join(available())}.")
+
+
 def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", **modules: nn.Module) -> MultimodalVAE:
     """Rebuild a model from a bundle folder: config validated, weights from safetensors, no trainer state."""
     from core.models.registry import get_model_class
 
     folder = Path(path)
     payload = read_bundle_config(folder)
+    check_bundle_compatible(payload, folder)
     cls = get_model_class(payload["model"])
     config = config_from_dict(cls.config_class, payload["config"])
     needed = [name for name in config.custom_architectures if name not in modules]
