@@ -247,7 +247,7 @@ class DataPage(QWidget):
         self.pattern_button.setToolTip("Say which files hold which modality when their names are not recognised "
                                        "(for example *_MPRAGE.nii.gz is T1), then open the folder again")
         self.pattern_button.clicked.connect(self.edit_modality_patterns)
-        self.pattern_button.setEnabled(False)
+        self.pattern_button.setVisible(False)
         report_row = QHBoxLayout()
         report_row.addWidget(self.issue_summary, 1)
         report_row.addWidget(self.pattern_button)
@@ -479,7 +479,7 @@ class DataPage(QWidget):
         if settings is not None and info.source != "demo" and info.cohort is not None:
             settings.set_modality_patterns(info.source, info.modality_patterns)
         self.state.set_cohort(info)
-        self.pattern_button.setEnabled(self._mappable_folder() is not None)
+        self.pattern_button.setVisible(self._mappable_folder() is not None)
         self.matrix.set_matrix(info.subjects, info.modalities, info.states, info.tooltips)
         counts = info.counts
         complete = int((info.states == PRESENT).all(axis=1).sum())
@@ -751,7 +751,7 @@ class DataPage(QWidget):
             self._show_source()
         text, details = plain_task_error(what, error)
         if key == "open":
-            self.pattern_button.setEnabled(self._mappable_folder() is not None)
+            self.pattern_button.setVisible(self._mappable_folder() is not None)
         mappable = key == "open" and "modality_patterns" in error.message and self._mappable_folder() is not None
         self.messages.error(key, text, details,
                             action=(MAP_FILES, self.edit_modality_patterns) if mappable else None)
