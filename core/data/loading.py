@@ -1,8 +1,14 @@
 """One call from a folder, BIDS dataset, manifest or cache file to a dataset (what the CLI and GUI use).
 
->>> dataset, records = load_cohort_dataset("cohort/manifest.csv", PreprocessingConfig(target_shape=(64, 64, 64)))
->>> dataset.modalities, dataset.input_dims          # ['T1', 'T2', 'FLAIR', 'US'], {'T1': (1, 64, 64, 64), ...}
->>> records["sub-001"].modalities["T1"].path        # the source file, its geometry and normalisation
+>>> from core.data.demo import DemoSpec, write_demo_cohort
+>>> manifest = write_demo_cohort(folder / "cohort", DemoSpec(n_subjects=2, shape=(16, 16, 16), template="procedural"))
+>>> dataset, records = load_cohort_dataset(manifest, PreprocessingConfig(target_shape=(16, 16, 16)))
+>>> dataset.modalities, dataset.input_dims["T1"]
+(['T1', 'T2', 'FLAIR', 'US'], (1, 16, 16, 16))
+>>> os.path.basename(records["sub-001"].modalities["T1"].path)  # the source file, its geometry, normalisation
+'sub-001_T1w.nii.gz'
+
+(``folder`` is any writable folder; the doctests get a temporary one from ``conftest.py``.)
 
 Without ``cache_path`` the preprocessed cohort is held in memory as an
 :class:`~core.data.dataset.IncompleteDataset`. With ``cache_path`` it is written to (or reused from) an HDF5
