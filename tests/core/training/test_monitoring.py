@@ -23,6 +23,9 @@ from core.training.monitoring import (
 )
 
 DIMS = {"a": (6,), "b": (4,)}
+_EXTRA = "the monitoring extra is not installed (pip install -e '.[monitoring]')"
+needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboardX") is None, reason=_EXTRA)
+needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason=_EXTRA)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,6 +51,7 @@ def csv_column(run_dir, column):
         return [float(row[column]) for row in csv.DictReader(handle)]
 
 
+@needs_tensorboard
 def test_tensorboard_scalars_match_the_run_and_resume_without_duplicates(tmp_path):
     train(tmp_path, [TensorBoardCallback(log_every_n_steps=1)], epochs=2)
     train(tmp_path, [TensorBoardCallback(log_every_n_steps=1)], epochs=4, resume=True)
@@ -59,6 +63,7 @@ def test_tensorboard_scalars_match_the_run_and_resume_without_duplicates(tmp_pat
     assert [step for step, _ in steps] == list(range(1, 4 * 3 + 1))  # 30 training subjects, batches of 10
 
 
+@needs_tensorboard
 def test_a_restart_marker_drops_the_repeated_epochs(tmp_path):
     log_dir = tmp_path / "tb"
     from tensorboardX import SummaryWriter
@@ -73,6 +78,7 @@ def test_a_restart_marker_drops_the_repeated_epochs(tmp_path):
     assert read_tensorboard_scalars(log_dir)["val/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
+@needs_mlflow
 def test_mlflow_run_holds_params_metrics_status_and_continues_after_resume(tmp_path):
     train(tmp_path, [MLflowCallback(experiment="tests")], epochs=2)
     pointer = json.loads((tmp_path / "mlflow" / "run.json").read_text(encoding="utf-8"))
@@ -93,6 +99,8 @@ def test_mlflow_run_holds_params_metrics_status_and_continues_after_resume(tmp_p
     assert mlflow_key("train/elbo[a+b]") == "train/elbo_a_b" and "train/elbo_a_b" in run.data.metrics
 
 
+@needs_tensorboard
+@needs_mlflow
 def test_config_switches_callbacks_on_and_refuses_remote_stores(monkeypatch):
     assert monitoring_callbacks(None) == [] and monitoring_callbacks(MonitoringConfig()) == []
     both = monitoring_callbacks(MonitoringConfig(tensorboard=True, mlflow=True))
