@@ -47,6 +47,8 @@ SPLITS = {"train": "train", "val": "validation"}
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
 _DEFAULT_TERMS = ("loss",)
 _NOT_LOSSES = ("grad_norm", "beta", "lr")
+#: Curves longer than this are clipped to the view and downsampled (see _redraw).
+LONG_CURVE = 2000
 
 
 def debiased_ema(values: Iterable[float], weight: float) -> np.ndarray:
@@ -562,9 +564,6 @@ class LossPlot(QWidget):
         if key not in self._items:
             raw = pg.PlotDataItem()
             smooth = pg.PlotDataItem()
-            for item in (raw, smooth):
-                item.setClipToView(True)
-                item.setDownsampling(auto=True, method="peak")
             self.plot_item.addItem(raw)
             self.plot_item.addItem(smooth)
             self._items[key] = (raw, smooth)
@@ -617,6 +616,12 @@ class LossPlot(QWidget):
                     if log_y and np.any(y[np.isfinite(y)] <= 0):
                         hidden_nonpositive.add(term)
                         y = np.where(y > 0, y, np.nan)
+                    # Clipping and downsampling redo the curve (and its symbols) on every change of the view:
+                    # worth it for long curves only, never for the few hundred epochs of a run.
+                    long_curve = x.size > LONG_CURVE
+                    for item in (raw, smooth):
+                        item.setClipToView(long_curve)
+                        item.setDownsampling(auto=long_curve, method="peak")
                     color = self._color(run, term, split)
                     train = split == "train"
                     style = Qt.PenStyle.SolidLine if train else Qt.PenStyle.DashLine
