@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["SYNTHESIS_PRESET", "Preset", "resources_dir", "load_presets", "synthesis_preset"]
+__all__ = ["SYNTHESIS_PRESET", "Preset", "resources_dir", "load_presets", "synthesis_preset", "recommended_start"]
 
 SYNTHESIS_PRESET = "Synthesis"
 
@@ -65,3 +65,21 @@ def load_presets(model_name: str) -> list[Preset]:
 def synthesis_preset(model_name: str) -> Preset | None:
     """The preset tuned for cross-modal synthesis (what the synthesis benchmark measures), if any."""
     return next((p for p in load_presets(model_name) if p.name == SYNTHESIS_PRESET), None)
+
+
+def recommended_start() -> tuple[str, str] | None:
+    """The (model, preset) the workbench selects first: the winner of ``benchmarks/synthesis_quality.py``
+    on the demo, recorded with its evidence in ``resources/presets/recommended.yaml``; None without the file.
+
+    Raises ValueError naming the file when it is malformed, so a broken file is reported.
+    """
+    path = resources_dir() / "presets" / "recommended.yaml"
+    if not path.is_file():
+        return None
+    try:
+        payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
+        raise ValueError(f"{path} must name the recommended 'model:' (and its 'preset:').")
+    return payload["model"], str(payload.get("preset", SYNTHESIS_PRESET))

@@ -70,6 +70,31 @@ def test_presets_fill_the_forms(make_window: Any) -> None:
             assert not page.model_form.errors() and not page.training_form.errors(), (name, preset.name)
 
 
+def test_the_first_start_selects_the_benchmark_winner_with_its_preset(make_window: Any) -> None:
+    from core.presets import recommended_start
+
+    model, preset_name = recommended_start()
+    page = make_window().model_page
+    assert page.model_name() == model and page.preset_combo.currentText() == preset_name
+    preset = next(p for p in load_presets(model) if p.name == preset_name)
+    assert {k: page.model_form.values()[k] for k in preset["model"]} == preset["model"]
+    assert {k: page.training_form.values()[k] for k in preset["training"]} == preset["training"]
+    page.select_model("MVAE")  # every model's preset list opens on its Synthesis preset
+    assert page.preset_combo.currentText() == "Synthesis"
+
+
+def test_a_broken_recommendation_file_is_reported_and_mvae_is_chosen(make_window: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import workbench.pages.model as model_page
+
+    def broken() -> None:
+        raise ValueError("resources/presets/recommended.yaml must name the recommended 'model:'")
+
+    monkeypatch.setattr(model_page, "recommended_start", broken)
+    window = make_window()
+    assert window.model_page.model_name() == "MVAE"
+    assert any("recommended.yaml" in text for text in window.model_page.messages.texts())
+
+
 def test_run_yaml_round_trip_through_the_gui(make_window: Any, qtbot: Any, manifest_cohort: Path, tmp_path: Path) -> None:
     first = make_window()
     with qtbot.waitSignal(first.state.cohort_changed, timeout=TIMEOUT):

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from core.config import ConfigError, ConfigProblem, config_schema, config_to_dict
 from core.models import available, get_model_class
+from core.presets import SYNTHESIS_PRESET, recommended_start
 from core.run_config import DATA_FILLED_KEYS, RunConfig
 from core.runs import list_runs, load_run_config, parse_run_config, run_config_to_dict
 from core.training import TrainerConfig
@@ -206,8 +207,26 @@ class ModelPage(QWidget):
             item.setToolTip(cls.summary or (cls.__doc__ or "").strip().splitlines()[0])
             self.model_list.addItem(item)
         names = [self.model_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.model_list.count())]
-        if names:
-            self.select_model(current if current in names else ("MVAE" if "MVAE" in names else names[0]))
+        if not names:
+            return
+        if current in names:
+            self.select_model(current)
+            return
+        try:
+            recommended = recommended_start()
+        except ValueError as error:
+            self.messages.warning("presets", str(error))
+            recommended = None
+        if recommended is None or recommended[0] not in names:
+            self.select_model("MVAE" if "MVAE" in names else names[0])
+            return
+        # First start: the model and preset that won the synthesis benchmark on the demo, applied.
+        model, preset_name = recommended
+        self.select_model(model)
+        preset = next((p for p in self.presets() if p.name == preset_name), None)
+        if preset is not None:
+            self.preset_combo.setCurrentIndex(self.presets().index(preset))
+            self.apply_preset(preset)
 
     def model_name(self) -> str | None:
         item = self.model_list.currentItem()
@@ -271,6 +290,9 @@ class ModelPage(QWidget):
         for preset in presets:
             self.preset_combo.addItem(preset.name, preset)
             self.preset_combo.setItemData(self.preset_combo.count() - 1, preset.get("description", ""), Qt.ItemDataRole.ToolTipRole)
+        synthesis = next((i for i, p in enumerate(presets) if p.name == SYNTHESIS_PRESET), None)
+        if synthesis is not None:  # offered first: the settings the synthesis benchmark measured
+            self.preset_combo.setCurrentIndex(synthesis)
         has = bool(presets)
         self.preset_combo.setEnabled(has)
         self.preset_button.setEnabled(has)
