@@ -17,6 +17,7 @@ from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
 from core.models.mhvae import MHVAE, MHVAEConfig
 from core.models.mmvae import MMVAE, MMVAEConfig
+from core.models.mopoe import MoPoE, MoPoEConfig
 from core.models.mvae import MVAE, MVAEConfig
 from core.models.mvtcae import MVTCAE, MVTCAEConfig
 from core.models.nexus import Nexus, NexusConfig
@@ -38,6 +39,8 @@ __all__ = [
     "MHVAEConfig",
     "MMVAE",
     "MMVAEConfig",
+    "MoPoE",
+    "MoPoEConfig",
     "MVAE",
     "BaseMultiVAEConfig",
     "ConfigError",
