@@ -17,6 +17,7 @@ from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
 from core.models.mhvae import MHVAE, MHVAEConfig
 from core.models.mmvae import MMVAE, MMVAEConfig
+from core.models.mmvae_plus import MMVAEPlus, MMVAEPlusConfig
 from core.models.mopoe import MoPoE, MoPoEConfig
 from core.models.mvae import MVAE, MVAEConfig
 from core.models.mvtcae import MVTCAE, MVTCAEConfig
@@ -39,6 +40,8 @@ __all__ = [
     "MHVAEConfig",
     "MMVAE",
     "MMVAEConfig",
+    "MMVAEPlus",
+    "MMVAEPlusConfig",
     "MoPoE",
     "MoPoEConfig",
     "MVAE",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Laplace, Normal
 
-__all__ = ["LatentDistribution", "latent_scale", "latent_distribution"]
+__all__ = ["LatentDistribution", "latent_scale", "latent_family", "latent_distribution"]
 
 LatentDistribution = Literal["laplace_with_softmax", "normal", "normal_with_softplus"]
 MIN_SCALE = 1e-6
@@ -36,9 +36,12 @@ def latent_scale(kind: str, log_scale: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"Unknown latent distribution '{kind}'; choose laplace_with_softmax, normal or normal_with_softplus.")
 
 
+def latent_family(kind: str) -> type[Laplace] | type[Normal]:
+    """The distribution class of ``kind``: built as ``family(mu, scale, validate_args=False)``."""
+    return Laplace if kind == "laplace_with_softmax" else Normal
+
+
 def latent_distribution(kind: str, mu: torch.Tensor, log_scale: torch.Tensor) -> Distribution:
     """The element-wise distribution of ``kind`` (sum ``log_prob`` over the last dim for a density)."""
-    scale = latent_scale(kind, log_scale)
-    family = Laplace if kind == "laplace_with_softmax" else Normal
-    return family(mu, scale, validate_args=False)
+    return latent_family(kind)(mu, latent_scale(kind, log_scale), validate_args=False)
 

@@ -4,6 +4,9 @@ import torch
 from core.models import MMVAE, MMVAEConfig
 from core.models.mmvae import pick_expert_samples
 
+# Tiny models: one intra-op thread is much faster on a busy machine (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture
 def make_model(model_factory):
