@@ -36,6 +36,12 @@ def _tour_training() -> dict[str, int]:
     return {**TOUR_TRAINING, "num_epochs": int(epochs)} if epochs.isdigit() and int(epochs) > 0 else dict(TOUR_TRAINING)
 
 
+def tour_timeout_ms() -> int:
+    """The tour's watchdog: ten minutes for the pages, and three per epoch (a busy 2-core machine's pace at
+    48 subjects of 32^3), so that a longer tour is not cut off in the middle of training."""
+    return (600 + 180 * _tour_training()["num_epochs"]) * 1000
+
+
 def save_compact_png(window: MainWindow, path: Path, colours: int = 256) -> None:
     """Grab ``window`` into ``path`` as an 8-bit palette PNG without dithering: the most frequent colours are
     kept exactly and every other pixel takes the nearest of them, so flat UI areas stay flat and the file is a
@@ -62,7 +68,7 @@ def save_compact_png(window: MainWindow, path: Path, colours: int = 256) -> None
 class ScreenshotTour(QObject):
     """The scripted workflow (module docstring); steps chain through the pages' signals."""
 
-    def __init__(self, window: MainWindow, folder: Path, timeout_ms: int = 900_000) -> None:
+    def __init__(self, window: MainWindow, folder: Path, timeout_ms: int | None = None) -> None:
         super().__init__(window)
         self.window, self.folder = window, Path(folder)
         self.failures: list[str] = []
@@ -72,7 +78,7 @@ class ScreenshotTour(QObject):
         self._watchdog = QTimer(self)
         self._watchdog.setSingleShot(True)
         self._watchdog.timeout.connect(lambda: self._fail(f"timed out while {self.step}", stop=True))
-        self._watchdog.start(timeout_ms)
+        self._watchdog.start(timeout_ms if timeout_ms is not None else tour_timeout_ms())
 
     # ------------------------------------------------------------------ helpers
     def _later(self, fn: Callable[[], None], ms: int = 300) -> None:
@@ -214,11 +220,12 @@ class ScreenshotTour(QObject):
             path = self.folder / f"{index + 1}-{PAGES[index].lower()}.png"
             if path not in self.saved:
                 self._grab(index)
+        self.window.confirm_close = False  # a tour cut short must not wait on a question nobody answers
         self.window.close()
         QApplication.exit(1 if self.failures else 0)
 
 
-def take_screenshots(window: MainWindow, folder: Path, timeout_ms: int = 900_000) -> ScreenshotTour:
+def take_screenshots(window: MainWindow, folder: Path, timeout_ms: int | None = None) -> ScreenshotTour:
     """Once the cohort is open, run the :class:`ScreenshotTour` into ``folder`` and quit the application."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
