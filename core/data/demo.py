@@ -1,7 +1,7 @@
 """The demo cohort: an MR/ultrasound phantom built on the real ICBM152 brain template.
 
 No package ships paired MR + ultrasound volumes, so the demo data is synthesized from anatomy that
-*is* real: the ICBM152 2009a T1, grey- and white-matter maps nilearn ships (its public loaders). Per
+*is* real: the ICBM152 2009a T1, grey- and white-matter maps shipped inside the nilearn wheel. Per
 subject (all factors stored as ground truth):
 
 1. **Anatomy**: the template warped by a random global affine (rotation ~4 degrees, scale ~4 %) and a
@@ -26,6 +26,7 @@ import argparse
 import csv
 import difflib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -50,6 +51,7 @@ __all__ = [
     "DemoCohort",
     "spec_from_dict",
     "spec_to_dict",
+    "template_path",
     "generate_subject",
     "simulate_masks",
     "make_demo_dataset",
@@ -180,22 +182,26 @@ def spec_to_dict(spec: DemoSpec) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- template
+def template_path(kind: str) -> Path | None:
+    """Path of an ICBM152 2009a map (``t1``, ``gm``, ``wm``) inside the installed nilearn, or None."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+    return path if path.is_file() else None
+
+
 @functools.lru_cache(maxsize=2)
 def _template(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(T1, GM, WM) in [0, 1] on a template grid, and that grid's voxel->mm affine. The ICBM152 maps come
-    from nilearn's public loaders (each scaled to a maximum of 1); without nilearn, the procedural one."""
+    """(T1, GM, WM) in [0, 1] on a template grid, and that grid's voxel->mm affine."""
     if kind == "icbm152":
-        try:
-            from nilearn.datasets import (
-                load_mni152_gm_template,
-                load_mni152_template,
-                load_mni152_wm_template,
-            )
-        except ImportError:
-            return _procedural_template()
-        images = [load() for load in (load_mni152_template, load_mni152_gm_template, load_mni152_wm_template)]
-        t1, gm, wm = (np.asarray(img.get_fdata(dtype=np.float32)) for img in images)
-        return t1, gm, wm, np.asarray(images[0].affine, dtype=np.float64)
+        paths = [template_path(k) for k in ("t1", "gm", "wm")]
+        if all(p is not None for p in paths):
+            import nibabel as nib
+
+            images = [nib.load(str(p)) for p in paths]
+            t1, gm, wm = (np.asarray(img.dataobj, dtype=np.float32) / 255.0 for img in images)
+            return t1, gm, wm, images[0].affine.astype(np.float64)
     return _procedural_template()
 
 

@@ -9,11 +9,11 @@ from core.data import DatasetError, missingness_summary
 from core.data.demo import (
     DemoSpec,
     MissingSpec,
-    _template,
     generate_subject,
     make_demo_cohort,
     make_demo_dataset,
     spec_from_dict,
+    template_path,
     write_demo_cohort,
 )
 
@@ -26,8 +26,10 @@ def cohort():
 
 
 def test_the_real_icbm_template_ships_with_nilearn():
-    for volume in _template("icbm152")[:3]:  # through nilearn's public loaders: T1, GM, WM
-        assert volume.shape == (197, 233, 189)
+    for kind in ("t1", "gm", "wm"):
+        path = template_path(kind)
+        assert path is not None and path.is_file()
+        assert nib.load(str(path)).shape == (197, 233, 189)
 
 
 def test_shapes_dtypes_ids_labels(cohort):
