@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from core.models.config import MODEL_CONFIG_DICT, advanced
+from core.training.optimizers import build_optimizer
 
 __all__ = ["TrainerConfig", "OPTIMIZERS", "SCHEDULERS"]
 
@@ -54,9 +55,9 @@ class TrainerConfig:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N, mps.")
         probe = [torch.nn.Parameter(torch.zeros(1))]
-        try:
-            optimizer = getattr(torch.optim, self.optimizer)(probe, lr=self.learning_rate, **self.optimizer_params)
-        except TypeError as exc:
+        try:  # the optimizer the trainer builds (build_optimizer: fast kernels, and no torch._dynamo import)
+            optimizer = build_optimizer(self.optimizer, probe, self.learning_rate, self.optimizer_params)
+        except (TypeError, RuntimeError) as exc:
             raise ValueError(f"optimizer_params {self.optimizer_params} do not fit {self.optimizer}: {exc}") from None
         if self.scheduler is not None:
             try:
