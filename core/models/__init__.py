@@ -11,6 +11,7 @@ from core.models.config import (
     config_schema,
     config_to_dict,
 )
+from core.models.cmvae import CMVAE, CMVAEConfig
 from core.models.crmvae import CRMVAE, CRMVAEConfig
 from core.models.dmvae import DMVAE, DMVAEConfig
 from core.models.jmvae import JMVAE, JMVAEConfig
@@ -28,6 +29,8 @@ from core.models.telbo import TELBO, TELBOConfig
 load = load_bundle
 
 __all__ = [
+    "CMVAE",
+    "CMVAEConfig",
     "CRMVAE",
     "CRMVAEConfig",
     "DMVAE",

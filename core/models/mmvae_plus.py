@@ -132,12 +132,17 @@ class MMVAEPlus(PrivateLatentDecoding, MultimodalVAE):
         super().__init__(model_config, encoders, decoders)
         self.private_dims = {m: model_config.private_dim for m in self.modalities}
         d = model_config.private_dim
-        self.register_buffer("prior_mean", torch.zeros(self.latent_dim + d))
-        self.prior_log_scale = nn.Parameter(torch.zeros(self.latent_dim + d), requires_grad=model_config.learn_shared_prior)
         self.register_buffer("auxiliary_prior_mean", torch.zeros(d))
         self.auxiliary_prior_log_scales = nn.ParameterDict(
             {m: nn.Parameter(torch.zeros(d), requires_grad=model_config.learn_modality_prior) for m in self.modalities}
         )
+        self.build_priors()
+
+    def build_priors(self) -> None:
+        """The parameters of p(u, w): zero mean, a log-scale learnt with ``learn_shared_prior``."""
+        size = self.latent_dim + self.model_config.private_dim
+        self.register_buffer("prior_mean", torch.zeros(size))
+        self.prior_log_scale = nn.Parameter(torch.zeros(size), requires_grad=self.model_config.learn_shared_prior)
 
     def build_default_encoder(self, modality: str, shape: tuple[int, ...]) -> nn.Module:
         return SharedPrivateEncoder(default_encoder(shape, self.latent_dim + self.model_config.private_dim), self.latent_dim)
@@ -149,11 +154,8 @@ class MMVAEPlus(PrivateLatentDecoding, MultimodalVAE):
     def _latent(self, mu: torch.Tensor, log_scale: torch.Tensor) -> Distribution:
         return latent_distribution(self.model_config.prior_and_posterior_dist, mu, log_scale)
 
-    def joint_prior(self) -> Distribution:
-        """p(u, w): zero mean; with softmax scales, normalised over the D + d dimensions together."""
-        return self._latent(self.prior_mean, self.prior_log_scale)
-
     def _prior_part(self, part: slice) -> Distribution:
+        """The marginal of p(u, w) on ``part`` of its dimensions (softmax scales are normalised over all D + d)."""
         kind = self.model_config.prior_and_posterior_dist
         return latent_family(kind)(self.prior_mean[part], latent_scale(kind, self.prior_log_scale)[part], validate_args=False)
 
@@ -172,6 +174,10 @@ class MMVAEPlus(PrivateLatentDecoding, MultimodalVAE):
     def translation_prior(self, modality: str) -> Distribution:
         """Where a modality outside the conditioning subset gets its private code (``reconstruction_option``)."""
         return self.private_prior() if self.model_config.reconstruction_option == "joint_prior" else self.auxiliary_prior(modality)
+
+    def sample_shared_prior(self, n_samples: int) -> torch.Tensor:
+        """u ~ p(u), ``(n_samples, latent_dim)``."""
+        return self._prior_part(slice(0, self.latent_dim)).sample((n_samples,))
 
     def sample_private_prior(self, modality: str, lead: torch.Size) -> torch.Tensor:
         return self.private_prior().sample(lead)
@@ -210,7 +216,7 @@ class MMVAEPlus(PrivateLatentDecoding, MultimodalVAE):
         available = torch.stack([batch.masks[m] for m in cond])
         n_draws = (N,)
         if return_mean:
-            weights = available.to(self.prior_mean.dtype) / available.sum(0).clamp_min(1)
+            weights = available.to(self.auxiliary_prior_mean.dtype) / available.sum(0).clamp_min(1)
             u = (torch.stack([q_u.mean for q_u, _ in posteriors.values()]) * weights.unsqueeze(-1)).sum(0).expand(N, -1, -1)
         else:
             u = pick_expert_samples(torch.stack([q_u.rsample(n_draws) for q_u, _ in posteriors.values()]), available)
@@ -239,7 +245,7 @@ class MMVAEPlus(PrivateLatentDecoding, MultimodalVAE):
     @torch.no_grad()
     def generate_from_prior(self, n_samples: int = 1, **kwargs: Any) -> ModelOutput:
         """u ~ p(u) ``(n_samples, latent_dim)`` and, independently for every modality, w_m ~ p(w)."""
-        u = self._prior_part(slice(0, self.latent_dim)).sample((n_samples,))
+        u = self.sample_shared_prior(n_samples)
         modalities_z = {m: self.sample_private_prior(m, torch.Size([n_samples])) for m in self.modalities}
         return ModelOutput(z=u, modalities_z=modalities_z, one_latent_space=False)
 
