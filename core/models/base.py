@@ -8,15 +8,28 @@ Shapes (the same for every model):
   where ``lead`` are the leading dimensions of ``z``.
 * ``predict(inputs, cond_mod, gen_mod, N)`` = ``decode(encode(...))``: ``(B, *shape)`` or
   ``(N, B, *shape)``.
-* ``forward(inputs, progress)`` -> :class:`LossOutput` (the loss and its named terms).
+* ``forward(inputs, progress)`` -> :class:`LossOutput` (the loss, its named terms and ``.metrics``).
+  The documented call ``model(inputs, epoch=3, batch_ratio=0.5)`` is accepted too: ``epoch`` (1-based)
+  and ``batch_ratio`` (the fraction of the epoch done) become the :class:`TrainingProgress` that the
+  annealing reads. Every model's ``forward`` gets this, and its ``encode`` the refusal of unknown
+  keyword arguments, from :meth:`MultimodalVAE.__init_subclass__`.
+
+The config's hyper-parameters read as attributes of the model (``model.beta``, ``model.warmup``), and
+are read-only there: a model is built from its config and does not drift from it.
+
+A single unbatched sample (``dataset[i]``) is accepted wherever a batch is, as a batch of one.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import json
+import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,15 +53,122 @@ from core.models.config import BaseMultiVAEConfig, ConfigError, config_from_dict
 from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
 from core.nn.default_architectures import default_decoder, default_encoder
 
-__all__ = ["MultimodalVAE", "TrainingStage", "IncompleteDataError", "save_bundle", "load_bundle", "check_bundle_compatible"]
+__all__ = [
+    "MultimodalVAE",
+    "TrainingStage",
+    "IncompleteDataError",
+    "ModalityError",
+    "UnsupportedOperationError",
+    "UnknownOptionError",
+    "save_bundle",
+    "load_bundle",
+    "check_bundle_compatible",
+]
 
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_CONFIG = "model_config.json"
 BUNDLE_FORMAT = 1
 
 
-class IncompleteDataError(ValueError):
-    """Raised when a model that needs every modality receives a sample with one missing."""
+class IncompleteDataError(ValueError, AttributeError):
+    """Raised when a model that needs every modality receives a sample with one missing.
+
+    Also an ``AttributeError``, the type the documented library raises here, so code catching it works.
+    """
+
+
+class ModalityError(ConfigError, AttributeError):
+    """A modality name the model does not have (or modules given for other modalities).
+
+    Also an ``AttributeError``, the type the documented library raises for a wrong modality name.
+    """
+
+
+class UnsupportedOperationError(NotImplementedError, AttributeError):
+    """The model does not offer this operation (a likelihood estimate, for one).
+
+    Also an ``AttributeError``: in the documented library such a model has no such method.
+    """
+
+
+class UnknownOptionError(TypeError):
+    """A keyword argument the method does not take; the message names the nearest valid one."""
+
+
+def reject_unknown_options(where: str, given: Collection[str], valid: Collection[str]) -> None:
+    """Raise :class:`UnknownOptionError` for the first name of ``given`` not in ``valid``."""
+    for name in given:
+        if name not in valid:
+            hint = difflib.get_close_matches(name, list(valid), n=1)
+            suggestion = f" Did you mean '{hint[0]}'?" if hint else f" Valid options: {', '.join(sorted(valid))}."
+            raise UnknownOptionError(f"{where}() got an unknown keyword argument '{name}'.{suggestion}")
+
+
+def named_parameters_of(method: Callable[..., Any]) -> set[str]:
+    """The keyword names ``method`` takes explicitly (not its ``**kwargs``)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in inspect.signature(method).parameters.values() if p.kind in kinds} - {"self"}
+
+
+def training_progress(
+    progress: TrainingProgress | None, epoch: int | None = None, batch_ratio: float | None = None
+) -> TrainingProgress | None:
+    """The progress ``forward`` reads, from the project's ``progress`` or the documented ``epoch`` and
+    ``batch_ratio`` (1-based epoch; the fraction of it done, 0 when not given, as in evaluation)."""
+    if epoch is None and batch_ratio is None:
+        return progress
+    if progress is not None:
+        raise TypeError("Pass either progress or epoch/batch_ratio to forward, not both.")
+    if epoch is None:
+        raise TypeError("batch_ratio needs epoch: the fraction is of that epoch.")
+    if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 1:
+        raise ValueError(f"epoch must be a positive integer (the first epoch is 1); got {epoch!r}.")
+    ratio = 0.0 if batch_ratio is None else float(batch_ratio)
+    if not (0.0 <= ratio <= 1.0 and math.isfinite(ratio)):
+        raise ValueError(f"batch_ratio is the fraction of the epoch done, in [0, 1]; got {batch_ratio!r}.")
+    return TrainingProgress(int(epoch), ratio)
+
+
+def _accepting_documented_progress(forward: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
+    """``forward(inputs, progress)`` that also takes the documented ``epoch=`` and ``batch_ratio=``."""
+
+    @functools.wraps(forward)
+    def wrapper(
+        self: MultimodalVAE,
+        inputs: Any,
+        progress: TrainingProgress | None = None,
+        *,
+        epoch: int | None = None,
+        batch_ratio: float | None = None,
+        **kwargs: Any,
+    ) -> LossOutput:
+        reject_unknown_options(f"{type(self).__name__}.forward", kwargs, ("progress", "epoch", "batch_ratio"))
+        return forward(self, inputs, training_progress(progress, epoch, batch_ratio))
+
+    return wrapper
+
+
+def _rejecting_unknown_options(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` refusing keyword arguments it does not name, instead of swallowing them in ``**kwargs``."""
+    valid = named_parameters_of(method)
+
+    @functools.wraps(method)
+    def wrapper(self: MultimodalVAE, *args: Any, **kwargs: Any) -> Any:
+        reject_unknown_options(f"{type(self).__name__}.{method.__name__}", kwargs, valid)
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def is_mapping_like(value: Any) -> bool:
+    """A ``dict``, any ``Mapping``, or a container with the same access that is not one (``nn.ModuleDict``)."""
+    return isinstance(value, Mapping) or all(callable(getattr(value, a, None)) for a in ("keys", "items", "__getitem__"))
+
+
+@functools.cache
+def hyperparameter_names(config_class: type) -> frozenset[str]:
+    """The fields of a config class, which the model exposes as read-only attributes."""
+    return frozenset(f.name for f in fields(config_class))
 
 
 @dataclass(frozen=True)
@@ -67,13 +187,42 @@ class MultimodalVAE(nn.Module):
     """Base class: modality bookkeeping, default architectures, batches, decode/predict, saving.
 
     Subclasses set ``name``, ``config_class``, ``supports_incomplete_data`` and a one-line
-    ``summary``, and implement ``encode`` and ``forward``.
+    ``summary``, and implement ``encode`` and ``forward(inputs, progress)``; the documented calling
+    conventions are added to them here (see the module docstring).
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[BaseMultiVAEConfig]] = BaseMultiVAEConfig
     supports_incomplete_data: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give each model's own ``forward`` the documented ``epoch``/``batch_ratio`` arguments and its own
+        ``encode`` the refusal of unknown options, written once here rather than in every model."""
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _accepting_documented_progress(cls.__dict__["forward"])
+        if "encode" in cls.__dict__:
+            cls.encode = _rejecting_unknown_options(cls.__dict__["encode"])
+
+    def __getattr__(self, name: str) -> Any:
+        """Submodules and parameters first (``nn.Module``), then the config's hyper-parameters."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            config = self.__dict__.get("model_config")
+            if config is not None and name in hyperparameter_names(type(config)):
+                return getattr(config, name)
+            raise
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        config = self.__dict__.get("model_config")
+        if config is not None and name in hyperparameter_names(type(config)):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is a hyper-parameter of its config and read-only on the model; "
+                f"build a new model from a config with the value you want."
+            )
+        super().__setattr__(name, value)
 
     def __init__(
         self,
@@ -91,7 +240,6 @@ class MultimodalVAE(nn.Module):
             model_config, custom_architectures=sorted(set(model_config.custom_architectures) | set(custom))
         )
         self.modalities = self._resolve_modality_names(encoders, decoders)
-        self.latent_dim = model_config.latent_dim
         self.encoders = self._modules_or_default("encoders", encoders, self.build_default_encoder)
         self.decoders = self._modules_or_default("decoders", decoders, self.build_default_decoder)
         self._build_decoder_scales()
@@ -163,7 +311,7 @@ class MultimodalVAE(nn.Module):
             if not names:
                 names = list(modules)
             elif set(modules) != set(names):
-                raise ConfigError(f"Modules are given for {sorted(modules)} but the modalities are {sorted(names)}.")
+                raise ModalityError(f"Modules are given for {sorted(modules)} but the modalities are {sorted(names)}.")
         if not names:
             raise ConfigError("Give input_dims in the config (or pass encoders and decoders) so the modalities are known.")
         if len(names) != self.model_config.n_modalities:
@@ -220,10 +368,12 @@ class MultimodalVAE(nn.Module):
             batch = DatasetOutput(inputs)
         else:
             raise TypeError("Pass a batch (DatasetOutput with 'data' and 'masks') or a MultimodalBaseDataset.")
-        data = batch["data"]
-        missing = [m for m in self.modalities if m not in data]
+        missing = [m for m in self.modalities if m not in batch["data"]]
         if missing:
-            raise ValueError(f"The batch lacks modalities {missing}; the model expects {self.modalities}.")
+            raise ModalityError(f"The batch lacks modalities {missing}; the model expects {self.modalities}.")
+        if self._is_single_sample(batch):
+            batch = _as_batch_of_one(batch)
+        data = batch["data"]
         n = next(iter(data.values())).shape[0]
         dims = self.model_config.input_dims or {}
         for m in self.modalities:
@@ -244,13 +394,22 @@ class MultimodalVAE(nn.Module):
         )
         return out.to(self.device)
 
+    def _is_single_sample(self, batch: Mapping[str, Any]) -> bool:
+        """Whether ``batch`` is one unbatched sample (``dataset[i]``): 0-d masks, or data of exactly the
+        per-sample shapes of ``input_dims``."""
+        masks = [batch["masks"][m] for m in self.modalities if m in (batch.get("masks") or {})]
+        if masks:
+            return all(torch.as_tensor(mask).dim() == 0 for mask in masks)
+        dims = self.model_config.input_dims
+        return dims is not None and all(tuple(batch["data"][m].shape) == tuple(dims[m]) for m in self.modalities)
+
     def resolve_modalities(self, modalities: str | Sequence[str]) -> list[str]:
         """``'all'``, one name, or a list of names -> a validated list in the model's order."""
         if isinstance(modalities, str):
             modalities = self.modalities if modalities == "all" else [modalities]
         unknown = [m for m in modalities if m not in self.modalities]
         if unknown:
-            raise ValueError(f"Unknown modalities {unknown}; the model has {self.modalities}.")
+            raise ModalityError(f"Unknown modalities {unknown}; the model has {self.modalities}.")
         if not modalities:
             raise ValueError("Choose at least one modality.")
         return [m for m in self.modalities if m in modalities]
@@ -307,6 +466,7 @@ class MultimodalVAE(nn.Module):
         raise NotImplementedError
 
     def forward(self, inputs: Any, progress: TrainingProgress | None = None) -> LossOutput:
+        """The loss on a batch; also callable as ``model(inputs, epoch=e, batch_ratio=r)``."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -334,8 +494,12 @@ class MultimodalVAE(nn.Module):
         """Cross-modal generation: encode from ``cond_mod`` and decode ``gen_mod``.
 
         Returns ``(B, *shape)`` per modality for ``N == 1``, ``(N, B, *shape)`` otherwise
-        (``(N * B, *shape)`` with ``flatten``).
+        (``(N * B, *shape)`` with ``flatten``). Other keyword arguments go to :meth:`encode`; names that
+        neither takes are refused with the nearest valid one.
         """
+        reject_unknown_options(
+            f"{type(self).__name__}.predict", kwargs, named_parameters_of(self.predict) | named_parameters_of(self.encode)
+        )
         with evaluation_mode(self):
             embedding = self.encode(inputs, cond_mod=cond_mod, N=N, flatten=False, **kwargs)
             out = self.decode(embedding, gen_mod)
@@ -350,7 +514,57 @@ class MultimodalVAE(nn.Module):
         return ModelOutput(z=z, one_latent_space=True)
 
     def compute_joint_nll(self, inputs: Any, K: int = 1000, batch_size_K: int = 100) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not estimate the joint likelihood.")
+        """-sum_i log p(X_i), estimated by importance sampling (models with a likelihood override it)."""
+        raise UnsupportedOperationError(f"{type(self).__name__} does not estimate the joint likelihood.")
+
+    @property
+    def has_likelihood(self) -> bool:
+        """Whether the model estimates likelihoods (it overrides :meth:`compute_joint_nll`)."""
+        return type(self).compute_joint_nll is not MultimodalVAE.compute_joint_nll
+
+    def decoder_parameters(self, embedding: ModelOutput, modality: str) -> torch.Tensor:
+        """The parameters of p(x_m | z) for an ``encode`` output (mean, or logits for bernoulli); what
+        :meth:`decode` turns into means. Models whose decoders read more than ``z`` override it."""
+        return self.decoder_output(modality, embedding["z"])
+
+    @torch.no_grad()
+    def compute_cond_nll(
+        self, inputs: Any, subset: str | Sequence[str], pred_mods: str | Sequence[str], k_iwae: int = 1000
+    ) -> dict[str, torch.Tensor]:
+        r"""-log p(x_pred | x_S) per predicted modality, averaged over the samples (the documented recipe).
+
+        log p(x_m | x_S) ~ logsumexp_k log p(x_m | z_k) - log K with z_k ~ q(z | x_S): a plain Monte-Carlo
+        estimate (not importance weighted), without likelihood rescaling, as in the documented library.
+        Samples missing a predicted modality are left out of its mean.
+
+        Args:
+            inputs: a batch or a dataset; every sample must have the modalities of ``subset``.
+            subset: the conditioning modalities S (``'all'``, a name or a list).
+            pred_mods: the modalities whose conditional likelihood is estimated.
+            k_iwae: the number K of latent samples per data point.
+
+        Returns:
+            modality -> scalar tensor, the negative conditional log-likelihood averaged over the samples.
+        """
+        if not self.has_likelihood:
+            raise UnsupportedOperationError(f"{type(self).__name__} does not estimate likelihoods.")
+        if int(k_iwae) != k_iwae or k_iwae < 1:
+            raise ValueError(f"k_iwae must be a positive integer; got {k_iwae}.")
+        batch = self.prepare_batch(inputs)
+        cond, targets = self.resolve_modalities(subset), self.resolve_modalities(pred_mods)
+        with evaluation_mode(self):
+            log_p: dict[str, list[torch.Tensor]] = {m: [] for m in targets}
+            for _ in range(int(k_iwae)):
+                embedding = self.encode(batch, cond_mod=cond)
+                for m in targets:
+                    x_hat = self.decoder_parameters(embedding, m)
+                    log_p[m].append(self.reconstruction_log_likelihood(batch, m, x_hat, rescale=False))
+            out = {}
+            for m, values in log_p.items():
+                per_sample = torch.logsumexp(torch.stack(values), dim=0) - math.log(k_iwae)
+                observed = batch.masks[m]
+                out[m] = -(per_sample * observed).sum() / observed.sum().clamp_min(1)
+            return out
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
@@ -365,6 +579,26 @@ class MultimodalVAE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"modalities={self.modalities}, latent_dim={self.latent_dim}"
+
+
+def _as_batch_of_one(sample: Mapping[str, Any]) -> DatasetOutput:
+    """An unbatched sample (``dataset[i]``) as a batch of one: a leading dimension on every tensor."""
+
+    def with_batch_dim(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.unsqueeze(0)
+        if isinstance(value, Mapping):
+            return {k: with_batch_dim(v) for k, v in value.items()}
+        return value
+
+    ids = sample.get("ids")
+    return DatasetOutput(
+        data=with_batch_dim(sample["data"]),
+        masks=with_batch_dim(sample.get("masks") or {}),
+        labels=with_batch_dim(sample.get("labels")),
+        ids=[ids] if isinstance(ids, str) else ids,
+        observation_masks=with_batch_dim(sample.get("observation_masks") or {}),
+    )
 
 
 def sample_latent(mu: torch.Tensor, logvar: torch.Tensor, N: int, return_mean: bool, flatten: bool) -> torch.Tensor:

@@ -9,6 +9,8 @@ machinery (errors, parsing, schemas) lives in :mod:`core.config` and is re-expor
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any, Self
 
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
@@ -105,6 +107,16 @@ class BaseMultiVAEConfig:
     @property
     def modalities(self) -> list[str]:
         return list(self.input_dims or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (the documented ``to_dict``); :meth:`from_dict` reads it back."""
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """The config from a plain mapping (``to_dict``'s, YAML, JSON), validated: a wrong key or value is
+        a :class:`ConfigError` naming it."""
+        return config_from_dict(cls, values)
 
     def decoder_distribution(self, modality: str) -> str:
         return (self.decoders_dist or {}).get(modality, "normal")

@@ -51,13 +51,12 @@ from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
-from core.models._shared.likelihoods import mean_of
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
+from core.models._shared.private_latents import PrivateLatentDecoding
 from core.models.base import MultimodalVAE
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, advanced
 from core.models.registry import register_model
-from core.nn.base import evaluation_mode
 from core.nn.default_architectures import default_decoder, default_encoder
 from core.nn.multilatent import SharedPrivateEncoder, as_shared_and_private
 
@@ -107,7 +106,7 @@ class DMVAEConfig(BaseMultiVAEConfig):
 
 
 @register_model
-class DMVAE(MultimodalVAE):
+class DMVAE(PrivateLatentDecoding, MultimodalVAE):
     """Shared latent by a product of experts with the prior, plus a private latent per modality.
 
     Args:
@@ -194,20 +193,6 @@ class DMVAE(MultimodalVAE):
     def decode_with_private(self, modality: str, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Decoder parameters of p(x_m | z, w_m) for codes of shape ``(*lead, dim)``."""
         return self.decoder_output(modality, torch.cat([z, w], dim=-1))
-
-    @torch.no_grad()
-    def decode(self, embedding: ModelOutput, modalities: str | Sequence[str] = "all", **kwargs: Any) -> ModelOutput:
-        """Mean of p(x_m | z, w_m) per requested modality; w_m ~ N(0, I) where ``modalities_z`` lacks it."""
-        with evaluation_mode(self):
-            z = embedding["z"]
-            private = embedding.get("modalities_z") or {}
-            out = ModelOutput()
-            for m in self.resolve_modalities(modalities):
-                w = private.get(m)
-                if w is None:
-                    w = torch.randn(*z.shape[:-1], self.private_dims[m], device=z.device, dtype=z.dtype)
-                out[m] = mean_of(self.model_config.decoder_distribution(m), self.decode_with_private(m, z, w))
-            return out
 
     @torch.no_grad()
     def generate_from_prior(self, n_samples: int = 1, **kwargs: Any) -> ModelOutput:

@@ -81,7 +81,11 @@ class MVAE(MultimodalVAE):
         decoders: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__(model_config, encoders, decoders)
-        self.k = model_config.k if len(self.modalities) > 2 else 0
+
+    @property
+    def k(self) -> int:
+        """Random subsets per step: the config's ``k``, or 0 with two modalities (no subset of size 2..M-1)."""
+        return self.model_config.k if len(self.modalities) > 2 else 0
 
     @property
     def start_keep_best_epoch(self) -> int:

@@ -26,8 +26,9 @@ class LossOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     batch_size: int = 1
 
+    @property
     def metrics(self) -> dict[str, float]:
-        """Every term (and the loss) as plain floats."""
+        """Every term (and the loss) as plain floats: the documented ``output.metrics`` mapping."""
         out = {"loss": float(self.loss.detach())}
         out.update({k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in self.terms.items()})
         return out
