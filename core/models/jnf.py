@@ -59,8 +59,8 @@ from core.models._shared.annealing import TrainingProgress
 from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
 from core.models._shared.outputs import LossOutput, ModelOutput
-from core.models.base import TrainingStage
-from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, ConfigError
+from core.models.base import ModalityError, TrainingStage
+from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig
 from core.models.jmvae import JointEncoderVAE
 from core.models.registry import register_model
 from core.nn.flows import LatentFlow, as_latent_flow, default_flow
@@ -96,8 +96,9 @@ class JNF(JointEncoderVAE):
         joint_encoder: module taking the dict of all modalities and returning a Gaussian; default built
             from copies of the unimodal encoders.
         flows: modality -> flow from the latent space to the base space, see :mod:`core.nn.flows` for the
-            interface (a zuko flow, a zuko lazy transform, or a module with ``forward(z) -> (u, log_det)``
-            and ``inverse(u)``); default a zuko MAF per modality.
+            interface (a zuko flow, a zuko lazy transform, a module with ``forward(z) -> (u, log_det)`` and
+            ``inverse(u)``, or a documented-style flow whose outputs have ``out`` and ``log_abs_det_jac``);
+            default a zuko MAF per modality. A mapping-like container (``nn.ModuleDict``) is accepted.
     """
 
     name = "JNF"
@@ -116,7 +117,7 @@ class JNF(JointEncoderVAE):
         super().__init__(model_config, encoders, decoders, joint_encoder)
         self.record_custom_architectures(flows=flows)
         if flows is not None and set(flows) != set(self.modalities):
-            raise ConfigError(f"flows are given for {sorted(flows)} but the modalities are {sorted(self.modalities)}.")
+            raise ModalityError(f"flows are given for {sorted(flows)} but the modalities are {sorted(self.modalities)}.")
         self.flows = nn.ModuleDict(
             {
                 m: as_latent_flow(flows[m], self.latent_dim, f"flows['{m}']") if flows is not None else default_flow(self.latent_dim)

@@ -64,10 +64,10 @@ from core.models._shared.gaussian import kl_per_dimension, log_normal, rsample
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
 from core.models._shared.subsets import all_subsets
-from core.models.base import MultimodalVAE
+from core.models.base import ModalityError, MultimodalVAE, is_mapping_like
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, ConfigError, advanced
 from core.models.registry import register_model
-from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
+from core.nn.base import as_embedding, as_gaussian, as_reconstruction, evaluation_mode
 from core.nn.hierarchical import default_mhvae_blocks
 
 __all__ = ["MHVAEConfig", "MHVAE"]
@@ -128,6 +128,20 @@ class MHVAEConfig(BaseMultiVAEConfig):
     )
 
 
+def _require_gaussian_block(block: nn.Module, what: str) -> None:
+    """Refuse torch's own layers where a block must return a mean and a log-variance (an encoder).
+
+    ``nn.Linear``, ``nn.Conv3d``, ``nn.Sequential`` of them and the like return one tensor; the documented
+    contract asks for an encoder (``BaseEncoder``) giving ``embedding`` and ``log_covariance``. What a
+    module of your own returns is checked by the construction's dry run.
+    """
+    if type(block).__module__.startswith("torch.nn"):
+        raise ConfigError(
+            f"{what} is a torch.nn.{type(block).__name__}, which returns one tensor; it must be an encoder "
+            "returning the mean and log-variance (a BaseEncoder whose output has 'embedding' and 'log_covariance')."
+        )
+
+
 def _as_block_list(value: Any, what: str, n: int) -> list[nn.Module]:
     if isinstance(value, nn.Module) and not isinstance(value, (nn.ModuleList, nn.Sequential)):
         raise ConfigError(f"{what} must be a list of {n} modules, got a single {type(value).__name__}.")
@@ -153,16 +167,17 @@ class MHVAE(MultimodalVAE):
     Args:
         model_config: an :class:`MHVAEConfig`.
         encoders: modality -> first feature extractor, x_m -> d_m^(1) (a tensor, or an encoder output whose
-            ``embedding`` is used).
+            ``embedding`` is used; it needs no ``log_covariance``).
         decoders: modality -> decoder p(x_m | z_1).
-        bottom_up_blocks: modality -> list of L-1 modules; the first L-2 map d^(j) -> d^(j+1), the last
-            returns the mean and log-variance of z_L (shape ``(B, latent_dim)``). Modalities may share
-            module objects.
+        bottom_up_blocks: modality -> list of L-1 modules (a dict or any mapping-like container such as
+            ``nn.ModuleDict``); the first L-2 map d^(j) -> d^(j+1), the last is an encoder returning the
+            mean and log-variance of z_L (shape ``(B, latent_dim)``). Modalities may share module objects.
         top_down_blocks: list of L-1 modules, ``top_down_blocks[l-1]``: z_{l+1} -> h_l, shared by all
             modalities. h_l must have the shape of every d_m^(l) except on dim 1.
-        posterior_blocks: list of L-1 modules (shared by the modalities) or modality -> list of L-1;
-            ``[h_l, d_m^(l)]`` (concatenated on dim 1) -> mean and log-variance of q_m(z_l | x_m, z_{l+1}).
-        prior_blocks: list of L-1 modules, h_l -> mean and log-variance of p(z_l | z_{l+1}).
+        posterior_blocks: list of L-1 encoders (shared by the modalities) or modality -> list of L-1 (a
+            mapping-like container); ``[h_l, d_m^(l)]`` (concatenated on dim 1) -> mean and log-variance of
+            q_m(z_l | x_m, z_{l+1}).
+        prior_blocks: list of L-1 encoders, h_l -> mean and log-variance of p(z_l | z_{l+1}).
 
     Any block left out is taken from :func:`core.nn.hierarchical.default_mhvae_blocks` (which needs
     ``input_dims``); blocks of your own must fit the shapes of the default ones they meet, which the
@@ -185,7 +200,6 @@ class MHVAE(MultimodalVAE):
         prior_blocks: Sequence[nn.Module] | None = None,
     ) -> None:
         super().__init__(model_config, encoders, decoders)
-        self.n_latent = self.model_config.n_latent
         given = {
             "bottom_up_blocks": bottom_up_blocks,
             "top_down_blocks": top_down_blocks,
@@ -261,43 +275,52 @@ class MHVAE(MultimodalVAE):
         return self._default_blocks("decoders")[modality]
 
     def sanity_check_bottom_up(self, encoders: Mapping[str, nn.Module], bottom_up_blocks: Any) -> None:
-        """Check that ``bottom_up_blocks`` gives n_latent - 1 modules for each modality of ``encoders``."""
-        if not isinstance(bottom_up_blocks, Mapping):
+        """Check that ``bottom_up_blocks`` gives n_latent - 1 modules for each modality of ``encoders``, the
+        last an encoder of z_L (mapping-like containers such as ``nn.ModuleDict`` are accepted)."""
+        if not is_mapping_like(bottom_up_blocks):
             raise ConfigError(
                 f"bottom_up_blocks must be a dict modality -> list of {self.n_latent - 1} modules, "
                 f"got {type(bottom_up_blocks).__name__}."
             )
-        if set(bottom_up_blocks) != set(encoders):
-            raise ConfigError(
-                f"bottom_up_blocks are given for {sorted(bottom_up_blocks)} but the modalities are {sorted(encoders)}."
+        if set(bottom_up_blocks.keys()) != set(encoders.keys()):
+            raise ModalityError(
+                f"bottom_up_blocks are given for {sorted(bottom_up_blocks.keys())} but the modalities are {sorted(encoders.keys())}."
             )
         for m, blocks in bottom_up_blocks.items():
-            _as_block_list(blocks, f"bottom_up_blocks['{m}']", self.n_latent - 1)
+            last = _as_block_list(blocks, f"bottom_up_blocks['{m}']", self.n_latent - 1)[-1]
+            _require_gaussian_block(last, f"bottom_up_blocks['{m}'][-1]")
 
     def sanity_check_top_down_blocks(self, top_down_blocks: Any) -> None:
         """Check that ``top_down_blocks`` is a list of n_latent - 1 modules."""
         _as_block_list(top_down_blocks, "top_down_blocks", self.n_latent - 1)
 
     def sanity_check_prior_blocks(self, prior_blocks: Any) -> None:
-        """Check that ``prior_blocks`` is a list of n_latent - 1 modules."""
-        _as_block_list(prior_blocks, "prior_blocks", self.n_latent - 1)
+        """Check that ``prior_blocks`` is a list of n_latent - 1 encoders (mean and log-variance)."""
+        for i, block in enumerate(_as_block_list(prior_blocks, "prior_blocks", self.n_latent - 1)):
+            _require_gaussian_block(block, f"prior_blocks[{i}]")
 
     def check_and_set_posterior_blocks(self, posterior_blocks: Any) -> None:
-        """Check ``posterior_blocks`` (a shared list or a dict per modality of n_latent - 1 modules) and set it."""
+        """Check ``posterior_blocks`` (a shared list, or a mapping-like container per modality, of n_latent - 1
+        encoders returning a mean and a log-variance) and set it."""
         n = self.n_latent - 1
-        if isinstance(posterior_blocks, Mapping):
-            if set(posterior_blocks) != set(self.modalities):
-                raise ConfigError(
-                    f"posterior_blocks are given for {sorted(posterior_blocks)} but the modalities are {sorted(self.modalities)}; "
-                    "pass a list to share the blocks between modalities."
+        if is_mapping_like(posterior_blocks):
+            if set(posterior_blocks.keys()) != set(self.modalities):
+                raise ModalityError(
+                    f"posterior_blocks are given for {sorted(posterior_blocks.keys())} but the modalities are "
+                    f"{sorted(self.modalities)}; pass a list to share the blocks between modalities."
                 )
+            per_modality = {m: _as_block_list(posterior_blocks[m], f"posterior_blocks['{m}']", n) for m in self.modalities}
+            for m, blocks in per_modality.items():
+                for i, block in enumerate(blocks):
+                    _require_gaussian_block(block, f"posterior_blocks['{m}'][{i}]")
             self.share_posterior_blocks = False
-            self.posterior_blocks = nn.ModuleDict(
-                {m: nn.ModuleList(_as_block_list(posterior_blocks[m], f"posterior_blocks['{m}']", n)) for m in self.modalities}
-            )
+            self.posterior_blocks = nn.ModuleDict({m: nn.ModuleList(blocks) for m, blocks in per_modality.items()})
         else:
+            blocks = _as_block_list(posterior_blocks, "posterior_blocks", n)
+            for i, block in enumerate(blocks):
+                _require_gaussian_block(block, f"posterior_blocks[{i}]")
             self.share_posterior_blocks = True
-            self.posterior_blocks = nn.ModuleList(_as_block_list(posterior_blocks, "posterior_blocks", n))
+            self.posterior_blocks = nn.ModuleList(blocks)
 
     def set_bottom_up_blocks(self, bottom_up_blocks: Mapping[str, Sequence[nn.Module]]) -> None:
         """Check and set ``bottom_up_blocks`` (modality -> n_latent - 1 modules)."""
@@ -371,8 +394,7 @@ class MHVAE(MultimodalVAE):
 
     # ------------------------------------------------------------------ bottom-up and top-down paths
     def _bottom_up(self, modality: str, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
-        out = self.encoders[modality](x)
-        d = out if isinstance(out, torch.Tensor) else as_gaussian(out)[0]
+        d = as_embedding(self.encoders[modality](x))
         skips = [d]
         blocks = self.bottom_up_blocks[modality]
         for block in blocks[:-1]:

@@ -52,10 +52,10 @@ from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
 from core.models._shared.likelihoods import mean_of
 from core.models._shared.outputs import LossOutput, ModelOutput
-from core.models.base import MultimodalVAE
+from core.models.base import ModalityError, MultimodalVAE
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, ConfigError, advanced
 from core.models.registry import register_model
-from core.nn.base import as_gaussian, as_reconstruction, evaluation_mode
+from core.nn.base import as_embedding, as_gaussian, as_reconstruction, evaluation_mode
 from core.nn.default_architectures import MLPDecoder, MLPEncoder, default_decoder, default_encoder, mlp
 
 __all__ = ["NexusConfig", "Nexus"]
@@ -143,7 +143,7 @@ class Nexus(MultimodalVAE):
         try:
             check_modality_keys(cfg, self.modalities)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ModalityError(str(exc)) from None
         self.bottom_dims = {m: self._bottom_dim(m) for m in self.modalities}
         self.top_encoders = self._per_modality(
             "top_encoders", top_encoders, lambda m: mlp([self.bottom_dims[m], 512, 512, cfg.msg_dim])
@@ -173,7 +173,7 @@ class Nexus(MultimodalVAE):
         if modules is None:
             return nn.ModuleDict({m: build(m) for m in self.modalities})
         if set(modules) != set(self.modalities):
-            raise ConfigError(f"{what} are given for {sorted(modules)} but the modalities are {sorted(self.modalities)}.")
+            raise ModalityError(f"{what} are given for {sorted(modules)} but the modalities are {sorted(self.modalities)}.")
         for m, module in modules.items():
             if not isinstance(module, nn.Module):
                 raise ConfigError(f"{what}['{m}'] must be a torch.nn.Module, got {type(module).__name__}.")
@@ -197,9 +197,18 @@ class Nexus(MultimodalVAE):
     # ------------------------------------------------------------------ building blocks
     def message(self, modality: str, z_m: torch.Tensor) -> torch.Tensor:
         """h_m = g_m(z_m) for ``z_m`` of shape ``(*, d_m)``; returns ``(*, msg_dim)``."""
-        out = self.top_encoders[modality](z_m.reshape(-1, z_m.shape[-1]))
-        h = out if isinstance(out, torch.Tensor) else as_gaussian(out)[0]
+        h = as_embedding(self.top_encoders[modality](z_m.reshape(-1, z_m.shape[-1])))
         return h.reshape(*z_m.shape[:-1], h.shape[-1])
+
+    def joint_gaussian(self, hbar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` of q(z_sigma | hbar) for ``hbar`` of shape ``(*, msg_dim)``; each ``(*, D)``.
+
+        The leading dimensions are flattened for the joint encoder, which, written in the documented
+        style, reads a ``(B, msg_dim)`` batch (``x.reshape(-1, msg_dim)``).
+        """
+        mu, logvar = as_gaussian(self.joint_encoder(hbar.reshape(-1, hbar.shape[-1])))
+        lead = hbar.shape[:-1]
+        return mu.reshape(*lead, mu.shape[-1]), logvar.reshape(*lead, logvar.shape[-1])
 
     def top_decode(self, modality: str, z_sigma: torch.Tensor) -> torch.Tensor:
         """t_m(z_sigma), the mean of p(z_m | z_sigma), for ``z_sigma`` of shape ``(*, D)``; ``(*, d_m)``."""
@@ -270,7 +279,7 @@ class Nexus(MultimodalVAE):
         lead = messages.shape[1:-1]
         observed = torch.stack([batch.masks[m] for m in cond]).view(len(cond), *([1] * (len(lead) - 1)), -1)
         hbar, _ = self.aggregate(messages, observed.expand(len(cond), *lead))
-        z_sigma = rsample(*as_gaussian(self.joint_encoder(hbar)), return_mean=return_mean)
+        z_sigma = rsample(*self.joint_gaussian(hbar), return_mean=return_mean)
         modalities_z = {}
         for m in cond:
             seen = batch.masks[m].view(*([1] * (len(lead) - 1)), -1, 1)
@@ -353,7 +362,7 @@ class Nexus(MultimodalVAE):
         kept = self.drop_messages(observed)
         messages = torch.stack([self.message(m, z_bar[m]) for m in self.modalities])
         hbar, has_message = self.aggregate(messages, kept)
-        mu_s, logvar_s = as_gaussian(self.joint_encoder(hbar))
+        mu_s, logvar_s = self.joint_gaussian(hbar)
         z_sigma = rsample(mu_s, logvar_s)
         top_kl = torch.where(has_message, kl_standard_normal(mu_s, logvar_s), zero)
         top = cfg.top_beta * anneal * top_kl

@@ -27,6 +27,7 @@ __all__ = [
     "BaseDecoder",
     "EncoderOutput",
     "DecoderOutput",
+    "as_embedding",
     "as_gaussian",
     "as_reconstruction",
     "evaluation_mode",
@@ -59,6 +60,17 @@ def as_gaussian(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(output, (tuple, list)) and len(output) == 2:
         return output[0], output[1]
     raise TypeError(f"An encoder must return (mean, logvar) or an EncoderOutput; got {type(output).__name__}.")
+
+
+def as_embedding(output: Any) -> torch.Tensor:
+    """The features (or mean) a module returned: a tensor, an output with ``embedding`` alone (no
+    ``log_covariance`` needed, as the documented first-layer encoders of MHVAE return), or the mean of
+    any output :func:`as_gaussian` reads."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "embedding" in output:
+        return output["embedding"]
+    return as_gaussian(output)[0]
 
 
 def as_reconstruction(output: Any) -> torch.Tensor:

@@ -15,12 +15,14 @@ The interface a flow must follow is :class:`LatentFlow`:
 
 :func:`as_latent_flow` also accepts a zuko flow (``zuko.flows.MAF(D)``, any ``zuko.lazy.Flow``: only its
 transform is used, its base distribution is replaced by the encoder's Gaussian) or a zuko lazy
-transform, and wraps them in :class:`ZukoFlow`.
+transform, and wraps them in :class:`ZukoFlow`; and a flow in the documented style (pythae's ``BaseNF``),
+whose ``forward`` and ``inverse`` return an output with ``out`` and ``log_abs_det_jac``, wrapped in
+:class:`OutputFlow`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,7 +31,9 @@ from torch import nn
 
 from core.nn.base import evaluation_mode
 
-__all__ = ["LatentFlow", "ZukoFlow", "default_flow", "as_latent_flow"]
+__all__ = ["LatentFlow", "ZukoFlow", "OutputFlow", "default_flow", "as_latent_flow"]
+
+SAMPLE_FIELD, LOG_DET_FIELD = "out", "log_abs_det_jac"  # the documented flows' output fields
 
 
 class LatentFlow(nn.Module):
@@ -63,6 +67,40 @@ class ZukoFlow(LatentFlow):
         return self.transform().inv(u)
 
 
+def _field(output: Any, name: str) -> Any:
+    return output[name] if isinstance(output, Mapping) else getattr(output, name)
+
+
+def returns_output_object(output: Any) -> bool:
+    """Whether a flow's output is the documented object (``out`` and ``log_abs_det_jac``) rather than a tuple."""
+    if isinstance(output, Mapping):
+        return LOG_DET_FIELD in output
+    return hasattr(output, LOG_DET_FIELD)
+
+
+class OutputFlow(LatentFlow):
+    """A flow in the documented style (pythae's ``BaseNF``) used as a :class:`LatentFlow`.
+
+    Its ``forward(z)`` returns an output with the transformed sample ``out`` and ``log_abs_det_jac``, and
+    its ``inverse(u)`` an output whose ``out`` is z (or a tensor). Such flows read ``(B, D)`` batches,
+    so leading dimensions are flattened for them and restored.
+    """
+
+    def __init__(self, flow: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.flow(z.reshape(-1, z.shape[-1]))
+        u, ladj = _field(output, SAMPLE_FIELD), _field(output, LOG_DET_FIELD)
+        return u.reshape(z.shape), ladj.reshape(z.shape[:-1])
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        output = self.flow.inverse(u.reshape(-1, u.shape[-1]))
+        z = output if isinstance(output, torch.Tensor) else _field(output, SAMPLE_FIELD)
+        return z.reshape(u.shape)
+
+
 def default_flow(
     latent_dim: int, transforms: int = 2, hidden_features: Sequence[int] = (128, 128, 128)
 ) -> ZukoFlow:
@@ -84,8 +122,9 @@ def as_latent_flow(flow: Any, latent_dim: int, name: str = "flow") -> LatentFlow
     """Wrap ``flow`` as a :class:`LatentFlow` and check it on a dummy batch.
 
     Accepts a :class:`LatentFlow`, any ``nn.Module`` with ``forward(z) -> (u, ladj)`` and ``inverse(u)``,
-    a ``zuko.lazy.Flow`` (its transform is used) or a ``zuko.lazy.LazyTransform``. ``name`` is used in
-    error messages (e.g. ``"flows['T1']"``).
+    one whose ``forward`` returns the documented output (``out``, ``log_abs_det_jac``), a ``zuko.lazy.Flow``
+    (its transform is used) or a ``zuko.lazy.LazyTransform``. ``name`` is used in error messages (e.g.
+    ``"flows['T1']"``).
     """
     if isinstance(flow, zuko.lazy.Flow):
         flow = ZukoFlow(flow.transform)
@@ -93,22 +132,30 @@ def as_latent_flow(flow: Any, latent_dim: int, name: str = "flow") -> LatentFlow
         flow = ZukoFlow(flow)
     if not isinstance(flow, nn.Module) or not callable(getattr(flow, "inverse", None)):
         raise TypeError(
-            f"{name} must be a zuko flow or transform, or an nn.Module with forward(z) -> (u, log_det) and "
-            f"inverse(u) -> z; got {type(flow).__name__}."
+            f"{name} must be a zuko flow or transform, or an nn.Module with forward(z) -> (u, log_det) (or an output "
+            f"with '{SAMPLE_FIELD}' and '{LOG_DET_FIELD}') and inverse(u) -> z; got {type(flow).__name__}."
         )
+    if not isinstance(flow, LatentFlow) and returns_output_object(_dry_forward(flow, latent_dim, name)):
+        flow = OutputFlow(flow)
     _check_flow(flow, latent_dim, name)
     return flow
 
 
+def _dry_forward(flow: nn.Module, latent_dim: int, name: str) -> Any:
+    """``flow`` on a zero latent of shape ``(2, latent_dim)``, in eval mode and without gradients."""
+    with evaluation_mode(flow), torch.no_grad():
+        param = next(flow.parameters(), None)
+        z = torch.zeros(2, latent_dim, device=param.device if param is not None else None)
+        try:
+            return flow(z)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ValueError(f"{name} fails on a latent of shape (2, {latent_dim}): {exc}. Is it built for latent_dim={latent_dim}?") from exc
+
+
 def _check_flow(flow: nn.Module, latent_dim: int, name: str) -> None:
+    out = _dry_forward(flow, latent_dim, name)
     with evaluation_mode(flow):
         with torch.no_grad():
-            param = next(flow.parameters(), None)
-            z = torch.zeros(2, latent_dim, device=param.device if param is not None else None)
-            try:
-                out = flow(z)
-            except (RuntimeError, ValueError, IndexError) as exc:
-                raise ValueError(f"{name} fails on a latent of shape (2, {latent_dim}): {exc}. Is it built for latent_dim={latent_dim}?") from exc
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise TypeError(f"{name}(z) must return (u, log_det); got {type(out).__name__}.")
             u, ladj = out
