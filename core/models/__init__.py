@@ -4,6 +4,7 @@ or ``load`` rebuilds one by name, which is how the command line and the GUI crea
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models.base import IncompleteDataError, MultimodalVAE, TrainingStage, load_bundle, save_bundle
+from core.models.cmvae import CMVAE, CMVAEConfig
 from core.models.config import (
     BaseMultiVAEConfig,
     ConfigError,
@@ -11,7 +12,6 @@ from core.models.config import (
     config_schema,
     config_to_dict,
 )
-from core.models.cmvae import CMVAE, CMVAEConfig
 from core.models.crmvae import CRMVAE, CRMVAEConfig
 from core.models.dmvae import DMVAE, DMVAEConfig
 from core.models.jmvae import JMVAE, JMVAEConfig

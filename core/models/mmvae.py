@@ -46,7 +46,7 @@ from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.importance import dreg_bound, iwae_bound
-from core.models._shared.latent_distributions import latent_distribution
+from core.models._shared.latent_distributions import detached, latent_distribution
 from core.models._shared.mixture import draw_components, mixture_log_prob
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models.base import MultimodalVAE
@@ -132,12 +132,9 @@ class MMVAE(MultimodalVAE):
         """p(z): zero mean, scale learnt when ``learn_prior``."""
         return latent_distribution(self.model_config.prior_and_posterior_dist, self.prior_mean, self.prior_log_scale)
 
-    def unimodal_posterior(self, modality: str, x: torch.Tensor, detach: bool = False) -> Distribution:
-        """q_m(z | x_m); ``detach`` stops the gradient through its parameters (for DReG's log q)."""
-        mu, log_scale = self.encoder_gaussian(modality, x)
-        if detach:
-            mu, log_scale = mu.detach(), log_scale.detach()
-        return latent_distribution(self.model_config.prior_and_posterior_dist, mu, log_scale)
+    def unimodal_posterior(self, modality: str, x: torch.Tensor) -> Distribution:
+        """q_m(z | x_m)."""
+        return latent_distribution(self.model_config.prior_and_posterior_dist, *self.encoder_gaussian(modality, x))
 
     # ------------------------------------------------------------------ inference
     def encode(
@@ -198,7 +195,7 @@ class MMVAE(MultimodalVAE):
         experts = [m for m in self.modalities if bool(batch.masks[m].any())]
         posteriors = {m: self.unimodal_posterior(m, batch.data[m]) for m in experts}
         dreg = cfg.loss == "dreg_looser"
-        log_q_experts = [self.unimodal_posterior(m, batch.data[m], detach=True) if dreg else posteriors[m] for m in experts]
+        log_q_experts = [detached(posteriors[m]) if dreg else posteriors[m] for m in experts]
         zero = torch.zeros((), device=self.device)
         terms: dict[str, torch.Tensor] = {}
         total = zero

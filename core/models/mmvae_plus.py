@@ -54,6 +54,7 @@ from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.importance import dreg_bound, iwae_bound
 from core.models._shared.latent_distributions import (
     LatentDistribution,
+    detached,
     latent_distribution,
     latent_family,
     latent_scale,
@@ -182,13 +183,10 @@ class MMVAEPlus(PrivateLatentDecoding, MultimodalVAE):
     def sample_private_prior(self, modality: str, lead: torch.Size) -> torch.Tensor:
         return self.private_prior().sample(lead)
 
-    def unimodal_posteriors(self, modality: str, x: torch.Tensor, detach: bool = False) -> Posteriors:
-        """``(q_m(u | x_m), q_m(w_m | x_m))``; ``detach`` stops the gradient through their parameters."""
-        (mu, log_scale), (mu_w, log_scale_w) = as_shared_and_private(self.encoders[modality](x))
-        params = [mu, log_scale, mu_w, log_scale_w]
-        if detach:
-            params = [p.detach() for p in params]
-        return self._latent(params[0], params[1]), self._latent(params[2], params[3])
+    def unimodal_posteriors(self, modality: str, x: torch.Tensor) -> Posteriors:
+        """``(q_m(u | x_m), q_m(w_m | x_m))``."""
+        shared, private = as_shared_and_private(self.encoders[modality](x))
+        return self._latent(*shared), self._latent(*private)
 
     # ------------------------------------------------------------------ inference
     def encode(
@@ -290,7 +288,7 @@ class MMVAEPlus(PrivateLatentDecoding, MultimodalVAE):
         experts = [m for m in self.modalities if bool(batch.masks[m].any())]  # MultiVae's drop_unused_modalities
         posteriors = {m: self.unimodal_posteriors(m, batch.data[m]) for m in experts}
         dreg = cfg.loss == "dreg_looser"
-        log_q_posteriors = {m: self.unimodal_posteriors(m, batch.data[m], detach=True) for m in experts} if dreg else posteriors
+        log_q_posteriors = {m: (detached(q_u), detached(q_w)) for m, (q_u, q_w) in posteriors.items()} if dreg else posteriors
         zero = torch.zeros((), device=self.device)
         terms: dict[str, torch.Tensor] = {}
         total = zero

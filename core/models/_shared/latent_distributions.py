@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Laplace, Normal
 
-__all__ = ["LatentDistribution", "latent_scale", "latent_family", "latent_distribution"]
+__all__ = ["LatentDistribution", "latent_scale", "latent_family", "latent_distribution", "detached"]
 
 LatentDistribution = Literal["laplace_with_softmax", "normal", "normal_with_softplus"]
 MIN_SCALE = 1e-6
@@ -45,3 +45,7 @@ def latent_distribution(kind: str, mu: torch.Tensor, log_scale: torch.Tensor) ->
     """The element-wise distribution of ``kind`` (sum ``log_prob`` over the last dim for a density)."""
     return latent_family(kind)(mu, latent_scale(kind, log_scale), validate_args=False)
 
+
+def detached(q: Laplace | Normal) -> Laplace | Normal:
+    """The same distribution with its parameters cut from the graph (DReG evaluates log q this way)."""
+    return type(q)(q.loc.detach(), q.scale.detach(), validate_args=False)
