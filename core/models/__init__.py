@@ -3,7 +3,16 @@ or ``load`` rebuilds one by name, which is how the command line and the GUI crea
 
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.outputs import LossOutput, ModelOutput
-from core.models.base import IncompleteDataError, MultimodalVAE, TrainingStage, load_bundle, save_bundle
+from core.models.base import (
+    IncompleteDataError,
+    ModalityError,
+    MultimodalVAE,
+    TrainingStage,
+    UnknownOptionError,
+    UnsupportedOperationError,
+    load_bundle,
+    save_bundle,
+)
 from core.models.cmvae import CMVAE, CMVAEConfig
 from core.models.config import (
     BaseMultiVAEConfig,
@@ -55,6 +64,9 @@ __all__ = [
     "MVAEConfig",
     "MVTCAE",
     "MVTCAEConfig",
+    "ModalityError",
+    "UnknownOptionError",
+    "UnsupportedOperationError",
     "ModelOutput",
     "MultimodalVAE",
     "Nexus",
