@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.distributions import Normal
 
 from core.models import MMVAE, MMVAEConfig
 from core.models.mmvae import pick_expert_samples
@@ -114,3 +115,26 @@ def test_short_training_lowers_the_loss_and_beats_the_mean_baseline(toy):
     assert after < before
     mse, baseline = toy.b_from_a_errors(model)
     assert mse < 0.5 * baseline
+
+
+def test_the_loss_is_the_stratified_bound_computed_by_hand(make_model, make_batch, under_seed):
+    model = make_model(K=1, loss="iwae_looser", prior_and_posterior_dist="normal")
+    batch = make_batch(n=3, missing={"b": [1]})
+    loss = under_seed(7, model, batch).loss
+    # By hand with torch.distributions: one draw per expert, so the bound of expert m is its log-weight.
+    torch.manual_seed(7)
+    gaussians = {m: model.encoder_gaussian(m, batch.data[m]) for m in "abc"}
+    q = {m: Normal(mu, (0.5 * logvar).exp()) for m, (mu, logvar) in gaussians.items()}
+    observed = {m: batch.masks[m] for m in "abc"}
+    total = torch.zeros(3)
+    for m in "abc":
+        z = q[m].rsample()
+        log_px = sum(
+            Normal(model.decoders[n](z).reconstruction, 1.0).log_prob(batch.data[n]).flatten(1).sum(-1) * observed[n] for n in "abc"
+        )
+        densities = torch.stack([q[e].log_prob(z).sum(-1).exp() * observed[e] for e in "abc"])
+        log_q = (densities.sum(0) / torch.stack(list(observed.values())).sum(0)).log()
+        log_w = log_px + Normal(0.0, 1.0).log_prob(z).sum(-1) - log_q
+        total = total + log_w * observed[m]
+    bound = (total / torch.stack(list(observed.values())).sum(0)).mean()
+    assert torch.allclose(loss, -bound, atol=1e-4)

@@ -109,3 +109,33 @@ def test_short_training_lowers_the_loss_and_beats_the_mean_baseline(toy):
     assert after < before
     mse, baseline = toy.b_from_a_errors(model)
     assert mse < 0.5 * baseline
+
+
+def test_the_loss_is_the_generalized_elbo_computed_by_hand(make_model, make_batch, under_seed):
+    model = make_model(subsets=[["a"], ["b"], ["a", "b"], ["a", "b", "c"]])
+    batch = make_batch(n=4, missing={"b": [1], "c": [2, 3]})
+    loss = under_seed(3, model, batch).loss
+    # By hand: per sample, one subset drawn among those it has, the mean KL over them, masked recon.
+    experts = {m: model.encoder_gaussian(m, batch.data[m]) for m in "abc"}
+    masks = torch.stack([batch.masks[m] for m in "abc"])
+    subsets = [("a",), ("b",), ("a", "b"), ("a", "b", "c")]
+    available = torch.stack([masks[["abc".index(m) for m in s]].all(0) for s in subsets])
+    products = [
+        product_of_experts(
+            torch.stack([experts[m][0] for m in s]), torch.stack([experts[m][1] for m in s]), with_prior=len(s) == 3
+        )
+        for s in subsets
+    ]
+    torch.manual_seed(3)
+    scores = torch.where(available, torch.rand(available.shape), torch.full((), -1.0))
+    choice = scores.argmax(0)
+    mu = torch.stack([products[c][0][i] for i, c in enumerate(choice.tolist())])
+    logvar = torch.stack([products[c][1][i] for i, c in enumerate(choice.tolist())])
+    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+    recon = sum(
+        torch.distributions.Normal(model.decoders[m](z).reconstruction, 1.0).log_prob(batch.data[m]).sum(-1) * batch.masks[m]
+        for m in "abc"
+    )
+    kls = torch.stack([-0.5 * (1 + lv - mu_s.pow(2) - lv.exp()).sum(-1) for mu_s, lv in products])
+    kl = (kls * available).sum(0) / available.sum(0)
+    assert torch.allclose(loss, (-recon + kl).mean(), atol=1e-4)
