@@ -22,6 +22,7 @@ from core.models.config import (
     config_to_dict,
 )
 from core.models.crmvae import CRMVAE, CRMVAEConfig
+from core.models.cvae import CVAE, CVAEConfig
 from core.models.dmvae import DMVAE, DMVAEConfig
 from core.models.jmvae import JMVAE, JMVAEConfig
 from core.models.jnf import JNF, JNFConfig
@@ -42,6 +43,8 @@ __all__ = [
     "CMVAEConfig",
     "CRMVAE",
     "CRMVAEConfig",
+    "CVAE",
+    "CVAEConfig",
     "DMVAE",
     "DMVAEConfig",
     "JMVAE",

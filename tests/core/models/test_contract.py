@@ -64,6 +64,18 @@ def test_forward_gives_finite_loss_and_gradients(model_name, make_batch):
 def test_cross_modal_prediction_shapes(model_name, make_batch, assert_predictions):
     model = small_model(model_name)
     batch = make_batch(INPUT_DIMS, 5)
+    if getattr(get_model_class(model_name), "conditions_on_fixed_modalities", False):
+        # A conditional model (CVAE) generates its main modality from its conditioning modalities
+        # (default: the last modality from the others), and refuses anything else.
+        main, cond = model.main_modality, model.conditioning_modalities
+        assert (main, cond) == ("c", ["a", "b"])
+        for cond_mod in (cond, "all"):
+            assert_predictions(model.predict(batch, cond_mod=cond_mod, gen_mod="all", N=2), {main: INPUT_DIMS[main]}, (2, 5))
+        with pytest.raises(ValueError, match="lacks \\['b'\\]"):
+            model.predict(batch, cond_mod=["a"], gen_mod="all")
+        generated = model.decode(model.generate_from_prior({m: batch.data[m] for m in cond}, N=3))
+        assert generated[main].shape == (3, 5, *INPUT_DIMS[main])
+        return
     for cond in (["a"], ["a", "b"], "all"):
         assert_predictions(model.predict(batch, cond_mod=cond, gen_mod="all", N=2), INPUT_DIMS, (2, 5))
     generated = model.decode(model.generate_from_prior(3))

@@ -7,6 +7,8 @@ import torch
 
 from core.models import CRMVAE, CRMVAEConfig, TrainingProgress
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training steps: 2 threads on a shared machine thrash
+
 
 @pytest.fixture
 def make_model(model_factory):

@@ -11,6 +11,8 @@ from core.models import DMVAE, DMVAEConfig, TrainingProgress
 from core.nn import MLPDecoder, MLPEncoder
 from core.nn.multilatent import SharedPrivateEncoder
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training steps: 2 threads on a shared machine thrash
+
 
 @pytest.fixture
 def make_model(model_factory):

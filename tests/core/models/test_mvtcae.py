@@ -8,6 +8,8 @@ import torch
 from core.models import MVTCAE, MVTCAEConfig, TrainingProgress
 from core.models._shared.gaussian import kl_normal, kl_standard_normal
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training steps: 2 threads on a shared machine thrash
+
 
 @pytest.fixture
 def make_model(model_factory):

@@ -4,7 +4,8 @@ Each model trains its "Synthesis" preset (its KL warm-up, where it has one, shor
 few epochs) on the three kinds of data the workbench handles: vectors, the 2D demo and the 3D demo. A latent level whose KL per
 dimension stays near zero carries nothing about the input, so the trainer's collapse check must stay
 silent and every level must keep a KL above the check's threshold. The last test shows the check does
-fire on a model pushed into collapse.
+fire on a model pushed into collapse. A conditional model (CVAE) has no such level: its z holds only
+what its conditioning modalities leave unsaid, so it reports none and must raise no false alarm.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def test_synthesis_preset_keeps_every_latent_in_use(model_name, variant, dataset
     trainer = Trainer(model, train, val, TrainerConfig(**training, seed=0))
     trainer.train()
     levels = latent_kl_per_dimension(trainer.history[-1].validation)
+    if getattr(type(model), "conditions_on_fixed_modalities", False):
+        # A conditional model (CVAE): z holds only what the conditioning modalities do not say about the
+        # main one, so a KL near 0 is a right answer, not a collapse. No level is watched, no false alarm.
+        assert levels == {} and [w for w in trainer.warnings if w.kind == "posterior_collapse"] == []
+        assert trainer.history[-1].validation["kl_prior"] >= 0
+        return
     assert levels, f"{model_name} reports no kl_per_dim terms"
     assert [w.message for w in trainer.warnings if w.kind == "posterior_collapse"] == []
     threshold = CollapseCheck().threshold

@@ -11,6 +11,8 @@ from core.models._shared.gaussian import kl_standard_normal
 from core.models.telbo import TELBO
 from core.nn.joint import MultipleHeadJointEncoder
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training steps: 2 threads on a shared machine thrash
+
 
 @pytest.fixture
 def make_model(model_factory):
