@@ -4,6 +4,8 @@ small model of every registered kind to run it on (shared by the compat tests, i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,3 +73,9 @@ def takes_plain_modules(name: str) -> bool:
 
 
 PLAIN_MODELS = [name for name in available() if takes_plain_modules(name)]
+
+
+def seeded(seed: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) right after torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return fn(*args, **kwargs)

@@ -15,6 +15,7 @@ from core.models import JNF, MHVAE, ConfigError, ModelOutput, Nexus
 from core.models._shared.gaussian import log_normal
 from core.nn import BaseEncoder
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N_SAMPLES = 10
 FEATURES, Z_LEVEL = 8, 4  # MHVAE: width of the bottom-up features d^(l) and size of z_1, z_2
 
