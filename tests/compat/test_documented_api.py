@@ -200,7 +200,7 @@ def test_modules_for_other_modalities_are_also_an_attribute_error(model_name):
 
 @plain_models
 def test_documented_encoders_and_decoders(model_name):
-    encoders = {m: DocumentedEncoder(s, LATENT_DIM) for m, s in INPUT_DIMS.items()}
+    encoders = torch.nn.ModuleDict({m: DocumentedEncoder(s, LATENT_DIM) for m, s in INPUT_DIMS.items()})  # mapping-like
     decoders = {m: DocumentedDecoder(LATENT_DIM, s) for m, s in INPUT_DIMS.items()}
     model = small_model(model_name, encoders=encoders, decoders=decoders)
     assert model.encoders["a"] is encoders["a"] and model.decoders["b"] is decoders["b"]
