@@ -6,6 +6,7 @@ trains a model in its background thread (p50, p99, max), written to benchmarks/r
 Goal: p99 <= 16 ms (one frame at 60 Hz). The run is the real window: the Data page opens the demo
 cohort, the Model page is configured, the Train page's Start is clicked; only the measurement is added.
 The load average before and after is recorded: on a busy machine the lateness is the scheduler's too.
+The Train page's time-left estimates are recorded beside it, against the time the run really took.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -59,6 +61,18 @@ def main() -> int:
     lateness: list[float] = []
     phases: dict[str, list[float]] = {"loading": [], "running": [], "paused": [], "stopping": []}
     last = [time.perf_counter()]
+    estimates: list[tuple[float, float]] = []  # (seconds since Start, the page's time left) when it changes
+    shown = [""]
+
+    def read_estimate() -> None:
+        text = window.train_page.overall_label.text()
+        if text == shown[0] or "t" not in started:
+            return
+        shown[0] = text
+        match = re.search(r"about ((?:\d+:)?\d+:\d\d) left", text)
+        if match:
+            seconds = sum(int(part) * 60 ** i for i, part in enumerate(reversed(match.group(1).split(":"))))
+            estimates.append((time.perf_counter() - started["t"], float(seconds)))
 
     def tick() -> None:
         now = time.perf_counter()
@@ -68,6 +82,8 @@ def main() -> int:
         if phase != "idle":
             lateness.append(value)
             phases.setdefault(phase, []).append(value)
+        if len(lateness) % 25 == 0:
+            read_estimate()
 
     timer = QTimer()
     timer.setTimerType(Qt.TimerType.PreciseTimer)
@@ -100,6 +116,9 @@ def main() -> int:
     app.exec()
     collector.stop()
     a = np.asarray(lateness)
+    took = started.get("seconds", float("nan"))
+    predicted = [at + left for at, left in estimates]  # the total each estimate implies
+    errors = [100 * (total - took) / took for total in predicted]
     result = {
         "goal_p99_ms": 16.0,
         "p50_ms": round(float(np.percentile(a, 50)), 2),
@@ -108,7 +127,15 @@ def main() -> int:
         "ticks": int(a.size),
         "by_phase": {k: {"p99_ms": round(float(np.percentile(v, 99)), 2), "max_ms": round(float(max(v)), 2), "ticks": len(v)}
                      for k, v in phases.items() if v},
-        "training_seconds": round(started.get("seconds", float("nan")), 1),
+        "training_seconds": round(took, 1),
+        "time_left_estimates": {
+            "first_total_s": round(predicted[0], 1) if predicted else None,
+            "first_error_pct": round(errors[0], 1) if errors else None,
+            "median_abs_error_pct": round(float(np.median(np.abs(errors))), 1) if errors else None,
+            "count": len(estimates),
+            "note": "the run's total each time-left estimate implies (seconds since Start + time left) against "
+                    "the seconds it took; negative: too low",
+        },
         "setup": {"subjects": args.subjects, "shape": [args.shape] * 3, "epochs": args.epochs, "batch_size": args.batch_size,
                   "model": "MVAE", "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                   "platform": platform.platform(), "qpa": os.environ.get("QT_QPA_PLATFORM"),
