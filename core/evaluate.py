@@ -23,12 +23,12 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from core.atomic import atomic_write_text
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset, collate_multimodal
 from core.metrics import SECTIONS, EvaluationConfig, MetricError, evaluate_model
 from core.models.base import load_bundle
 from core.progress import CancelFn, ProgressFn, ProgressReporter
 from core.samplers import GaussianMixtureSampler, LatentSampler, MAFSampler, load_sampler, sampler_folder
-from core.training.serialization import atomic_write_text
 from core.training.trainer import select_device
 
 __all__ = ["evaluate_run", "write_report", "report_rows", "add_arguments", "run_from_args", "SAMPLER_CHOICES"]

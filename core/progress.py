@@ -6,8 +6,8 @@ Every long function in ``core`` takes two optional plain callables:
 * ``cancel() -> bool``: polled between units; when it returns True the function stops, cleans up what
   it started (temporary files) and raises :class:`Cancelled`.
 
-:class:`ProgressReporter` is a ready-made ``progress`` callable that draws a tqdm bar in a terminal and/or
-forwards each event to listeners (the workbench forwards them as Qt signals). :class:`CancelToken` is a
+:class:`ProgressReporter` is a ready-made ``progress`` callable that draws a tqdm bar in a terminal and keeps
+the events it saw (the workbench passes its own callable, which emits a Qt signal). :class:`CancelToken` is a
 ready-made ``cancel`` callable with a thread-safe ``cancel()`` method.
 """
 
@@ -70,18 +70,16 @@ class ProgressEvent:
 
 
 class ProgressReporter:
-    """A ``progress(done, total, message)`` callable with a terminal bar and GUI listeners.
+    """A ``progress(done, total, message)`` callable with a terminal bar; ``events`` holds every call.
 
     Args:
         description: label shown left of the bar.
         bar: draw a tqdm bar (stderr). Use False in the GUI and in tests.
-        listeners: callables receiving a :class:`ProgressEvent` for each call.
     """
 
-    def __init__(self, description: str = "", *, bar: bool = True, listeners: list[Callable[[ProgressEvent], Any]] | None = None) -> None:
+    def __init__(self, description: str = "", *, bar: bool = True) -> None:
         self.description = description
         self.bar = bar
-        self.listeners = list(listeners or [])
         self.events: list[ProgressEvent] = []
         self._tqdm: Any = None
 
@@ -100,8 +98,6 @@ class ProgressReporter:
             self._tqdm.refresh()
             if event.done >= event.total:
                 self.close()
-        for listener in self.listeners:
-            listener(event)
 
     def close(self) -> None:
         if self._tqdm is not None:

@@ -30,12 +30,11 @@ import numpy as np
 import yaml
 
 import core
-from core.display import display_window
+from core.display import PALETTE, colorize, display_window
 from core.progress import CancelFn, ProgressFn, ProgressReporter, raise_if_cancelled, report_progress
 
 __all__ = [
     "png_bytes",
-    "colorize",
     "svg_line_chart",
     "svg_scatter",
     "read_metrics",
@@ -43,18 +42,10 @@ __all__ = [
     "write_report",
     "add_arguments",
     "run_from_args",
-    "PALETTE",
 ]
 
 #: Categorical colours (Tableau 10), shared with the workbench's projection plots.
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 _LINE_COLOURS = {"train": "#4e79a7", "val": "#e15759"}
-# Colour maps as anchor points (position, r, g, b), interpolated linearly.
-_COLORMAPS: dict[str, list[tuple[float, int, int, int]]] = {
-    "gray": [(0.0, 0, 0, 0), (1.0, 255, 255, 255)],
-    "diverging": [(0.0, 33, 102, 172), (0.5, 247, 247, 247), (1.0, 178, 24, 43)],
-    "inferno": [(0.0, 0, 0, 4), (0.25, 87, 16, 110), (0.5, 188, 55, 84), (0.75, 249, 142, 9), (1.0, 252, 255, 164)],
-}
 
 
 # ---------------------------------------------------------------------------------------------- PNG
@@ -75,16 +66,6 @@ def png_bytes(image: np.ndarray) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
-def colorize(values: np.ndarray, levels: tuple[float, float], cmap: str = "gray") -> np.ndarray:
-    """Map ``values`` through ``levels`` (low, high) and a colour map to RGB uint8 ``(*shape, 3)``."""
-    low, high = levels
-    t = np.clip((np.nan_to_num(np.asarray(values, dtype=np.float64)) - low) / max(high - low, 1e-12), 0.0, 1.0)
-    anchors = _COLORMAPS[cmap]
-    positions = [a[0] for a in anchors]
-    channels = [np.interp(t, positions, [a[c] for a in anchors]) for c in (1, 2, 3)]
-    return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
 def _data_uri(png: bytes) -> str:
@@ -516,7 +497,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike, data: str |
 
     ``data`` evaluates the run on another cohort, prepared with the run's preprocessing settings.
     """
-    from core.training.serialization import atomic_write_text
+    from core.atomic import atomic_write_text
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):

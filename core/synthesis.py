@@ -342,7 +342,7 @@ def leave_one_out_table(ctx: SynthesisContext, subjects: Sequence[str] | None = 
 
 def write_metrics_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write :func:`leave_one_out_table` rows as CSV (atomically); empty cells for undefined values."""
-    from core.training.serialization import atomic_write_text
+    from core.atomic import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
@@ -485,7 +485,7 @@ def modality_verdicts(ctx: SynthesisContext, progress: ProgressFn | None = None,
     rows = leave_one_out_table(ctx, subjects, n_samples=1, progress=progress, cancel=cancel) if subjects else []
     ctx.verdicts = verdicts_from_rows(rows, ctx.modalities)
     if cache is not None:
-        from core.training.serialization import atomic_write_text
+        from core.atomic import atomic_write_text
 
         atomic_write_text(cache, json.dumps({"key": key, "verdicts": {m: v.to_dict() for m, v in ctx.verdicts.items()}},
                                             indent=2))

@@ -3,7 +3,6 @@ status bar, shortcuts, recent cohorts and runs, remembered layout, themes, and i
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,9 @@ from core.runs import load_run_config
 from workbench.environment import device_info, versions
 from workbench.messages import ErrorReporter, Message, MessageArea
 from workbench.pages.data import DataPage
+from workbench.pages.explore import ExplorePage
 from workbench.pages.model import ModelPage
-from workbench.pages.placeholder import PlaceholderPage
+from workbench.pages.synthesize import SynthesizePage
 from workbench.pages.train import TrainPage
 from workbench.resources import apply_theme
 from workbench.settings import Settings
@@ -53,8 +53,8 @@ _PAGE_HINTS = {
     "Data": "Open a cohort and check it",
     "Model": "Choose and configure a model",
     "Train": "Train and watch it learn",
-    "Explore": "Latent space and reconstructions (part 2)",
-    "Synthesize": "Impute missing modalities (part 2)",
+    "Explore": "Latent space, coloured by missingness, split or label",
+    "Synthesize": "Synthesize missing modalities and export them",
 }
 
 
@@ -70,17 +70,6 @@ def fit_inside(window: QRect, available: QRect, frame: QSize = _FRAME_MARGIN) ->
     y = min(max(window.y(), available.y() + frame.height() - frame.width() // 2),
             available.bottom() + 1 - height - frame.width() // 2)
     return QRect(x, y, width, height)
-
-
-def _optional_page(module: str, cls_name: str, *args: Any) -> QWidget | None:
-    """The page class of ``workbench.pages.<module>`` if that module exists (part 2 adds them)."""
-    try:
-        mod = importlib.import_module(f"workbench.pages.{module}")
-    except ModuleNotFoundError as error:
-        if error.name == f"workbench.pages.{module}":
-            return None
-        raise
-    return getattr(mod, cls_name)(*args)
 
 
 class MainWindow(QMainWindow):
@@ -112,12 +101,8 @@ class MainWindow(QMainWindow):
         self.data_page = DataPage(self.state)
         self.model_page = ModelPage(self.state, runs)
         self.train_page = TrainPage(self.state, runs, preview_every=self.settings.preview_every())
-        self.explore_page = _optional_page("explore", "ExplorePage", self.state, self.settings) or PlaceholderPage(
-            "Explore", "Here you will project the subjects' latent codes (PCA, t-SNE, UMAP) coloured by missingness "
-            "pattern or label, and compare reconstructions with the real volumes.")
-        self.synthesize_page = _optional_page("synthesize", "SynthesizePage", self.state, self.settings) or PlaceholderPage(
-            "Synthesize", "Here you will fill in every subject's missing modalities with a trained model, view real, "
-            "synthesized, difference and uncertainty side by side, and export NIfTI files in the source geometry.")
+        self.explore_page = ExplorePage(self.state, self.settings)
+        self.synthesize_page = SynthesizePage(self.state, self.settings)
         self.pages: list[QWidget] = [self.data_page, self.model_page, self.train_page, self.explore_page, self.synthesize_page]
 
         # -- navigation + stack

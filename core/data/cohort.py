@@ -158,15 +158,6 @@ class Cohort:
             issues=[i for i in self.issues if i.subject is None or i.subject in set(keep)], unmatched=list(self.unmatched),
         )
 
-    def with_modalities(self, modalities: Sequence[str]) -> Cohort:
-        """Keep and order ``modalities`` (names not found are kept too, with no entries)."""
-        mods = list(dict.fromkeys(modalities))
-        return Cohort(
-            subjects=list(self.subjects), modalities=mods,
-            entries={k: v for k, v in self.entries.items() if k[1] in mods}, layout=self.layout, root=self.root,
-            covariates=dict(self.covariates), issues=list(self.issues), unmatched=list(self.unmatched),
-        )
-
     def labels(self, subjects: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor] | None, dict[str, list[str]]]:
         """Covariates as label tensors for ``subjects`` (default all).
 

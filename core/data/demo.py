@@ -40,6 +40,7 @@ import torch
 from scipy import ndimage
 
 from core.data.dataset import DatasetError, IncompleteDataset, MultimodalBaseDataset
+from core.data.io import read_volume
 from core.data.missingness import ensure_one_observed
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 
@@ -197,11 +198,9 @@ def _template(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     if kind == "icbm152":
         paths = [template_path(k) for k in ("t1", "gm", "wm")]
         if all(p is not None for p in paths):
-            import nibabel as nib
-
-            images = [nib.load(str(p)) for p in paths]
-            t1, gm, wm = (np.asarray(img.dataobj, dtype=np.float32) / 255.0 for img in images)
-            return t1, gm, wm, images[0].affine.astype(np.float64)
+            volumes = [read_volume(p) for p in paths]  # through the IO boundary, like every other file
+            t1, gm, wm = (v.array / np.float32(255.0) for v in volumes)
+            return t1, gm, wm, np.asarray(volumes[0].geometry.affine, dtype=np.float64)
     return _procedural_template()
 
 

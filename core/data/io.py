@@ -214,10 +214,6 @@ class Geometry:
         d = np.abs(self.direction)
         return not np.allclose(np.sort(d, axis=0)[-1], 1.0, atol=1e-6)
 
-    @property
-    def n_voxels(self) -> int:
-        return int(np.prod(self.shape))
-
     def corners(self) -> np.ndarray:
         """RAS coordinates (8, 3) of the centres of the eight corner voxels."""
         idx = np.array(np.meshgrid(*[[0, s - 1] for s in self.shape], indexing="ij")).reshape(3, -1).T

@@ -6,7 +6,7 @@ The trainer emits events; callbacks only observe (and may ask to stop through th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -45,7 +45,6 @@ class EpochRecord:
     learning_rate: float
     seconds: float
     is_best: bool
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def flat(self) -> dict[str, float | int | str]:
         row: dict[str, float | int | str] = {"epoch": self.epoch, "stage": self.stage, "lr": self.learning_rate, "seconds": round(self.seconds, 3)}

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from core.cli import main
-from core.report import colorize, png_bytes, svg_line_chart, write_report
+from core.display import colorize
+from core.report import png_bytes, svg_line_chart, write_report
 from core.runs import parse_run_config, train_run
 
 

@@ -13,8 +13,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 
 from core.data.sources import load_data
+from core.display import PALETTE
 from core.projection import JOINT, missingness_patterns
-from core.report import PALETTE
 from core.runs import load_run_config, parse_run_config, train_run
 
 TIMEOUT = 120_000

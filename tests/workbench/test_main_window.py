@@ -12,7 +12,8 @@ from PySide6.QtWidgets import QApplication
 
 from workbench.main_window import PAGES
 from workbench.messages import install_excepthooks
-from workbench.pages.placeholder import PlaceholderPage
+from workbench.pages.explore import ExplorePage
+from workbench.pages.synthesize import SynthesizePage
 from workbench.settings import Settings
 
 
@@ -32,7 +33,7 @@ def test_window_pages_theme_and_persistence(make_window: Any, tmp_path: Path) ->
     assert [window.nav.item(i).text().split()[-1] for i in range(window.nav.count())] == list(PAGES)
     window.page_actions[2].trigger()
     assert window.current_page() is window.train_page
-    assert isinstance(window.explore_page, PlaceholderPage) or hasattr(window.explore_page, "shutdown")
+    assert isinstance(window.explore_page, ExplorePage) and isinstance(window.synthesize_page, SynthesizePage)
     window.theme_actions["dark"].trigger()
     assert settings.theme() == "dark"
     assert QApplication.instance().palette().base().color().lightness() < 128

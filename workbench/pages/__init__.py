@@ -1,1 +1,1 @@
-"""The workflow pages of the main window: Data, Model, Train (Explore and Synthesize come in part 2)."""
+"""The workflow pages of the main window: Data, Model, Train, Explore and Synthesize."""

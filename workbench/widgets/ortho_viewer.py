@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.display import display_window
+from core.display import COLORMAPS, display_window
 from workbench.resources import plot_colors
 
 __all__ = ["OrthoViewer", "Panel", "as_spatial", "KINDS"]
@@ -54,7 +54,13 @@ PLANES = ("axial", "coronal", "sagittal")
 KINDS = ("intensity", "difference", "uncertainty", "overlay")
 #: How the overlay column combines the first two intensity columns (None: no overlay column).
 COMPARE_MODES = {"Side by side": None, "Blend": "blend", "Checkerboard": "checkerboard"}
-_CMAPS = {"difference": "CET-D1", "uncertainty": "inferno"}
+_CMAPS = {"difference": "diverging", "uncertainty": "inferno"}  # core.display.COLORMAPS, as in the report
+
+
+def _colormap(name: str) -> pg.ColorMap:
+    """A pyqtgraph colour map of the same colours the HTML report uses."""
+    colours = COLORMAPS[name]
+    return pg.ColorMap(np.linspace(0.0, 1.0, len(colours)), colours, name=name)
 
 
 def as_spatial(array: np.ndarray | None) -> np.ndarray | None:
@@ -325,12 +331,12 @@ class OrthoViewer(QWidget):
                 view = _View(self, self.graphics.ci, *((2, row + 1) if single else (row + 1, col + 1)), plane)
                 cmap = _CMAPS.get(panel.kind)
                 if cmap:
-                    view.image.setColorMap(pg.colormap.get(cmap))
+                    view.image.setColorMap(_colormap(cmap))
                 view.box.sigRangeChangedManually.connect(lambda *_, p=plane, c=col: self._sync_plane(p, c))
                 views[plane] = view
             self.views.append(views)
             if panel.kind in _CMAPS:
-                bar = pg.ColorBarItem(values=(0.0, 1.0), width=10, colorMap=pg.colormap.get(_CMAPS[panel.kind]),
+                bar = pg.ColorBarItem(values=(0.0, 1.0), width=10, colorMap=_colormap(_CMAPS[panel.kind]),
                                       label=panel.units or None, interactive=False, orientation="horizontal",
                                       colorMapMenu=False)
                 bar.axis.enableAutoSIPrefix(False)  # the label is the units, never "(x0.001)"

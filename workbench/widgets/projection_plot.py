@@ -16,8 +16,8 @@ from PySide6.QtCore import QEvent, QPointF, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from core.display import PALETTE
 from core.projection import JOINT, Projection
-from core.report import PALETTE
 from workbench.resources import plot_colors
 
 __all__ = ["ProjectionPlot", "point_colours"]
