@@ -5,7 +5,8 @@ networks and batches: a bare loop (forward, backward, Adam on pre-collated batch
 steps, then timed steps) and the project's ``Trainer`` (its epochs over the same subjects, timed from an
 epoch's start to its last training step, the first epoch a warm-up). ``trainer_overhead`` is the
 trainer's time per step over the bare loop's, minus one. Results go to
-``benchmarks/results/train_throughput.json``.
+``benchmarks/results/train_throughput.json``. CPU time (the process's own) is recorded beside the
+wall clock, which on a shared machine also counts other processes' turns on the cores.
 
     python benchmarks/train_throughput.py [--steps 20] [--epochs 3] [--device auto] [--only 3d_32cube]
 """
@@ -32,23 +33,24 @@ CASES = {
 }
 
 
-def _trainer_seconds_per_step(model, dataset, batch_size: int, epochs: int, device_name: str) -> float:
-    """Median seconds per training step of the project's Trainer (epochs after the first)."""
+def _trainer_seconds_per_step(model, dataset, batch_size: int, epochs: int, device_name: str) -> tuple[float, float]:
+    """Median (wall, CPU) seconds per training step of the project's Trainer (epochs after the first)."""
     from core.training import Callback, Trainer, TrainerConfig
 
     spans: list[list[float]] = []
 
     class Timer(Callback):
         def on_epoch_start(self, trainer, epoch: int, stage: str) -> None:
-            spans.append([time.perf_counter(), 0.0, 0])
+            spans.append([time.perf_counter(), time.process_time(), 0.0, 0.0, 0])
 
         def on_batch_end(self, trainer, progress) -> None:
             if progress.phase == "train":
-                spans[-1][1], spans[-1][2] = time.perf_counter(), progress.batch
+                spans[-1][2:] = [time.perf_counter(), time.process_time(), progress.batch]
 
     config = TrainerConfig(num_epochs=epochs, batch_size=batch_size, device=device_name, checkpoint_every_minutes=None)
     Trainer(model, dataset, config=config, callbacks=[Timer()]).train()
-    return statistics.median((end - start) / n for start, end, n in spans[1:])
+    return (statistics.median((end - start) / n for start, _, end, _, n in spans[1:]),
+            statistics.median((end - start) / n for _, start, _, end, n in spans[1:]))
 
 
 def _measure(case: dict, steps: int, burn_in: int, epochs: int, device_name: str, queue: mp.Queue) -> None:
@@ -82,14 +84,14 @@ def _measure(case: dict, steps: int, burn_in: int, epochs: int, device_name: str
         step(s)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for s in range(steps):
         step(s)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     bare_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    trainer_seconds = _trainer_seconds_per_step(model, dataset, bs, epochs, device_name)
+    trainer_seconds, trainer_cpu_seconds = _trainer_seconds_per_step(model, dataset, bs, epochs, device_name)
     queue.put(
         {
             "samples_per_second": round(steps * bs / seconds, 2),
@@ -97,6 +99,9 @@ def _measure(case: dict, steps: int, burn_in: int, epochs: int, device_name: str
             "trainer_samples_per_second": round(bs / trainer_seconds, 2),
             "trainer_seconds_per_step": round(trainer_seconds, 4),
             "trainer_overhead": round(trainer_seconds / (seconds / steps) - 1, 3),
+            "cpu_seconds_per_step": round(cpu_seconds / steps, 4),
+            "trainer_cpu_seconds_per_step": round(trainer_cpu_seconds, 4),
+            "trainer_overhead_cpu": round(trainer_cpu_seconds / (cpu_seconds / steps) - 1, 3),
             "batch_size": bs,
             "shape": list(case["shape"]),
             "modalities": dataset.modalities,

@@ -62,7 +62,7 @@ from core.training.distributed import (
 )
 from core.training.eta import EtaEstimator
 from core.training.health import CollapseCheck, TrainingWarning
-from core.training.optimizers import build_optimizer
+from core.training.optimizers import build_optimizer, optimizer_step
 from core.training.serialization import atomic_write_text, load_state, replace_directory, save_state
 
 __all__ = ["Trainer", "TrainingResult", "TrainingDiverged", "select_device", "latest_checkpoint", "compile_submodules"]
@@ -441,7 +441,7 @@ class Trainer:
                 self._scaler.step(self.optimizer)
                 self._scaler.update()
             else:
-                self.optimizer.step()
+                optimizer_step(self.optimizer)
             self._partial_train.add(metrics, output.batch_size)
             self.step_in_epoch = step + 1
             self._heartbeat(epoch, "train", step + 1, len(batches), metrics["loss"], started)

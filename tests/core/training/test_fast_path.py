@@ -10,7 +10,7 @@ import torch
 
 from core.data import IncompleteDataset, collate_multimodal
 from core.models._shared.outputs import LossOutput
-from core.training.optimizers import build_optimizer
+from core.training.optimizers import build_optimizer, optimizer_step
 from core.training.trainer import _host_metrics
 
 
@@ -67,6 +67,24 @@ def test_fused_adam_follows_the_per_tensor_update_to_rounding():
     torch.testing.assert_close(fused.data, plain.data, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_the_optimizer_step_is_the_plain_step_bit_for_bit_and_schedulers_see_it(name, recwarn):
+    torch.manual_seed(0)
+    grads = [torch.randn(30) for _ in range(6)]
+    params = []
+    for step in (optimizer_step, lambda optimizer: optimizer.step()):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 30))
+        optimizer = build_optimizer(name, [p], 1e-2, {"momentum": 0.9} if name == "SGD" else {})
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, 2)
+        for grad in grads:
+            p.grad = grad.clone()
+            step(optimizer)
+            schedule.step()
+        params.append(p.detach())
+    assert torch.equal(params[0], params[1])
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)], "the schedule saw the optimizer step first"
+
+
 def test_validating_a_trainer_config_and_building_its_optimizer_do_not_import_dynamo():
     """torch.optim's lazy dynamo wrappers used to pull in torch._dynamo and sympy (seconds, ~70 MB)."""
     code = (
@@ -81,3 +99,22 @@ def test_validating_a_trainer_config_and_building_its_optimizer_do_not_import_dy
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_training_in_memory_imports_neither_dynamo_nor_sympy():
+    """The default path (compile off): building, stepping, scheduling and checkpointing an optimizer."""
+    code = (
+        "import sys, tempfile, torch\n"
+        "from core.data import MultimodalBaseDataset\n"
+        "from core.models import MVAE, MVAEConfig\n"
+        "from core.training import Trainer, TrainerConfig\n"
+        "data = {'a': torch.rand(12, 4), 'b': torch.rand(12, 3)}\n"
+        "model = MVAE(MVAEConfig(n_modalities=2, latent_dim=2, input_dims={'a': (4,), 'b': (3,)}, warmup=0))\n"
+        "config = TrainerConfig(num_epochs=2, batch_size=4, device='cpu', scheduler='StepLR')\n"
+        "with tempfile.TemporaryDirectory() as run:\n"
+        "    Trainer(model, MultimodalBaseDataset(data), config=config, run_dir=run).train()\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
