@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
-from core.models.config import MODEL_CONFIG_DICT, advanced
+from core.config import CONFIG_DICT, advanced
 from core.training.optimizers import build_optimizer
 
 __all__ = ["TrainerConfig", "OPTIMIZERS", "SCHEDULERS"]
@@ -17,7 +17,7 @@ OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")
 SCHEDULERS = ("ReduceLROnPlateau", "StepLR", "CosineAnnealingLR", "ExponentialLR")
 
 
-@dataclass(config=MODEL_CONFIG_DICT)
+@dataclass(config=CONFIG_DICT)
 class TrainerConfig:
     """How to train: epochs, batches, optimisation, checkpoints, stopping, device."""
 
