@@ -102,7 +102,16 @@ class LatentSampler:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
     ) -> LatentSampler:
-        """Encode the training subjects with ``model`` and fit the density to their latents."""
+        """Encode the training subjects with ``model`` and fit the density to their latents.
+
+        A model whose latent prior depends on conditioning data (a CVAE's p(z | c)) is refused: a density
+        of z alone cannot be decoded without that data, so it would give no sample to look at.
+        """
+        if getattr(model, "conditions_on_fixed_modalities", False):
+            raise SamplerError(
+                f"A {type(model).__name__} has no unconditional latent space to sample: its prior p(z | c) depends on "
+                f"{list(getattr(model, 'conditioning_modalities', []))}; generate with generate_from_prior(cond_mod_data, N) instead."
+            )
         z = encode_training_latents(model, dataset, batch_size, self.seed, progress, cancel)
         self.fit_latents(z.reshape(len(z), -1), progress=progress, cancel=cancel)
         self.latent_shape = tuple(z.shape[1:])

@@ -89,6 +89,10 @@ def test_every_registered_model_decodes_sampler_output(name):
     torch.manual_seed(0)
     model = build_model(name, {"n_modalities": 2, "latent_dim": 2, "input_dims": DIMS})
     complete = IncompleteDataset(toy_data().data, {m: torch.ones(40, dtype=torch.bool) for m in DIMS})
+    if getattr(model, "conditions_on_fixed_modalities", False):  # p(z | c): no latent density to sample alone
+        with pytest.raises(SamplerError, match="no unconditional latent space"):
+            GaussianMixtureSampler(n_components=2).fit(model, complete)
+        return
     z = encode_training_latents(model, complete)
     assert len(z) == 40
     sampler = GaussianMixtureSampler(n_components=2).fit(model, complete)
