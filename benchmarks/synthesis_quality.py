@@ -121,7 +121,7 @@ class Data:
 
 def _cohort_cache(spec: DemoSpec) -> Path:
     """Where the parent process leaves the generated cohort for the methods' processes (safetensors)."""
-    key = f"{spec.n_subjects}_{'x'.join(map(str, spec.shape))}_{spec.seed}_{spec.missing.kind}"
+    key = f"v2_{spec.n_subjects}_{'x'.join(map(str, spec.shape))}_{spec.seed}_{spec.missing.kind}"
     return Path(tempfile.gettempdir()) / f"mmvae_synthesis_quality_{key}.safetensors"
 
 
@@ -135,7 +135,7 @@ def _load_or_make_cohort(spec: DemoSpec) -> DemoCohort:
         ids = [f"sub-{i + 1:03d}" for i in range(spec.n_subjects)]
         observation = {"US": t["fov"]} if "fov" in t else {}
         labels = {k: t[f"label.{k}"] for k in ("lesion_present", "lesion_volume_ml")}
-        data = {m: t[f"data.{m}"] for m in names}
+        data = {m: t[f"truth.{m}"] for m in names}  # complete: IncompleteDataset zeros the missing ones itself
         masks = {m: t[f"mask.{m}"] for m in names}
         return DemoCohort(
             IncompleteDataset(data, masks, labels=labels, ids=ids, observation_masks=observation),
@@ -144,7 +144,9 @@ def _load_or_make_cohort(spec: DemoSpec) -> DemoCohort:
             t["brain"],
         )
     cohort = make_demo_cohort(spec)
-    tensors = {f"data.{m}": x.contiguous() for m, x in cohort.dataset.data.items()}
+    # The ground truth, not cohort.dataset.data: that has the missing volumes zeroed, and the test
+    # subjects' hidden targets are scored against these tensors.
+    tensors = {f"truth.{m}": x.contiguous() for m, x in cohort.ground_truth.data.items()}
     tensors.update({f"mask.{m}": x.contiguous() for m, x in cohort.dataset.masks.items()})
     tensors.update({f"label.{k}": torch.as_tensor(v).contiguous() for k, v in cohort.dataset.labels.items()})
     tensors.update(lesion=cohort.lesion.contiguous(), brain=cohort.brain.contiguous())

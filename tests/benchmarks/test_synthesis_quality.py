@@ -54,3 +54,21 @@ def test_the_hidden_target_cannot_leak_into_the_batch():
     assert bool(batch.masks["T1"].all()) and torch.equal(batch.data["T1"], data.truth.data["T1"][:1])
     lesion_voxels = data.lesion.flatten(1).sum(1)
     assert data.lesion.shape == data.brain.shape and lesion_voxels[data.panel_subject] == lesion_voxels.max() > 0
+
+
+def test_the_cached_cohort_keeps_the_complete_ground_truth(tmp_path, monkeypatch):
+    """The methods' processes read the cohort back from a cache; the test subjects' hidden targets are
+    scored against its ground truth, so a volume the training split lacks must still be there in full."""
+    monkeypatch.setattr(bench.tempfile, "gettempdir", lambda: str(tmp_path))
+    spec = bench.DemoSpec(n_subjects=12, shape=(8, 8, 8), seed=3, missing=bench.MISSING["mcar"])
+    generated = bench._load_or_make_cohort(spec)
+    read_back = bench._load_or_make_cohort(spec)
+    assert bench._cohort_cache(spec).is_file()
+    missing = ~read_back.dataset.masks["T2"]
+    assert bool(missing.any()), "the spec must leave some subject without T2 for this test to mean anything"
+    for m in generated.ground_truth.modalities:
+        assert torch.equal(read_back.ground_truth.data[m], generated.ground_truth.data[m])
+        assert torch.equal(read_back.dataset.data[m], generated.dataset.data[m])
+        assert torch.equal(read_back.dataset.masks[m], generated.dataset.masks[m])
+    assert bool(read_back.ground_truth.data["T2"][missing].abs().sum() > 0)
+    assert bool(torch.all(read_back.dataset.data["T2"][missing] == 0))
