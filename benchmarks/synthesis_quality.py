@@ -536,7 +536,7 @@ def print_table(methods: dict[str, Any], tasks: tuple[str, ...]) -> None:
 # ---------------------------------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=None, help=f"registered models (default: all: {', '.join(available())})")
+    parser.add_argument("--models", nargs="*", default=None, help=f"registered models (default: all: {', '.join(available())})")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--n-subjects", type=int, default=None, help="cohort size (default 200; --quick 24)")
@@ -550,6 +550,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 24 subjects at 16^3, 1 epoch, in this process")
     parser.add_argument("--in-process", action="store_true", help="run every method in this process (peak RSS is then shared)")
     parser.add_argument("--resume", action="store_true", help="reuse the methods an interrupted run with the same settings finished")
+    parser.add_argument(
+        "--keep", action="store_true",
+        help="keep the cohort cache and the finished methods for a later --resume (to split one run across processes)",
+    )  # fmt: skip
+    parser.add_argument("--unet-epochs", type=int, default=None, help="the U-Net's epochs (default: --epochs, else the longest preset's)")
     return parser.parse_args(argv)
 
 
@@ -563,7 +568,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if unknown:
         raise SystemExit(f"Unknown models {unknown}; registered: {available()}.")
     preset_epochs = [int(model_preset(m)[2].get("num_epochs", TrainerConfig().num_epochs)) for m in models]
-    unet_epochs = epochs if epochs is not None else max(preset_epochs, default=DEFAULT_UNET_EPOCHS)
+    unet_epochs = args.unet_epochs or (epochs if epochs is not None else max(preset_epochs, default=DEFAULT_UNET_EPOCHS))
     return Settings(
         n_subjects=args.n_subjects or quick.get("n_subjects", 200),
         shape=shape,
@@ -626,8 +631,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "goals": goals(methods, settings.tasks),
         "panel": {"file": panel.name, "test_subject": data.truth.ids[data.panel_subject], "axial_slice": panel_slice(data), "columns": columns},
     }
-    _cohort_cache(DemoSpec(n_subjects=settings.n_subjects, shape=settings.shape, seed=settings.seed, missing=MISSING[settings.missing])).unlink(missing_ok=True)
-    shutil.rmtree(finished, ignore_errors=True)
+    if not args.keep:
+        _cohort_cache(DemoSpec(n_subjects=settings.n_subjects, shape=settings.shape, seed=settings.seed, missing=MISSING[settings.missing])).unlink(missing_ok=True)
+        shutil.rmtree(finished, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     print_table(methods, settings.tasks)

@@ -12,7 +12,7 @@ from core.data import DatasetOutput, IncompleteDataset, MultimodalBaseDataset
 from core.models import MHVAE, ConfigError, MHVAEConfig, TrainingProgress, load
 from core.models._shared.subsets import all_subsets
 from core.nn import MLPDecoder
-from core.nn.hierarchical import GaussianHead, default_mhvae_blocks
+from core.nn.hierarchical import GaussianHead, NarrowUpsampleBlock, default_mhvae_blocks
 
 
 @pytest.fixture
@@ -71,6 +71,26 @@ def test_spatial_data_gets_spatial_latents_and_vectors_vector_latents(shapes, ma
     assert make_model(shapes["image"], n_latent=4).latent_shapes == [(8, 8, 8), (8, 4, 4), (8, 4, 4), (4,)]
     assert make_model(shapes["vector"]).latent_shapes == [(4,), (4,), (4,)]
     assert make_model({"a": (8,), "b": (1, 16, 16)}).latent_shapes == [(4,), (4,), (4,)]
+
+
+@pytest.mark.parametrize("kind", ["volume", "image"])
+def test_narrow_decoders_keep_the_shapes_and_convolve_only_once_at_the_data_grid(kind, shapes, make_model, make_batch):
+    dims = shapes[kind]
+    plain, narrow = make_model(dims), make_model(dims, spatial_decoder_channels=4)
+    assert narrow.latent_shapes == plain.latent_shapes
+    decoder = narrow.decoders["a"]
+    last = decoder.up[-1]
+    assert isinstance(last, NarrowUpsampleBlock) and last.grid == tuple(dims["a"][1:])
+    assert decoder.head.in_channels == 4
+    # The data grid is reached only by the linear resize, so the only layer there is the head.
+    grid_sized = []
+    decoder.up[-1].register_forward_hook(lambda module, args, out: grid_sized.append(out.shape))
+    batch = make_batch(dims, 2)
+    out = narrow.predict(batch, cond_mod="all", gen_mod="all")
+    assert grid_sized == [(2, 4, *dims["a"][1:])]
+    assert {m: tuple(out[m].shape) for m in dims} == {m: (2, *shape) for m, shape in dims.items()}
+    narrow(batch, TrainingProgress(1)).loss.backward()
+    assert all(p.grad is not None for p in narrow.decoders.parameters())
 
 
 def test_generation_runs_the_prior_chain_and_decodes(input_dims, make_model, assert_predictions):
