@@ -20,7 +20,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +32,8 @@ from torch import nn
 from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress, linear_warmup_per_step
 from core.models._shared.free_bits import kl_per_dimension_term
-from core.models._shared.gaussian import kl_standard_normal, log_normal
+from core.models._shared.gaussian import kl_standard_normal
+from core.models._shared.importance import importance_sampled_nll
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
 from core.models._shared.subsets import random_subsets, subset_name
@@ -186,14 +186,4 @@ class MVAE(MultimodalVAE):
         """
         batch = self.prepare_batch(inputs)
         mu, logvar = self.compute_mu_log_var_subset(batch, self.modalities)
-        chunks = []
-        for start in range(0, K, batch_size_K):
-            k = min(batch_size_K, K - start)
-            z = sample_latent(mu, logvar, k, return_mean=False, flatten=False).reshape(k, *mu.shape)
-            log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar)
-            for m in self.modalities:
-                log_w = log_w + self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z), rescale=False)
-            chunks.append(log_w)
-        log_w = torch.cat(chunks)  # (K, B)
-        log_px = torch.logsumexp(log_w, dim=0) - math.log(K)
-        return -log_px.sum()
+        return importance_sampled_nll(mu, logvar, lambda z: self.joint_log_likelihood(batch, z), K, batch_size_K)

@@ -27,7 +27,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,7 +38,8 @@ from torch import nn
 from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.free_bits import kl_per_dimension_term
-from core.models._shared.gaussian import kl_normal, kl_standard_normal, log_normal, rsample
+from core.models._shared.gaussian import kl_normal, kl_standard_normal, rsample
+from core.models._shared.importance import importance_sampled_nll
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
 from core.models.base import MultimodalVAE, sample_latent
@@ -122,16 +122,7 @@ class PriorFreeProductVAE(MultimodalVAE):
         """
         batch = self.prepare_batch(inputs)
         mu, logvar = self.product_posterior(batch, self.modalities, self.experts(batch))
-        chunks = []
-        for start in range(0, K, batch_size_K):
-            k = min(batch_size_K, K - start)
-            z = rsample(mu, logvar, k).reshape(k, *mu.shape)
-            log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar)
-            for m in self.modalities:
-                log_w = log_w + self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z), rescale=False)
-            chunks.append(log_w)
-        log_px = torch.logsumexp(torch.cat(chunks), dim=0) - math.log(K)  # (B,)
-        return -log_px.sum()
+        return importance_sampled_nll(mu, logvar, lambda z: self.joint_log_likelihood(batch, z), K, batch_size_K)
 
 
 @register_model

@@ -24,11 +24,13 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["log_mean_exp", "iwae_bound", "dreg_bound"]
+from core.models._shared.gaussian import log_normal, rsample
+
+__all__ = ["log_mean_exp", "iwae_bound", "dreg_bound", "importance_sampled_nll"]
 
 
 def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -61,3 +63,28 @@ def dreg_bound(log_w: torch.Tensor, latents: Sequence[torch.Tensor], dim: int = 
             z.register_hook(lambda grad, factor=factor: grad * factor)
     surrogate = (weights * log_w).sum(dim)
     return iwae_bound(log_w.detach(), dim) + (surrogate - surrogate.detach())
+
+
+def importance_sampled_nll(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor],
+    K: int,
+    batch_size_K: int,
+) -> torch.Tensor:
+    r"""-\sum_i log p(x_i) for a one-latent model with prior N(0, I), the proposal q = N(mu, exp(logvar)):
+
+        log p(x) ~ logsumexp_k [log p(z_k) + log p(x | z_k) - log q(z_k | x)] - log K,  z_k ~ q.
+
+    Args:
+        mu, logvar: ``(B, D)`` parameters of the proposal.
+        log_likelihood: ``(k, B, D)`` samples -> ``(k, B)`` log p(x | z), summed over the modalities.
+        K: number of importance samples; ``batch_size_K`` of them are drawn and decoded at a time.
+    """
+    chunks = []
+    for start in range(0, K, batch_size_K):
+        k = min(batch_size_K, K - start)
+        z = rsample(mu, logvar, k).reshape(k, *mu.shape)
+        log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar)
+        chunks.append(log_w + log_likelihood(z))
+    return -log_mean_exp(torch.cat(chunks), dim=0).sum()
