@@ -59,7 +59,8 @@ from core.models._shared.annealing import TrainingProgress
 from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
 from core.models._shared.outputs import LossOutput, ModelOutput
-from core.models.base import ModalityError, TrainingStage
+from core.models._shared.two_stage import JOINT_STAGE, JointThenUnimodalStages
+from core.models.base import ModalityError
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig
 from core.models.jmvae import JointEncoderVAE
 from core.models.registry import register_model
@@ -68,8 +69,6 @@ from core.nn.flows import LatentFlow, as_latent_flow, default_flow
 __all__ = ["JNFConfig", "JNF"]
 
 STEP_JITTER = 0.2  # HMC step sizes are drawn uniformly in eps_lf * [1 - 0.2, 1 + 0.2]
-JOINT_STAGE = "joint"
-UNIMODAL_STAGE = "unimodal"
 
 
 @dataclass(config=MODEL_CONFIG_DICT)
@@ -86,7 +85,7 @@ class JNFConfig(BaseMultiVAEConfig):
 
 
 @register_model
-class JNF(JointEncoderVAE):
+class JNF(JointThenUnimodalStages, JointEncoderVAE):
     """Joint encoder plus masked-autoregressive-flow unimodal posteriors, trained in two stages.
 
     Args:
@@ -124,62 +123,11 @@ class JNF(JointEncoderVAE):
                 for m in self.modalities
             }
         )
-        self._active_stage: str | None = None
 
     # ------------------------------------------------------------------ stages
-    @property
-    def stages(self) -> list[TrainingStage]:
-        """``joint`` (epochs 1..W) then ``unimodal`` (from epoch W + 1)."""
-        return [TrainingStage(JOINT_STAGE, 1), TrainingStage(UNIMODAL_STAGE, self.model_config.warmup + 1)]
-
-    @property
-    def reset_optimizer_epochs(self) -> list[int]:
-        """Epochs at which a fresh optimizer starts (MultiVae's attribute, kept for compatibility)."""
-        return [self.model_config.warmup + 1]
-
-    @property
-    def current_stage(self) -> TrainingStage:
-        """The stage last entered (the first one before any)."""
-        return next((s for s in self.stages if s.name == self._active_stage), self.stages[0])
-
-    def _stage_modules(self, stage: TrainingStage) -> list[nn.Module]:
-        if stage.name == JOINT_STAGE:
-            return [self.joint_encoder, self.decoders]
-        if stage.name == UNIMODAL_STAGE:
-            return [self.encoders, self.flows]
-        raise ValueError(f"Unknown stage '{stage.name}'; JNF has stages {[s.name for s in self.stages]}.")
-
-    def parameters_for_stage(self, stage: TrainingStage) -> list[nn.Parameter]:
-        """Stage ``joint``: joint encoder and decoders. Stage ``unimodal``: unimodal encoders and flows."""
-        return [p for module in self._stage_modules(stage) for p in module.parameters()]
-
-    def enter_stage(self, stage: TrainingStage) -> None:
-        """Unfreeze the stage's modules; in stage ``unimodal`` freeze the joint encoder and decoders.
-
-        Frozen modules get ``requires_grad=False`` *and* stay in eval mode (see :meth:`train`), so
-        BatchNorm running statistics and Dropout masks of the frozen joint VAE do not change.
-        """
-        trained = self._stage_modules(stage)
-        frozen = [] if stage.name == JOINT_STAGE else self._stage_modules(self.stages[0])
-        for module in trained:
-            module.requires_grad_(True)
-        for module in frozen:
-            module.requires_grad_(False)
-        self._active_stage = stage.name
-        self.train(self.training)
-
-    @property
-    def joint_frozen(self) -> bool:
-        """Whether the joint encoder and decoders are frozen (stage ``unimodal``)."""
-        return getattr(self, "_active_stage", None) == UNIMODAL_STAGE
-
-    def train(self, mode: bool = True) -> JNF:
-        """As ``nn.Module.train``, but frozen modules stay in eval mode."""
-        super().train(mode)
-        if self.joint_frozen:
-            self.joint_encoder.eval()
-            self.decoders.eval()
-        return self
+    def unimodal_modules(self) -> list[nn.Module]:
+        """The unimodal encoders and their flows."""
+        return [self.encoders, self.flows]
 
     # ------------------------------------------------------------------ unimodal flow posteriors
     def unimodal_log_prob(

@@ -51,16 +51,13 @@ from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, rsample
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
-from core.models.base import TrainingStage, sample_latent
+from core.models._shared.two_stage import JOINT_STAGE, JointThenUnimodalStages
+from core.models.base import sample_latent
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, advanced
 from core.models.jmvae import JointEncoderVAE
 from core.models.registry import register_model
 
 __all__ = ["TELBOConfig", "TELBO"]
-
-JOINT_STAGE = "joint"
-UNIMODAL_STAGE = "unimodal"
-
 
 @dataclass(config=MODEL_CONFIG_DICT)
 class TELBOConfig(BaseMultiVAEConfig):
@@ -101,7 +98,7 @@ class TELBOConfig(BaseMultiVAEConfig):
 
 
 @register_model
-class TELBO(JointEncoderVAE):
+class TELBO(JointThenUnimodalStages, JointEncoderVAE):
     """Joint encoder and decoders first, then unimodal encoders through the frozen decoders (triple ELBO)."""
 
     name = "TELBO"
@@ -117,54 +114,14 @@ class TELBO(JointEncoderVAE):
         joint_encoder: nn.Module | None = None,
     ) -> None:
         super().__init__(model_config, encoders, decoders, joint_encoder)
-        self._active_stage: str | None = None
 
     # ------------------------------------------------------------------ stages
-    @property
-    def stages(self) -> list[TrainingStage]:
-        """``joint`` (epochs 1..W) then ``unimodal`` (from epoch W + 1)."""
-        return [TrainingStage(JOINT_STAGE, 1), TrainingStage(UNIMODAL_STAGE, self.model_config.warmup + 1)]
+    def joint_modules(self) -> list[nn.Module]:
+        """The joint encoder and decoders, with their learned scales (they belong to the decoders)."""
+        return [self.joint_encoder, self.decoders, *([self.decoder_log_scales] if self.decoder_log_scales else [])]
 
-    @property
-    def reset_optimizer_epochs(self) -> list[int]:
-        """Epochs at which a fresh optimizer starts (MultiVae's attribute; W + 1 here, see the module docstring)."""
-        return [self.model_config.warmup + 1]
-
-    @property
-    def current_stage(self) -> TrainingStage:
-        """The stage last entered (the first one before any)."""
-        return next((s for s in self.stages if s.name == self._active_stage), self.stages[0])
-
-    def _stage_modules(self, stage: TrainingStage) -> list[nn.Module]:
-        if stage.name == JOINT_STAGE:  # a learned decoder scale belongs to the decoders
-            return [self.joint_encoder, self.decoders, *([self.decoder_log_scales] if self.decoder_log_scales else [])]
-        if stage.name == UNIMODAL_STAGE:
-            return [self.encoders]
-        raise ValueError(f"Unknown stage '{stage.name}'; TELBO has stages {[s.name for s in self.stages]}.")
-
-    def parameters_for_stage(self, stage: TrainingStage) -> list[nn.Parameter]:
-        """Stage ``joint``: joint encoder and decoders (with their learned scales). Stage ``unimodal``: the
-        unimodal encoders."""
-        return [p for module in self._stage_modules(stage) for p in module.parameters()]
-
-    def enter_stage(self, stage: TrainingStage) -> None:
-        """Unfreeze the stage's modules; in stage ``unimodal`` freeze the joint encoder and decoders
-        (``requires_grad=False`` and eval mode, see :meth:`train`)."""
-        for module in self._stage_modules(stage):
-            module.requires_grad_(True)
-        if stage.name == UNIMODAL_STAGE:
-            for module in self._stage_modules(self.stages[0]):
-                module.requires_grad_(False)
-        self._active_stage = stage.name
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> TELBO:
-        """As ``nn.Module.train``, but the frozen joint encoder and decoders stay in eval mode."""
-        super().train(mode)
-        if getattr(self, "_active_stage", None) == UNIMODAL_STAGE:
-            self.joint_encoder.eval()
-            self.decoders.eval()
-        return self
+    def unimodal_modules(self) -> list[nn.Module]:
+        return [self.encoders]
 
     # ------------------------------------------------------------------ inference
     def posterior_subset(self, batch: DatasetOutput, subset: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
