@@ -33,6 +33,12 @@ issue 10 for each model, and a PNG panel of one lesion slice per task (truth, ea
     python benchmarks/synthesis_quality.py --resume              # after an interruption: skip the finished methods
     python benchmarks/synthesis_quality.py --missing mnar_label  # writes synthesis_quality_mnar_label.json
 
+One run split across two cores (same settings in every call; the last one merges and writes the JSON):
+
+    python benchmarks/synthesis_quality.py --models --baselines unet --keep --time-budget-s 1200 --unet-epochs 40 &
+    python benchmarks/synthesis_quality.py --baselines mean_image voxel_ridge --models MHVAE MVAE --keep --time-budget-s 1200 --unet-epochs 40
+    python benchmarks/synthesis_quality.py --models MHVAE MVAE --resume --time-budget-s 1200 --unet-epochs 40
+
 Writes ``benchmarks/results/synthesis_quality.json`` (``_mnar_label`` for that variant) and the ``.png`` beside it.
 """
 
