@@ -35,8 +35,8 @@ issue 10 for each model, and a PNG panel of one lesion slice per task (truth, ea
 
 One run split across two cores (same settings in every call; the last one merges and writes the JSON):
 
-    python benchmarks/synthesis_quality.py --models --baselines unet --keep --time-budget-s 1200 --unet-epochs 40 &
-    python benchmarks/synthesis_quality.py --baselines mean_image voxel_ridge --models MHVAE MVAE --keep --time-budget-s 1200 --unet-epochs 40
+    python benchmarks/synthesis_quality.py --models --baselines unet --keep --time-budget-s 1200 --unet-epochs 40 --out /tmp/a.json &
+    python benchmarks/synthesis_quality.py --baselines mean_image voxel_ridge --models MHVAE MVAE --keep --time-budget-s 1200 --unet-epochs 40 --out /tmp/b.json
     python benchmarks/synthesis_quality.py --models MHVAE MVAE --resume --time-budget-s 1200 --unet-epochs 40
 
 Writes ``benchmarks/results/synthesis_quality.json`` (``_mnar_label`` for that variant) and the ``.png`` beside it.
