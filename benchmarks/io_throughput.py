@@ -1,7 +1,8 @@
 """IO throughput: load+preprocess volumes/s, cache read vs raw read of the same bytes, peak RAM.
 
 Usage: python benchmarks/io_throughput.py [--subjects 24] [--workdir DIR]
-Generates a synthetic cohort (3 modalities, oblique/anisotropic sources) in a temporary folder.
+Generates a synthetic cohort (3 modalities, oblique/anisotropic sources) in a temporary folder and
+writes ``benchmarks/results/io_throughput.json``.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ def main() -> None:
     t = time.perf_counter()
     ds, records = load_cohort_dataset(cohort, cfg)
     dt = time.perf_counter() - t
+    result: dict = {
+        "benchmark": "io_throughput", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2), "subjects": args.subjects, "volumes": n_vol,
+        "grid": list(cfg.target_shape), "load_preprocess_volumes_per_s": round(n_vol / dt, 2), "cache": {},
+    }  # fmt: skip
     print(f"load+preprocess (in memory): {n_vol} volumes in {dt:.2f} s = {n_vol / dt:.1f} volumes/s "
           f"(sources {cohort.entries[next(iter(cohort.entries))].path.stat().st_size / 1e6:.1f} MB gz, grid {cfg.target_shape})")
 
@@ -123,6 +129,7 @@ def main() -> None:
         build_cache(cohort, cfg, work / f"cohort-{comp}.h5", compression=comp)
         dt = time.perf_counter() - t
         size = (work / f"cohort-{comp}.h5").stat().st_size
+        result["cache"][comp] = {"build_volumes_per_s": round(n_vol / dt, 2), "file_mib": round(size / 2**20, 1)}
         print(f"build cache ({comp}): {dt:.2f} s = {n_vol / dt:.1f} volumes/s, file {size / 2**20:.1f} MiB "
               f"for {nbytes / 2**20:.1f} MiB of present float32 volumes")
         h5 = H5CohortDataset(work / f"cohort-{comp}.h5")
@@ -147,7 +154,10 @@ def main() -> None:
     for f in np.random.default_rng(0).permutation(files):
         np.load(f, allow_pickle=False)
     dt_raw = time.perf_counter() - t
+    result["present_volumes_mib"] = round(nbytes / 2**20, 1)
+    result["raw_npy_read_mib_per_s"] = round(nbytes / 2**20 / dt_raw, 1)
     for comp, dt_cache in read_times.items():
+        result["cache"][comp]["read_mib_per_s"] = round(nbytes / 2**20 / dt_cache, 1)
         print(f"cache read ({comp}): {len(ds)} samples ({nbytes / 2**20:.0f} MiB) in {dt_cache:.2f} s = "
               f"{nbytes / 2**20 / dt_cache:.0f} MiB/s, {len(files) / dt_cache:.0f} volumes/s")
     print(f"raw .npy read of the same bytes: {dt_raw:.2f} s = {nbytes / 2**20 / dt_raw:.0f} MiB/s "
@@ -157,10 +167,14 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--workdir", str(work)], capture_output=True,
                              text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        result[f"iterate_batch4_{mode}"] = {k: round(v, 2) for k, v in r.items() if k != "mode"}
         print(f"peak RSS iterating batch 4 ({mode}): {r['peak_rss_mib']:.0f} MiB "
               f"(after imports {r['rss_after_imports_mib']:.0f} MiB; cohort {nbytes / 2**20:.0f} MiB of volumes "
               f"+ masks), {r['seconds']:.2f} s")
     tmp.cleanup()
+    out_path = ROOT / "benchmarks" / "results" / "io_throughput.json"
+    out_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
