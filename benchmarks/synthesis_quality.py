@@ -168,10 +168,13 @@ def _finished_methods(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / f"mmvae_synthesis_quality_{key}"
 
 
+def demo_spec(settings: Settings) -> DemoSpec:
+    return DemoSpec(n_subjects=settings.n_subjects, shape=settings.shape, seed=settings.seed, missing=MISSING[settings.missing])
+
+
 def prepare(settings: Settings) -> Data:
     """The cohort, its subject split, and the test subjects' ground truth (same in every process)."""
-    spec = DemoSpec(n_subjects=settings.n_subjects, shape=settings.shape, seed=settings.seed, missing=MISSING[settings.missing])
-    cohort: DemoCohort = _load_or_make_cohort(spec)
+    cohort: DemoCohort = _load_or_make_cohort(demo_spec(settings))
     train, validation, test = split_by_subject(cohort.dataset, (0.7, 0.15, 0.15), seed=settings.seed)
     position = {subject: i for i, subject in enumerate(cohort.dataset.ids)}
     test_index = [position[s] for s in test.ids]
@@ -638,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "panel": {"file": panel.name, "test_subject": data.truth.ids[data.panel_subject], "axial_slice": panel_slice(data), "columns": columns},
     }
     if not args.keep:
-        _cohort_cache(DemoSpec(n_subjects=settings.n_subjects, shape=settings.shape, seed=settings.seed, missing=MISSING[settings.missing])).unlink(missing_ok=True)
+        _cohort_cache(demo_spec(settings)).unlink(missing_ok=True)
         shutil.rmtree(finished, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False) + "\n", encoding="utf-8")

@@ -59,6 +59,7 @@ from core.models.registry import register_model
 
 __all__ = ["TELBOConfig", "TELBO"]
 
+
 @dataclass(config=MODEL_CONFIG_DICT)
 class TELBOConfig(BaseMultiVAEConfig):
     """Config of :class:`TELBO` (MultiVae's ``TELBOConfig``)."""
