@@ -18,6 +18,7 @@ Methods, each in a fresh process (so its peak memory is its own):
 * every registered model, with the preset the workbench offers for synthesis ("Synthesis"; "Standard"
   when a model has none yet, the model's defaults when it has no presets), trained with core's Trainer;
   synthesis decodes the posterior mean (``predict_with_uncertainty`` with one sample);
+  a task a model cannot serve (a CVAE generates only its main modality) is reported as not served;
 * ``mean_image``: the training subjects' mean volume (MeanImputer);
 * ``voxel_ridge``: voxel-wise ridge regression from the conditioning modalities (VoxelRegressionImputer);
 * ``unet``: one supervised resize-conv U-Net per task (benchmarks/_unet.py), trained on the training
@@ -36,7 +37,8 @@ issue 10 for each model, and a PNG panel of one lesion slice per task (truth, ea
 One run split across two cores (same settings in every call; the last one merges and writes the JSON):
 
     python benchmarks/synthesis_quality.py --models --baselines unet --keep --time-budget-s 1200 --unet-epochs 40 --out /tmp/a.json &
-    python benchmarks/synthesis_quality.py --baselines mean_image voxel_ridge --models MHVAE MVAE --keep --time-budget-s 1200 --unet-epochs 40 --out /tmp/b.json
+    python benchmarks/synthesis_quality.py --baselines mean_image voxel_ridge --models MHVAE MVAE --keep --time-budget-s 1200 \
+        --unet-epochs 40 --out /tmp/b.json
     python benchmarks/synthesis_quality.py --models MHVAE MVAE --resume --time-budget-s 1200 --unet-epochs 40
 
 Writes ``benchmarks/results/synthesis_quality.json`` (``_mnar_label`` for that variant) and the ``.png`` beside it.
@@ -72,7 +74,7 @@ from core.data import DatasetOutput, IncompleteDataset, MultimodalBaseDataset, s
 from core.data.demo import DemoCohort, DemoSpec, MissingSpec, make_demo_cohort  # noqa: E402
 from core.impute import FieldsOfView, predict_with_uncertainty  # noqa: E402
 from core.metrics import MeanImputer, VoxelRegressionImputer, outside_fov_fraction, synthesis_scores  # noqa: E402
-from core.models import available, build_model, get_model_class  # noqa: E402
+from core.models import CVAE, available, build_model, get_model_class  # noqa: E402
 from core.presets import SYNTHESIS_PRESET, load_presets  # noqa: E402
 from core.training import Callback, Trainer, TrainerConfig, select_device  # noqa: E402
 
@@ -235,6 +237,15 @@ def complete_subjects(dataset: IncompleteDataset) -> IncompleteDataset:
     return dataset.subset(torch.nonzero(keep).flatten().tolist())
 
 
+def unserved_reason(model: Any, task: str) -> str | None:
+    """Why ``model`` cannot synthesize the task's target from its conditioning (None when it can): a CVAE
+    generates only its main modality, and only from its own conditioning modalities."""
+    cond, target = TASKS[task]
+    if isinstance(model, CVAE) and (target != model.main_modality or not set(model.conditioning_modalities) <= set(cond)):
+        return f"a CVAE generates only {model.main_modality} from {'+'.join(model.conditioning_modalities)}"
+    return None
+
+
 def run_model(name: str, settings: Settings, data: Data) -> tuple[dict[str, Any], Any]:
     """Train ``name`` with its synthesis preset; returns (facts, predict(task, index) function)."""
     preset, params, training = model_preset(name)
@@ -252,6 +263,7 @@ def run_model(name: str, settings: Settings, data: Data) -> tuple[dict[str, Any]
         "kind": "model", "preset": preset, "model_parameters": params, "training": training,
         "training_subjects": len(train), "status": result.status, "message": result.message,
         "epochs": result.epochs_completed, "training_seconds": round(result.seconds, 1),
+        "not_served": {task: reason for task in settings.tasks if (reason := unserved_reason(model, task))},
     }  # fmt: skip
 
     # The product's field-of-view rule: the hidden target has no field of view of its own, so synthesized
@@ -303,7 +315,8 @@ def run_baseline(name: str, settings: Settings, data: Data) -> tuple[dict[str, A
             observed = data.train.observation_masks.get(target)
             observed = torch.ones_like(data.train.data[target][index], dtype=torch.bool) if observed is None else observed[index]
             nets[task], per_task[task] = train_unet(
-                inputs, data.train.data[target][index], observed, settings.unet_epochs, settings.time_budget_s, device=device, seed=settings.seed
+                inputs, data.train.data[target][index], observed, settings.unet_epochs, settings.time_budget_s,
+                device=device, seed=settings.seed,
             )
             per_task[task]["training_subjects"] = len(index)
         facts.update(training_seconds=round(time.monotonic() - start, 1), epochs=settings.unet_epochs, per_task=per_task)
@@ -337,6 +350,8 @@ def evaluate_method(name: str, settings: Settings, data: Data | None = None) -> 
     outside: dict[str, dict[str, float]] = {}
     panel: dict[str, list[list[float]]] = {}
     for task in settings.tasks:
+        if task in facts.get("not_served", {}):
+            continue
         cond, target = TASKS[task]
         per_subject: dict[str, list[float]] = {}
         own, union, coverage = [], [], []
@@ -434,9 +449,15 @@ def summarize(raw: dict[str, dict[str, Any]], tasks: tuple[str, ...]) -> dict[st
         summary = {k: v for k, v in result.items() if k not in ("scores", "panel")}
         summary["tasks"] = {}
         for task in tasks:
+            if task not in result["scores"]:
+                summary["tasks"][task] = {"not_served": result["not_served"][task]}
+                continue
             scores = result["scores"][task]
             beats = {
-                baseline: {metric: _fraction_beating(scores[metric], raw[baseline]["scores"][task][metric], higher) for metric, higher in HIGHER_IS_BETTER.items()}
+                baseline: {
+                    metric: _fraction_beating(scores[metric], raw[baseline]["scores"][task][metric], higher)
+                    for metric, higher in HIGHER_IS_BETTER.items()
+                }
                 for baseline in BASELINES
                 if baseline != name and baseline in raw and "error" not in raw[baseline]
             }
@@ -458,8 +479,12 @@ def goals(methods: dict[str, Any], tasks: tuple[str, ...]) -> dict[str, dict[str
         for task in tasks:
             target = TASKS[task][1]
             entry = summary["tasks"][task]
+            if "not_served" in entry:
+                checks[task] = {"not_served": entry["not_served"]}
+                continue
             beats_mean = entry["beats"].get("mean_image")
-            r2, ridge_r2, ssim, unet_ssim = median(name, task, "r2"), median("voxel_ridge", task, "r2"), median(name, task, "ssim"), median("unet", task, "ssim")
+            r2, ridge_r2, mean_r2 = median(name, task, "r2"), median("voxel_ridge", task, "r2"), median("mean_image", task, "r2")
+            ssim, unet_ssim = median(name, task, "ssim"), median("unet", task, "ssim")
             check = {
                 "beats_mean_image_on_95pct_ssim_and_mse": None if beats_mean is None else bool(min(beats_mean.values()) >= 0.95),
                 "r2_minus_voxel_ridge": None if r2 is None or ridge_r2 is None else round(r2 - ridge_r2, 4),
@@ -472,9 +497,7 @@ def goals(methods: dict[str, Any], tasks: tuple[str, ...]) -> dict[str, dict[str
             else:
                 outside = summary["outside_fov_nonbackground"].get(task, {})
                 check["nothing_outside_any_fov"] = bool(outside.get("any_fov_max", 1.0) == 0.0)
-                check["above_mean_image_and_ridge_r2"] = None if r2 is None or ridge_r2 is None or median("mean_image", task, "r2") is None else bool(
-                    r2 > max(ridge_r2, median("mean_image", task, "r2"))
-                )
+                check["above_mean_image_and_ridge_r2"] = None if None in (r2, ridge_r2, mean_r2) else bool(r2 > max(ridge_r2, mean_r2))
             checks[task] = check
         checks["training_seconds"] = summary.get("training_seconds")
         checks["trains_in_30_min"] = summary.get("training_seconds", math.inf) <= 1800  # meant for the 2-core CPU
@@ -514,7 +537,8 @@ def write_panel(raw: dict[str, dict[str, Any]], data: Data, tasks: tuple[str, ..
             gray = np.clip((values - low) / (high - low), 0, 1)
             big = np.kron(np.rot90(gray), np.ones((zoom, zoom)))
             pixels = np.ascontiguousarray(np.repeat((big * 255).astype(np.uint8)[..., None], 3, axis=2))
-            painter.drawImage(label_w + c * (tile_w + 2), top, QImage(pixels.data, tile_w, tile_h, pixels.strides[0], QImage.Format.Format_RGB888))
+            tile = QImage(pixels.data, tile_w, tile_h, pixels.strides[0], QImage.Format.Format_RGB888)
+            painter.drawImage(label_w + c * (tile_w + 2), top, tile)
     painter.end()
     path.parent.mkdir(parents=True, exist_ok=True)
     if not image.save(str(path), "PNG"):
@@ -523,7 +547,10 @@ def write_panel(raw: dict[str, dict[str, Any]], data: Data, tasks: tuple[str, ..
 
 
 def print_table(methods: dict[str, Any], tasks: tuple[str, ...]) -> None:
-    header = f"{'method':<12} {'task':<16} {'SSIM':>6} {'R2':>6} {'PSNR':>6} {'ratio':>11} {'Dice':>5} {'>mean SSIM/MSE':>15} {'>ridge':>11} {'train s':>8}"
+    header = (
+        f"{'method':<12} {'task':<16} {'SSIM':>6} {'R2':>6} {'PSNR':>6} {'ratio':>11} {'Dice':>5} "
+        f"{'>mean SSIM/MSE':>15} {'>ridge':>11} {'train s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for name, summary in methods.items():
@@ -532,13 +559,17 @@ def print_table(methods: dict[str, Any], tasks: tuple[str, ...]) -> None:
             continue
         for task in tasks:
             entry = summary["tasks"][task]
+            if "not_served" in entry:
+                print(f"{name:<12} {task:<16} not served: {entry['not_served']}")
+                continue
             m = {k: v["median"] for k, v in entry["metrics"].items()}
             fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
             pct = lambda b: "-" if b is None else f"{100 * b['ssim']:.0f}%/{100 * b['mse']:.0f}%"  # noqa: E731
             ratio = f"{fmt(m.get('lesion_ratio'), 2)}/{fmt(m.get('lesion_ratio_true'), 2)}"
             print(
-                f"{name:<12} {task:<16} {fmt(m['ssim']):>6} {fmt(m['r2']):>6} {fmt(m['psnr'], 1):>6} {ratio:>11} {fmt(m.get('lesion_dice'), 2):>5} "
-                f"{pct(entry['beats'].get('mean_image')):>15} {pct(entry['beats'].get('voxel_ridge')):>11} {summary.get('training_seconds', 0):>8}"
+                f"{name:<12} {task:<16} {fmt(m['ssim']):>6} {fmt(m['r2']):>6} {fmt(m['psnr'], 1):>6} {ratio:>11} "
+                f"{fmt(m.get('lesion_dice'), 2):>5} {pct(entry['beats'].get('mean_image')):>15} "
+                f"{pct(entry['beats'].get('voxel_ridge')):>11} {summary.get('training_seconds', 0):>8}"
             )
 
 
@@ -555,7 +586,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget-s", type=float, default=None, help="stop each training after the epoch that spends this")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="JSON path, the PNG panel beside it (default: results/synthesis_quality[_MISSING].json)")
+    parser.add_argument(
+        "--out", default=None, help="JSON path, the PNG panel beside it (default: results/synthesis_quality[_MISSING].json)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 24 subjects at 16^3, 1 epoch, in this process")
     parser.add_argument("--in-process", action="store_true", help="run every method in this process (peak RSS is then shared)")
     parser.add_argument("--resume", action="store_true", help="reuse the methods an interrupted run with the same settings finished")
@@ -613,9 +646,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             saved.write_text(json.dumps(raw[name]), encoding="utf-8")  # NaN kept: the summary reads it back
         print(f"{name}: {raw[name].get('error', 'done')} ({time.monotonic() - began:.0f} s)", flush=True)
     methods = summarize(raw, settings.tasks)
-    out = Path(args.out) if args.out else RESULTS / ("synthesis_quality.json" if args.missing == "mcar" else f"synthesis_quality_{args.missing}.json")
+    default_name = "synthesis_quality.json" if args.missing == "mcar" else f"synthesis_quality_{args.missing}.json"
+    out = Path(args.out) if args.out else RESULTS / default_name
     panel = out.with_suffix(".png")
     columns = write_panel(raw, data, settings.tasks, panel)
+    spec = MISSING[settings.missing]
     payload = {
         "benchmark": "synthesis_quality",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -630,15 +665,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "source": "demo phantom (core.data.demo, ICBM152)", "grid": list(settings.shape), "n_subjects": settings.n_subjects,
             "n_train": len(data.train), "n_validation": len(data.validation), "n_test": len(data.truth),
             "test_subjects_with_lesion": int(data.lesion.flatten(1).any(1).sum()), "missing": settings.missing,
-            "missing_spec": {"rates": MISSING[settings.missing].rates, "rates_no_lesion": MISSING[settings.missing].rates_no_lesion} if settings.missing == "mnar_label" else {"rates": MISSING[settings.missing].rates},
+            "missing_spec": {"rates": spec.rates, **({"rates_no_lesion": spec.rates_no_lesion} if spec.kind == "mnar_label" else {})},
             "seed": settings.seed,
         },  # fmt: skip
         "budget": {"epochs_override": settings.epochs, "time_budget_s": settings.time_budget_s, "unet_epochs": settings.unet_epochs},
-        "tasks": {t: {"conditioning": list(TASKS[t][0]), "target": TASKS[t][1], "region": "field of view" if TASKS[t][1] == "US" else "brain"} for t in settings.tasks},
-        "scoring": "core.metrics.synthesis_scores on the hidden voxels (brain; for US the subject's own FOV inside the FOV the product writes, the training cohort's majority one); medians and IQR over the test subjects",
+        "tasks": {
+            t: {"conditioning": list(TASKS[t][0]), "target": TASKS[t][1], "region": "field of view" if TASKS[t][1] == "US" else "brain"}
+            for t in settings.tasks
+        },
+        "scoring": (
+            "core.metrics.synthesis_scores on the hidden voxels (brain; for US the subject's own FOV inside the FOV the product writes, "
+            "the training cohort's majority one); medians and IQR over the test subjects"
+        ),
         "methods": methods,
         "goals": goals(methods, settings.tasks),
-        "panel": {"file": panel.name, "test_subject": data.truth.ids[data.panel_subject], "axial_slice": panel_slice(data), "columns": columns},
+        "panel": {
+            "file": panel.name, "test_subject": data.truth.ids[data.panel_subject], "axial_slice": panel_slice(data), "columns": columns,
+        },
     }
     if not args.keep:
         _cohort_cache(demo_spec(settings)).unlink(missing_ok=True)

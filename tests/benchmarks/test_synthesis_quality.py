@@ -72,3 +72,15 @@ def test_the_cached_cohort_keeps_the_complete_ground_truth(tmp_path, monkeypatch
         assert torch.equal(read_back.dataset.masks[m], generated.dataset.masks[m])
     assert bool(read_back.ground_truth.data["T2"][missing].abs().sum() > 0)
     assert bool(torch.all(read_back.dataset.data["T2"][missing] == 0))
+
+
+def test_a_model_that_cannot_serve_a_task_is_reported_as_not_served(tmp_path):
+    """A CVAE generates only its main modality (the last one, US) from the others: the MR task is marked
+    not served with the reason, and the US task is scored as for any model."""
+    out = tmp_path / "cvae.json"
+    bench.main(["--quick", "--models", "CVAE", "--baselines", "mean_image", "--tasks", "T2<-T1", "US<-T1+T2+FLAIR",
+                "--out", str(out)])
+    cvae = json.loads(out.read_text(encoding="utf-8"))["methods"]["CVAE"]
+    assert "error" not in cvae
+    assert cvae["tasks"]["T2<-T1"] == {"not_served": "a CVAE generates only US from T1+T2+FLAIR"}
+    assert cvae["tasks"]["US<-T1+T2+FLAIR"]["metrics"]["ssim"]["n"] > 0
