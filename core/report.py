@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import html
 import math
 import os
@@ -37,7 +36,6 @@ __all__ = [
     "png_bytes",
     "svg_line_chart",
     "svg_scatter",
-    "read_metrics",
     "build_report",
     "write_report",
     "add_arguments",
@@ -200,29 +198,16 @@ def svg_scatter(xy: np.ndarray, colours: Sequence[str], *, title: str = "", tips
 
 
 # ---------------------------------------------------------------------------------------------- run files
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """``metrics.csv`` rows with numbers as floats (empty cells as None)."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            parsed: dict[str, Any] = {}
-            for k, v in row.items():
-                try:
-                    parsed[k] = float(v) if v not in ("", None) else None
-                except ValueError:
-                    parsed[k] = v
-            rows.append(parsed)
-    return rows
-
-
 _SKIP_TERMS = {"grad_norm", "beta"}
 
 
 def _curves_html(run_dir: Path) -> str:
+    from core.training.checkpoint import read_metrics_csv
+
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return "<p class='note'>No <code>metrics.csv</code>: the run has not finished an epoch.</p>"
-    rows = read_metrics(path)
+    rows = read_metrics_csv(path)
     epochs = [r.get("epoch") for r in rows]
     main = {label: (epochs, [r.get(f"{prefix}/loss") for r in rows]) for prefix, label in (("train", "train"), ("val", "val"))
             if any(r.get(f"{prefix}/loss") is not None for r in rows)}
@@ -316,7 +301,8 @@ def _panel_html(ctx: Any, synthesis: Any, modality: str) -> str:
     cells = [
         ("real", colorize(_middle_axial(item.real), levels) if item.real is not None else None),
         ("synthesized", colorize(_middle_axial(item.mean), levels)),
-        ("synthesized − real", colorize(_middle_axial(diff), (-max(d_max, 1e-6), max(d_max, 1e-6)), "diverging") if diff is not None else None),
+        ("synthesized − real",
+         colorize(_middle_axial(diff), (-max(d_max, 1e-6), max(d_max, 1e-6)), "diverging") if diff is not None else None),
         (f"uncertainty (std, N={synthesis.n_samples})", colorize(_middle_axial(item.std), (0.0, s_max), "inferno")),
         ("mean image (baseline)", colorize(_middle_axial(item.mean_image), levels) if item.mean_image is not None else None),
     ]
@@ -368,7 +354,8 @@ def _metrics_html(ctx: Any, progress: ProgressFn | None, cancel: CancelFn | None
                            mean("ssim"), mean("mean_image_ssim"), share))
     header = ["hidden modality", "subjects", "MSE model", "MSE mean image", "PSNR model (dB)", "PSNR mean image",
               "SSIM model", "SSIM mean image", "model beats the mean image (MSE and SSIM)"]
-    scope = f"the run's <b>{part}</b> subjects ({len(subjects)})" if part else f"all {len(subjects)} subjects (the run has no held-out split)"
+    scope = (f"the run's <b>{part}</b> subjects ({len(subjects)})" if part
+             else f"all {len(subjects)} subjects (the run has no held-out split)")
     return (f"<p>Leave-one-out on {scope}: each modality a subject has is hidden and synthesized from the subject's other "
             "modalities (decoded posterior mean), then scored over its observed voxels against the real volume, beside "
             "the mean image of the training subjects. PSNR and SSIM use the modality's intensity range over the training "
@@ -392,9 +379,11 @@ h3{font-size:14px;margin:8px 0} .note{color:#666;font-size:12px} .row{display:fl
 .grid{display:flex;flex-wrap:wrap;gap:6px;max-width:460px} table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right} th{background:#f3f5f7} td:first-child,th:first-child{text-align:left}
 table.compact td,table.compact th{padding:2px 6px} pre{background:#f6f8fa;padding:10px;font-size:11px;overflow:auto;max-height:420px}
-figure{margin:0;text-align:center;font-size:11px;color:#444} figure img{width:150px;image-rendering:pixelated;border:1px solid #ccc;background:#000}
+figure{margin:0;text-align:center;font-size:11px;color:#444} \
+figure img{width:150px;image-rendering:pixelated;border:1px solid #ccc;background:#000}
 .panel{border:1px solid #e3e3e3;border-radius:6px;padding:6px 10px;margin:10px 0} .legend{margin:4px 0 8px}
-.chip{display:inline-block;margin-right:12px;font-size:12px} .chip i{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px;vertical-align:middle}
+.chip{display:inline-block;margin-right:12px;font-size:12px} \
+.chip i{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px;vertical-align:middle}
 .ok{color:#2e7d32;font-weight:bold} .bad{color:#c62828;font-weight:bold} .summary td{text-align:left}
 """
 

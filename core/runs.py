@@ -54,12 +54,13 @@ from core.data.sources import DataConfig, LoadedData, load_data, resolved_prepro
 from core.models.base import MultimodalVAE
 from core.run_config import RunConfig, load_run_config, parse_run_config, run_config_to_dict
 from core.training.callbacks import Callback
+from core.training.checkpoint import latest_checkpoint
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
 from core.training.distributed import barrier, current_context
 from core.training.divergence import DivergenceCheck
 from core.training.monitoring import monitoring_callbacks
-from core.training.trainer import Trainer, TrainingResult, latest_checkpoint
+from core.training.trainer import Trainer, TrainingResult
 
 __all__ = [
     "RunConfig",

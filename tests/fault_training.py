@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import core.training.trainer as trainer_module  # noqa: E402
+import core.training.checkpoint as checkpoint_module  # noqa: E402
 from core.atomic import load_tensors  # noqa: E402
 from core.data import IncompleteDataset, split_by_subject  # noqa: E402
 from core.models import MVAE, MVAEConfig  # noqa: E402
@@ -94,7 +94,7 @@ class _Faults(Callback):
 
 
 def _kill_in_write(k: int) -> None:
-    real_save_state, calls = trainer_module.save_state, {"optimizer": 0}
+    real_save_state, calls = checkpoint_module.save_state, {"optimizer": 0}
 
     def save_state(state: object, folder: Path, name: str) -> None:
         if name == "optimizer":
@@ -103,7 +103,7 @@ def _kill_in_write(k: int) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
         real_save_state(state, folder, name)
 
-    trainer_module.save_state = save_state
+    checkpoint_module.save_state = save_state
 
 
 def train_or_resume(run: Path, kill_after_step: int | None = None, kill_in_write: int | None = None,

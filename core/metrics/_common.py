@@ -16,7 +16,6 @@ __all__ = [
     "labels_of",
     "default_subsets",
     "resolve_subsets",
-    "subset_name",
     "downsample",
     "class_scores",
 ]
@@ -46,10 +45,6 @@ def labels_of(dataset: Dataset, label: str | None = None) -> np.ndarray:
         if not bool(torch.all(values == values.round())):
             raise MetricError("The labels are continuous; coherence and clustering need integer class labels.")
     return values.long().numpy()
-
-
-def subset_name(subset: Sequence[str]) -> str:
-    return "+".join(subset)
 
 
 def default_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:

@@ -162,7 +162,9 @@ class VoxelRegressionImputer:
         seed: seed of that draw.
     """
 
-    def __init__(self, alpha: float = 1.0, neighbourhood: int = 3, coordinates: bool = True, max_voxels: int = 500_000, seed: int = 0) -> None:
+    def __init__(
+        self, alpha: float = 1.0, neighbourhood: int = 3, coordinates: bool = True, max_voxels: int = 500_000, seed: int = 0
+    ) -> None:
         if neighbourhood < 1 or neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be a positive odd number of voxels, got {neighbourhood}.")
         if max_voxels < 1:
@@ -208,7 +210,8 @@ class VoxelRegressionImputer:
             raise RuntimeError("Call fit(train_dataset) before predict.")
         shapes = {self.dataset.input_dims[m] for m in (*cond, target)}
         if len(shapes) > 1 or next(iter(shapes))[0] != 1:
-            raise MetricError(f"Voxel-wise regression needs one-channel volumes on one grid; {[*cond, target]} have shapes {sorted(shapes)}.")
+            raise MetricError(f"Voxel-wise regression needs one-channel volumes on one grid; "
+                              f"{[*cond, target]} have shapes {sorted(shapes)}.")
         usable = self.dataset.masks[target].clone()
         for m in cond:
             usable &= self.dataset.masks[m]

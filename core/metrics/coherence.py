@@ -37,8 +37,8 @@ from core.metrics._common import (
     downsample,
     labels_of,
     resolve_subsets,
-    subset_name,
 )
+from core.models import subset_name
 from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn, Steps
 from core.seeding import seeded
@@ -92,7 +92,8 @@ def classify(classifier: Classifier, x: torch.Tensor) -> np.ndarray:
     if out.dim() == 2:
         out = out.argmax(1)
     if out.dim() != 1 or out.shape[0] != x.shape[0]:
-        raise MetricError(f"A classifier must return (B,) labels or (B, n_classes) scores; got shape {tuple(out.shape)} for B = {x.shape[0]}.")
+        raise MetricError(f"A classifier must return (B,) labels or (B, n_classes) scores; "
+                          f"got shape {tuple(out.shape)} for B = {x.shape[0]}.")
     return out.detach().cpu().long().numpy()
 
 

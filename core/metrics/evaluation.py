@@ -35,7 +35,8 @@ class EvaluationConfig:
     """What to measure and how (every metric is seeded, so the same config gives the same numbers)."""
 
     sections: list[Section] = Field(default_factory=lambda: list(SECTIONS), description=f"Metrics to compute, among {', '.join(SECTIONS)}.")
-    subsets: list[list[str]] | None = Field(None, **advanced("Conditioning subsets (default: all, or singletons/leave-one-out/all beyond 4 modalities)."))
+    subsets: list[list[str]] | None = Field(
+        None, **advanced("Conditioning subsets (default: all, or singletons/leave-one-out/all beyond 4 modalities)."))
     include_reconstruction: bool = Field(True, description="Also report self-reconstruction (target inside the subset).")
     use_mean: bool = Field(True, **advanced("Decode the posterior mean instead of one posterior sample for errors."))
     n_neighbors: int = Field(5, ge=1, le=100, description="Neighbours of the k-NN baseline.")

@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from core.data.dataset import DatasetOutput, MultimodalBaseDataset, batches_of, spatial_dims
-from core.metrics._common import MetricError, resolve_subsets, subset_name
+from core.metrics._common import MetricError, resolve_subsets
 from core.metrics.baselines import KNNImputer, MeanImputer
 from core.metrics.errors import mae, mse, psnr
 from core.metrics.ssim import ssim
+from core.models import subset_name
 from core.nn.base import evaluation_mode
 from core.progress import CancelFn, ProgressFn, Steps
 from core.seeding import seeded

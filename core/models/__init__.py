@@ -2,7 +2,9 @@
 or ``load`` rebuilds one by name, which is how the command line and the GUI create models."""
 
 from core.models._shared.annealing import TrainingProgress
+from core.models._shared.free_bits import COLLAPSE_TERM_PREFIX
 from core.models._shared.outputs import LossOutput, ModelOutput
+from core.models._shared.subsets import subset_name
 from core.models.base import (
     IncompleteDataError,
     ModalityError,
@@ -39,6 +41,7 @@ from core.models.telbo import TELBO, TELBOConfig
 load = load_bundle
 
 __all__ = [
+    "COLLAPSE_TERM_PREFIX",
     "CMVAE",
     "CMVAEConfig",
     "CRMVAE",
@@ -88,4 +91,5 @@ __all__ = [
     "load_bundle",
     "register_model",
     "save_bundle",
+    "subset_name",
 ]

@@ -47,7 +47,8 @@ class EpochRecord:
     is_best: bool
 
     def flat(self) -> dict[str, float | int | str]:
-        row: dict[str, float | int | str] = {"epoch": self.epoch, "stage": self.stage, "lr": self.learning_rate, "seconds": round(self.seconds, 3)}
+        row: dict[str, float | int | str] = {"epoch": self.epoch, "stage": self.stage, "lr": self.learning_rate,
+                                             "seconds": round(self.seconds, 3)}
         row.update({f"train/{k}": v for k, v in self.train.items()})
         row.update({f"val/{k}": v for k, v in self.validation.items()})
         return row

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from core.models._shared.free_bits import COLLAPSE_TERM_PREFIX
+from core.models import COLLAPSE_TERM_PREFIX
 
 __all__ = ["TrainingWarning", "CollapseCheck", "latent_kl_per_dimension"]
 

@@ -3,7 +3,8 @@
 One epoch = the training steps over a seeded permutation of the subjects, then a validation pass.
 After each epoch the trainer keeps the best weights (validation loss), steps the LR schedule, checks
 early stopping, appends to ``metrics.csv`` and writes a checkpoint; within an epoch a checkpoint is also
-written every ``checkpoint_every_minutes``. Control flags (pause, stop-and-keep, cancel) are read between steps. Training order depends only on (seed, epoch), and the RNG states are
+written every ``checkpoint_every_minutes``. Control flags (pause, stop-and-keep, cancel) are read between steps.
+Training order depends only on (seed, epoch), and the RNG states are
 saved with every checkpoint, so a resumed run gives the same result as an uninterrupted one.
 
 Run folder written here (when ``run_dir`` is given)::
@@ -23,38 +24,35 @@ and only rank 0 writes the run folder and runs the callbacks (see :mod:`core.tra
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import logging
 import math
-import random
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from core.atomic import atomic_save_tensors, disk_full_in_one_line, load_tensors
 from core.data.dataset import DatasetOutput, MultimodalBaseDataset, collate_multimodal
-from core.models import TrainingProgress
-from core.models._shared.outputs import LossOutput
-from core.models.base import MultimodalVAE, TrainingStage, save_bundle
+from core.models import LossOutput, TrainingProgress
+from core.models.base import MultimodalVAE, TrainingStage
 from core.training.callbacks import BatchProgress, Callback, EpochRecord
+from core.training.checkpoint import (
+    RANK_SEED_STRIDE,
+    MeanAccumulator,
+    RunFolderPersistence,
+    Status,
+    latest_checkpoint,
+    seed_everything,
+)
 from core.training.config import TrainerConfig
 from core.training.control import TrainingControl
 from core.training.distributed import (
     DistributedContext,
-    all_gather_objects,
     all_reduce_flags,
-    barrier,
     init_distributed,
     shard_batch,
     shard_indices,
@@ -63,13 +61,10 @@ from core.training.distributed import (
 from core.training.eta import EtaEstimator
 from core.training.health import CollapseCheck, TrainingWarning
 from core.training.optimizers import build_optimizer, optimizer_step
-from core.training.serialization import atomic_write_text, load_state, replace_directory, save_state
 
-__all__ = ["Trainer", "TrainingResult", "TrainingDiverged", "select_device", "latest_checkpoint", "compile_submodules"]
+__all__ = ["Trainer", "TrainingResult", "TrainingDiverged", "select_device", "compile_submodules"]
 
 log = logging.getLogger(__name__)
-
-Status = Literal["running", "completed", "early_stopped", "stopped", "cancelled", "failed"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,21 +97,6 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run folder, or None."""
-    folder = Path(run_dir) / "checkpoints"
-    pointer = folder / "latest"
-    if pointer.is_file():
-        candidate = folder / pointer.read_text(encoding="utf-8").strip()
-        if (candidate / "trainer_state.json").is_file():
-            return candidate
-    complete = sorted(p for p in folder.glob("epoch-*") if (p / "trainer_state.json").is_file())
-    return complete[-1] if complete else None
-
-
-_RANK_SEED_STRIDE = 1_000_003
-
-
 def compile_submodules(model: torch.nn.Module) -> list[str]:
     """``torch.compile`` the model's networks in place (encoders, decoders, joint nets, flows...).
 
@@ -141,33 +121,6 @@ def compile_submodules(model: torch.nn.Module) -> list[str]:
     return compiled
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state()[1].astype(np.int64).tolist(),
-        "numpy_pos": int(np.random.get_state()[2]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _host_metrics(output: LossOutput, grad_norm: torch.Tensor | None = None) -> dict[str, float]:
     """``output.metrics`` (plus ``grad_norm``) with the scalars on the loss's device read in one transfer,
     not one synchronisation each; the values are the same floats."""
@@ -181,34 +134,7 @@ def _host_metrics(output: LossOutput, grad_norm: torch.Tensor | None = None) -> 
     return {k: read[k] if k in read else float(v) for k, v in values.items()}
 
 
-class _MeanAccumulator:
-    """Sample-weighted means of named metrics over an epoch."""
-
-    def __init__(self, sums: dict[str, float] | None = None, count: int = 0) -> None:
-        self.sums = dict(sums or {})
-        self.count = count
-
-    def add(self, metrics: dict[str, float], n: int) -> None:
-        for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value * n
-        self.count += n
-
-    def means(self) -> dict[str, float]:
-        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
-
-    def reduced(self, context: DistributedContext) -> _MeanAccumulator:
-        """Sums and counts of every rank added up (itself when not distributed)."""
-        if not context.enabled:
-            return self
-        total = _MeanAccumulator()
-        for sums, count in all_gather_objects(context, (self.sums, self.count)):
-            for key, value in sums.items():
-                total.sums[key] = total.sums.get(key, 0.0) + value
-            total.count += count
-        return total
-
-
-class Trainer:
+class Trainer(RunFolderPersistence):
     """Trains a :class:`MultimodalVAE` on a dataset of :class:`DatasetOutput` samples.
 
     Args:
@@ -253,7 +179,7 @@ class Trainer:
         self.history: list[EpochRecord] = []
         self.warnings: list[TrainingWarning] = []
         self.collapse_check = CollapseCheck(first_epoch=model.start_keep_best_epoch + 1)
-        self._partial_train = _MeanAccumulator()
+        self._partial_train = MeanAccumulator()
         self._eta = EtaEstimator()
         self._steps_in_epoch = (0, 0)
         self._last_checkpoint_time = time.monotonic()
@@ -477,7 +403,7 @@ class Trainer:
         if self.eval_dataset is None:
             return {}
         self.model.eval()
-        accumulator = _MeanAccumulator()
+        accumulator = MeanAccumulator()
         batches = [b for b in self._eval_batches() if b]
         for index, batch in enumerate(self._loader(self.eval_dataset, batches, epoch) if batches else []):
             with self._autocast():
@@ -551,7 +477,7 @@ class Trainer:
             self.load_checkpoint(resume_from)
         else:
             # Each rank draws its own latent noise; rank 0 uses the same seed as a single-process run.
-            _seed_everything(self.config.seed + self.dist.rank * _RANK_SEED_STRIDE)
+            seed_everything(self.config.seed + self.dist.rank * RANK_SEED_STRIDE)
             self.model.enter_stage(self.stage)
             self._build_optimizer()
         self._write_status("running", "")
@@ -565,7 +491,7 @@ class Trainer:
                 if stage != self.stage:
                     self._enter_stage(stage)
                 if self.step_in_epoch == 0:
-                    self._partial_train = _MeanAccumulator()
+                    self._partial_train = MeanAccumulator()
                 self._emit("on_epoch_start", epoch, stage.name)
                 epoch_started = time.monotonic()
                 interrupted = self._train_epoch(epoch, started)
@@ -598,7 +524,7 @@ class Trainer:
                 for warning in self.collapse_check.update(epoch, validation or train_metrics):
                     self.warn(warning)
                 self.epoch, self.step_in_epoch = epoch, 0
-                self._partial_train = _MeanAccumulator()
+                self._partial_train = MeanAccumulator()
                 patience = self.config.early_stopping_patience
                 if patience is not None and self.epochs_without_improvement >= patience:
                     self.should_stop = True
@@ -651,160 +577,3 @@ class Trainer:
         last = latest_checkpoint(self.run_dir)
         return f"The last good checkpoint is kept at {last}." if last else "No checkpoint had been written yet."
 
-    # ------------------------------------------------------------------ persistence
-    def _finalize_model(self) -> None:
-        """Write ``final_model/`` (best weights with keep_best) and leave the model holding them."""
-        if self.config.keep_best and self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        if self.run_dir is not None and self.dist.is_main:
-            staging = self.run_dir / ".final_model.staging"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                with disk_full_in_one_line(self.run_dir / "final_model"):
-                    save_bundle(self.model, staging, {"best_epoch": self.best_epoch, "epochs": self.epoch})
-                    replace_directory(staging, self.run_dir / "final_model")
-            finally:  # a failed write gives its space back at once
-                shutil.rmtree(staging, ignore_errors=True)
-        barrier(self.dist)
-
-    def save_checkpoint(self, tag: str | None = None) -> Path | None:
-        """Write everything needed to resume, atomically (staging folder, then rename); rank 0 writes."""
-        if self.run_dir is None:
-            return None
-        # Collectives first, on every rank: the epoch's partial metrics and each rank's RNG state.
-        partial = self._partial_train.reduced(self.dist)
-        rng_states = all_gather_objects(self.dist, _rng_state())
-        name = tag or f"epoch-{self.epoch:04d}"
-        target = self.run_dir / "checkpoints" / name
-        if self.dist.is_main:
-            self._write_checkpoint(name, partial, rng_states)
-        barrier(self.dist)
-        self._last_checkpoint_time = time.monotonic()
-        return target
-
-    def _write_checkpoint(self, name: str, partial: _MeanAccumulator, rng_states: list[dict[str, Any]]) -> None:
-        folder = self.run_dir / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / f".{name}.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        target = folder / name
-        try:
-            with disk_full_in_one_line(target):
-                self._write_staged_checkpoint(staging, partial, rng_states)
-                replace_directory(staging, target)
-                atomic_write_text(folder / "latest", name + "\n")
-        finally:  # a failed write (full disk) gives its space back at once; the previous checkpoint stays
-            shutil.rmtree(staging, ignore_errors=True)
-        self._prune_checkpoints(keep={name})
-        self._emit("on_checkpoint", str(target))
-
-    def _write_staged_checkpoint(self, staging: Path, partial: _MeanAccumulator, rng_states: list[dict[str, Any]]) -> None:
-        save_bundle(self.model, staging)
-        if self.best_state is not None:
-            atomic_save_tensors(self.best_state, staging / "best.safetensors")
-        save_state({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                    "scaler": self._scaler.state_dict() if self._scaler else None}, staging, "optimizer")
-        save_state(rng_states[0], staging, "rng")
-        for rank, state in enumerate(rng_states[1:], start=1):
-            save_state(state, staging, f"rng-rank{rank}")
-        trainer_state = {
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "stage": self.stage.name,
-            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
-            "best_epoch": self.best_epoch,
-            "epochs_without_improvement": self.epochs_without_improvement,
-            "partial_train": {"sums": partial.sums, "count": partial.count},
-            "world_size": self.dist.world_size,
-            "history": [r.__dict__ for r in self.history],
-            "warnings": [w.to_dict() for w in self.warnings],
-            "collapse_check": self.collapse_check.state_dict(),
-            "callbacks": [c.state_dict() for c in self.callbacks],
-            "config_seed": self.config.seed,
-            "saved_at": datetime.now(timezone.utc).isoformat(),
-        }
-        (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-
-    def _prune_checkpoints(self, keep: set[str], n_keep: int = 2) -> None:
-        folder = self.run_dir / "checkpoints"
-        complete = sorted(p for p in folder.glob("epoch-*") if p.is_dir())
-        for old in complete[:-n_keep]:
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore model, optimizer, scheduler, RNG and counters from a checkpoint (or a run folder)."""
-        path = Path(path)
-        if not (path / "trainer_state.json").is_file():
-            found = latest_checkpoint(path)
-            if found is None:
-                raise FileNotFoundError(f"No complete checkpoint in {path}; nothing to resume.")
-            path = found
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        weights = load_tensors(path / "model.safetensors", device=str(self.device))
-        self.model.load_state_dict(weights)
-        stages = {s.name: s for s in self.model.stages}
-        if state["stage"] not in stages:
-            raise ValueError(f"Checkpoint stage '{state['stage']}' is not a stage of {self.model.name}.")
-        self.stage = stages[state["stage"]]
-        self.model.enter_stage(self.stage)
-        self._build_optimizer()
-        optim_state = load_state(path, "optimizer")
-        self.optimizer.load_state_dict(optim_state["optimizer"])
-        if self.scheduler is not None and optim_state["scheduler"] is not None:
-            self.scheduler.load_state_dict(optim_state["scheduler"])
-        if self._scaler is not None and optim_state.get("scaler"):
-            self._scaler.load_state_dict(optim_state["scaler"])
-        best_path = path / "best.safetensors"
-        self.best_state = load_tensors(best_path) if best_path.is_file() else None
-        self.epoch = int(state["epoch"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.best_loss = state["best_loss"] if state["best_loss"] is not None else math.inf
-        self.best_epoch = state["best_epoch"]
-        self.epochs_without_improvement = int(state["epochs_without_improvement"])
-        # The saved partial sums are global: only rank 0 carries them on, so the reduction counts them once.
-        if self.dist.is_main:
-            self._partial_train = _MeanAccumulator(state["partial_train"]["sums"], state["partial_train"]["count"])
-        else:
-            self._partial_train = _MeanAccumulator()
-        self.history = [EpochRecord(**r) for r in state["history"]]
-        self.warnings = [TrainingWarning(**w) for w in state.get("warnings", [])]
-        self.collapse_check.load_state_dict(state.get("collapse_check", {}))
-        for callback, cb_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
-            callback.load_state_dict(cb_state)
-        own = "rng" if self.dist.rank == 0 else f"rng-rank{self.dist.rank}"
-        if (path / f"{own}.json").is_file():
-            _restore_rng(load_state(path, own))
-        else:  # resumed on more processes than were saved: a fresh, seeded stream for this rank
-            _seed_everything(self.config.seed + self.dist.rank * _RANK_SEED_STRIDE + 7_919 * self.epoch)
-
-    def _write_metrics(self) -> None:
-        if self.run_dir is None or not self.dist.is_main:
-            return
-        rows = [r.flat() for r in self.history]
-        columns: list[str] = []
-        for row in rows:
-            columns += [c for c in row if c not in columns]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
-
-    def _write_status(self, status: Status, message: str) -> None:
-        if self.run_dir is None or not self.dist.is_main:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "status": status,
-            "message": message,
-            "model": self.model.name,
-            "epochs_completed": self.epoch,
-            "num_epochs": self.config.num_epochs,
-            "best_epoch": self.best_epoch,
-            "best_validation_loss": self.best_loss if math.isfinite(self.best_loss) else None,
-            "warnings": [w.to_dict() for w in self.warnings],
-            "updated": datetime.now(timezone.utc).isoformat(),
-        }
-        atomic_write_text(self.run_dir / "status.json", json.dumps(payload, indent=2) + "\n")

@@ -35,12 +35,19 @@ from PySide6.QtWidgets import (
 
 from core.config import ConfigError, config_to_dict
 from core.runs import RunSummary, default_run_dir, list_runs, load_run_config
-from core.training import BatchProgress, EpochRecord, TrainingResult, TrainingWarning, format_seconds
+from core.training import (
+    BatchProgress,
+    EpochRecord,
+    TrainingResult,
+    TrainingWarning,
+    format_seconds,
+    read_metrics_csv,
+)
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, badge, page_header
 from workbench.state import WorkbenchState
 from workbench.widgets.elided_label import ElidedLabel
-from workbench.widgets.loss_plot import LossPlot, change_since_first, read_metrics_csv
+from workbench.widgets.loss_plot import LossPlot, change_since_first
 from workbench.widgets.slice_preview import SliceGrid
 from workbench.workers import QUEUED, SynthesisPreview, TaskError, TrainingJob
 
@@ -702,7 +709,8 @@ class TrainPage(QWidget):
         summary = self.selected_run()
         if summary is not None:
             command = summary.path / "command.txt"
-            lines = [ln for ln in command.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")] if command.is_file() else []
+            lines = ([ln for ln in command.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
+                     if command.is_file() else [])
             self.command_label.setText(lines[0] if lines else "")
         self._update_buttons()
 

@@ -38,9 +38,10 @@ from PySide6.QtWidgets import (
     QWidgetAction,
 )
 
+from core.training import read_metrics_csv
 from workbench.resources import plot_colors
 
-__all__ = ["LossPlot", "CurveLegend", "LegendEntry", "debiased_ema", "read_metrics_csv", "percent_of_first",
+__all__ = ["LossPlot", "CurveLegend", "LegendEntry", "debiased_ema", "percent_of_first",
            "change_since_first", "SPLITS"]
 
 SPLITS = {"train": "train", "val": "validation"}
@@ -64,28 +65,6 @@ def debiased_ema(values: Iterable[float], weight: float) -> np.ndarray:
         last = last * weight + (1 - weight) * v
         out.append(last / (1 - weight**n) if weight > 0 else v)
     return np.asarray(out, dtype=float)
-
-
-def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a run's ``metrics.csv`` with numeric values parsed (missing ones become NaN)."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for raw in csv.DictReader(handle):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                if key is None:
-                    continue
-                if key == "stage":
-                    row[key] = value
-                    continue
-                try:
-                    row[key] = float(value) if value not in ("", None) else math.nan
-                except ValueError:
-                    row[key] = value
-            if "epoch" in row and isinstance(row["epoch"], float) and math.isfinite(row["epoch"]):
-                row["epoch"] = int(row["epoch"])
-                rows.append(row)
-    return rows
 
 
 def _compact(value: float) -> str:
@@ -392,7 +371,7 @@ class LossPlot(QWidget):
 
     def load_metrics_csv(self, run_id: str, label: str, path: str | Path) -> int:
         """Show a finished or earlier run from its ``metrics.csv``; returns the number of epochs read."""
-        rows = read_metrics_csv(path)
+        rows = read_metrics_csv(path, missing=math.nan)
         self.add_run(run_id, label, rows)
         return len(rows)
 

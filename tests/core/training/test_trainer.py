@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import pytest
@@ -15,6 +16,7 @@ from core.training import (
     TrainingControl,
     TrainingDiverged,
     latest_checkpoint,
+    read_metrics_csv,
 )
 
 INPUT_DIMS = {"a": (12,), "b": (12,), "c": (6,)}
@@ -81,6 +83,25 @@ def test_training_lowers_the_validation_loss_and_writes_the_run(tmp_path, splits
     best_record = min(result.history[model.start_keep_best_epoch :], key=lambda r: r.validation["loss"])
     assert result.best_epoch == best_record.epoch
     assert_same_weights(weights(final), weights(model))
+
+
+def test_metrics_csv_reads_back_what_the_trainer_wrote(tmp_path, splits):
+    train, validation = splits
+    result = Trainer(new_model(), train, validation, config(num_epochs=2), run_dir=tmp_path).train()
+    with open(tmp_path / "metrics.csv", "a", encoding="utf-8") as handle:
+        handle.write("torn,row\n")  # a hand-edited or torn last line is skipped, not a crash
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["stage"] == result.history[1].stage
+    assert rows[1]["val/loss"] == pytest.approx(result.history[1].validation["loss"])
+
+
+def test_metrics_csv_empty_cells_become_the_missing_value(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,stage,train/loss,val/loss\n1,joint,2.5,\n", encoding="utf-8")
+    assert read_metrics_csv(path)[0]["val/loss"] is None
+    assert math.isnan(read_metrics_csv(path, missing=math.nan)[0]["val/loss"])
+    assert read_metrics_csv(path)[0]["train/loss"] == 2.5
 
 
 def test_checkpoints_are_complete_pickle_free_and_atomic(tmp_path, splits):
