@@ -35,7 +35,8 @@ class ResizeConvUNet(nn.Module):
         self.dims = dims
         self.down = nn.ModuleList([_block(dims, c_in, c_out) for c_in, c_out in zip((in_channels, *channels[:-1]), channels, strict=True)])
         conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        self.up = nn.ModuleList([conv(c_deep, c_skip, 3, padding=1) for c_deep, c_skip in zip(channels[:0:-1], channels[-2::-1], strict=True)])
+        self.up = nn.ModuleList([conv(c_deep, c_skip, 3, padding=1)
+                                 for c_deep, c_skip in zip(channels[:0:-1], channels[-2::-1], strict=True)])
         self.merge = nn.ModuleList([_block(dims, 2 * c, c) for c in channels[-2::-1]])
         self.head = conv(channels[0], out_channels, 1)
 

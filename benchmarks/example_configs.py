@@ -54,8 +54,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "example_configs.json"
     previous = json.loads(out.read_text(encoding="utf-8"))["results"] if out.is_file() and args.only else {}
-    payload = {"benchmark": "example_configs", "machine": platform.platform(), "cpu_count": os.cpu_count(), "load_average_1min_at_start": LOAD_AT_START,
-               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": {**previous, **results}}
+    payload = {"benchmark": "example_configs", "machine": platform.platform(), "cpu_count": os.cpu_count(),
+               "load_average_1min_at_start": LOAD_AT_START, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "results": {**previous, **results}}
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -425,7 +425,8 @@ def _write(args: argparse.Namespace, runs: dict[tuple[str, str, str], list[dict[
                 entry[label] = {key: _median(rows, key) for key in ("samples_per_second", "ms_per_step", "cpu_samples_per_second",
                                                                       "cpu_ms_per_step", "stack_rss_mb", "peak_rss_mb",
                                                                       "training_rss_mb")}
-                entry[label]["samples_per_second_all_rounds"] = [round(r["samples_per_second"], 1) for r in rows if "samples_per_second" in r]
+                entry[label]["samples_per_second_all_rounds"] = [round(r["samples_per_second"], 1) for r in rows
+                                                                 if "samples_per_second" in r]
                 errors = [r["error"] for r in rows if "error" in r]
                 if errors:
                     entry[label]["errors"] = errors
@@ -461,8 +462,10 @@ def _write(args: argparse.Namespace, runs: dict[tuple[str, str, str], list[dict[
           f"{'cpu bare':>8} {'train MB':>8} {'ref MB':>7}")
     for e in table:
         p, r = e["project"], e["reference"]
-        print(f"{e['kind']:7} {e['model']:6} {e['ratio_project_over_reference'] or 0:6.2f} {e['cpu_ratio_project_over_reference'] or 0:9.2f} "
-              f"{p['ms_per_step'] or 0:8.1f} {r['ms_per_step'] or 0:8.1f} {p['cpu_ms_per_step'] or 0:7.1f} {r['cpu_ms_per_step'] or 0:7.1f} "
+        print(f"{e['kind']:7} {e['model']:6} {e['ratio_project_over_reference'] or 0:6.2f} "
+              f"{e['cpu_ratio_project_over_reference'] or 0:9.2f} "
+              f"{p['ms_per_step'] or 0:8.1f} {r['ms_per_step'] or 0:8.1f} {p['cpu_ms_per_step'] or 0:7.1f} "
+              f"{r['cpu_ms_per_step'] or 0:7.1f} "
               f"{p['cpu_bare_networks_ms'] or 0:8.1f} {p['training_rss_mb'] or 0:8.0f} {r['training_rss_mb'] or 0:7.0f}")
     print(f"wrote {out}")
 

@@ -135,7 +135,8 @@ def main() -> None:
         process.join()
         print(name, results[name])
     payload = {"benchmark": "train_throughput", "model": "MVAE", "machine": platform.platform(), "processor": platform.processor(),
-               "cpu_count": mp.cpu_count(), "load_average_1min_at_start": LOAD_AT_START, "steps": args.steps, "results": results, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "cpu_count": mp.cpu_count(), "load_average_1min_at_start": LOAD_AT_START, "steps": args.steps, "results": results,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")

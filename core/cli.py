@@ -55,7 +55,9 @@ def _report(result: object) -> int:
 
     if not is_main_process():
         return EXIT_OK if result.status in ("completed", "early_stopped", "stopped") else EXIT_FAILED
-    print(f"{result.status}: {result.epochs_completed} epochs" + (f", best validation loss {result.best_validation_loss:.5g} (epoch {result.best_epoch})" if result.best_validation_loss is not None else ""))
+    print(f"{result.status}: {result.epochs_completed} epochs"
+          + (f", best validation loss {result.best_validation_loss:.5g} (epoch {result.best_epoch})"
+             if result.best_validation_loss is not None else ""))
     if result.message:
         print(result.message)
     if result.run_dir is not None:

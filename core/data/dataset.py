@@ -120,7 +120,8 @@ class MultimodalBaseDataset(Dataset):
         self.data = {str(m): torch.as_tensor(x) for m, x in data.items()}
         lengths = {m: x.shape[0] for m, x in self.data.items()}
         if len(set(lengths.values())) != 1:
-            raise DatasetError(f"Modalities have different numbers of samples: {lengths}. Every modality needs one entry per subject (zeros where missing).")
+            raise DatasetError(f"Modalities have different numbers of samples: {lengths}. "
+                               "Every modality needs one entry per subject (zeros where missing).")
         self._n = next(iter(lengths.values()))
         for m, x in self.data.items():
             if not torch.is_floating_point(x):

@@ -319,7 +319,8 @@ def _warped_tissues(spec: DemoSpec, factors: dict[str, Any], grid_affine: np.nda
     displacement = [peak_vox * _smooth_field(rng, shape, 16.0 / spacing) for _ in range(3)]
     ijk = np.indices(shape, dtype=np.float32)
     ijk = [ijk[a] + displacement[a] for a in range(3)]
-    xyz = np.stack([grid_affine[a, 0] * ijk[0] + grid_affine[a, 1] * ijk[1] + grid_affine[a, 2] * ijk[2] + grid_affine[a, 3] for a in range(3)])
+    xyz = np.stack([grid_affine[a, 0] * ijk[0] + grid_affine[a, 1] * ijk[1] + grid_affine[a, 2] * ijk[2] + grid_affine[a, 3]
+                    for a in range(3)])
     centre = np.array(BRAIN_CENTRE_MM).reshape(3, 1)
     linear = _rotation(factors["rotation_deg"]) @ np.diag(1.0 / np.array(factors["scale"]))
     moved = linear @ (xyz.reshape(3, -1) - centre) + centre
@@ -371,7 +372,9 @@ def _mr(modality: str, fractions: dict[str, np.ndarray], factors: dict[str, Any]
     return (noisy * (fractions["brain"] > 0.5)).astype(np.float32)
 
 
-def _ultrasound(fractions: dict[str, np.ndarray], factors: dict[str, Any], grid_affine: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _ultrasound(
+    fractions: dict[str, np.ndarray], factors: dict[str, Any], grid_affine: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """B-mode-like image from a probe above the brain; returns (image, field-of-view mask)."""
     shape = fractions["WM"].shape
     spacing = grid_affine[0, 0]
@@ -396,7 +399,8 @@ def _ultrasound(fractions: dict[str, np.ndarray], factors: dict[str, Any], grid_
     # Shadowing accumulates down each column (beam direction ~ -z): flip so the cumulative product runs from the probe.
     shadow = np.flip(np.cumprod(np.flip(1 - 0.35 * reflectivity, axis=2), axis=2), axis=2)
     psf_sigma = (0.8 * 2.0 / spacing, 0.8 * 2.0 / spacing, 1.6 * 2.0 / spacing)
-    scatter = ndimage.gaussian_filter(rng.standard_normal(shape), psf_sigma) + 1j * ndimage.gaussian_filter(rng.standard_normal(shape), psf_sigma)
+    scatter = (ndimage.gaussian_filter(rng.standard_normal(shape), psf_sigma)
+               + 1j * ndimage.gaussian_filter(rng.standard_normal(shape), psf_sigma))
     envelope = np.abs(scatter)
     envelope /= envelope.mean() + 1e-8
     speckle_weight = 0.55 if spacing >= 1.0 else 1.0
@@ -535,7 +539,9 @@ def make_demo_cohort(
     return DemoCohort(incomplete, complete, lesion, brain)
 
 
-def write_demo_cohort(out_dir: str | os.PathLike, spec: DemoSpec, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Path:
+def write_demo_cohort(
+    out_dir: str | os.PathLike, spec: DemoSpec, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+) -> Path:
     """Write the cohort as a BIDS-like tree of NIfTI files with a manifest; returns the manifest path.
 
     Only present modalities are written. Files: ``sub-XXX/anat/sub-XXX_{T1w,T2w,FLAIR}.nii.gz``,
@@ -573,7 +579,8 @@ def write_demo_cohort(out_dir: str | os.PathLike, spec: DemoSpec, progress: Prog
                 if m == "US":
                     fov_rel = str(Path(sid) / folder / f"{sid}_US_fov.nii.gz")
                     fov = subject.fov[:, :, None] if spec.dims == 2 else subject.fov
-                    write_nifti(staging / fov_rel, fov.astype(np.uint8), geometry, dtype=np.uint8, description="ultrasound field of view", verify=False)
+                    write_nifti(staging / fov_rel, fov.astype(np.uint8), geometry, dtype=np.uint8,
+                                description="ultrasound field of view", verify=False)
                 rows.append({"subject": sid, "modality": m, "path": str(rel), "observation_mask": fov_rel})
             participants.append({"participant_id": sid, **{k: round(v, 4) for k, v in subject.labels.items()}, **subject.covariates})
             truth[sid] = subject.factors

@@ -155,7 +155,8 @@ def simulate_mnar_by_content(
 def apply_masks(dataset: MultimodalBaseDataset, masks: Mapping[str, torch.Tensor]) -> IncompleteDataset:
     """An incomplete copy of ``dataset`` with ``masks`` (hidden entries zeroed; ids, labels kept)."""
     _check_names(list(masks), dataset.modalities, "masks")
-    combined = {m: dataset.masks[m] & torch.as_tensor(masks.get(m, torch.ones(len(dataset), dtype=torch.bool))).bool() for m in dataset.modalities}
+    combined = {m: dataset.masks[m] & torch.as_tensor(masks.get(m, torch.ones(len(dataset), dtype=torch.bool))).bool()
+                for m in dataset.modalities}
     return IncompleteDataset(
         dataset.data, combined, labels=dataset.labels, ids=dataset.ids, observation_masks=dataset.observation_masks
     )

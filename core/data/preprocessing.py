@@ -82,15 +82,19 @@ class NormalizationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["zscore", "minmax", "none"] = Field(
-        "zscore", title="Method", description="z-score (mean 0, std 1) or min-max to [0, 1] inside the region; none keeps source units.")
+        "zscore", title="Method",
+        description="z-score (mean 0, std 1) or min-max to [0, 1] inside the region; none keeps source units.")
     percentiles: tuple[float, float] | None = Field(
-        (0.5, 99.5), title="Clip percentiles", description="Clip to these percentiles of the in-region values first; None disables clipping.")
+        (0.5, 99.5), title="Clip percentiles",
+        description="Clip to these percentiles of the in-region values first; None disables clipping.")
     region: Literal["foreground", "fov", "all"] = Field(
-        "foreground", title="Statistics region", description="Voxels the statistics come from: the foreground, the observed field of view, or every observed voxel.")
+        "foreground", title="Statistics region",
+        description="Voxels the statistics come from: the foreground, the observed field of view, or every observed voxel.")
     foreground: Literal["nonzero", "otsu"] = Field(
         "nonzero", title="Foreground", description="How the foreground is found: non-zero voxels (skull-stripped MR) or an Otsu threshold.")
     outside_region: Literal["zero", "keep"] = Field(
-        "zero", title="Outside the region", description="Set voxels outside the region to 0 (BraTS style), or normalise them like the rest.")
+        "zero", title="Outside the region",
+        description="Set voxels outside the region to 0 (BraTS style), or normalise them like the rest.")
 
     @field_validator("percentiles")
     @classmethod
@@ -110,7 +114,8 @@ class PreprocessingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     modalities: list[str] | None = Field(
-        None, title="Modalities", description="Modalities to load, in order (default: all found). A listed modality present for no subject is kept (for imputation).")
+        None, title="Modalities",
+        description="Modalities to load, in order (default: all found). A listed modality present for no subject is kept (for imputation).")
     reference_modality: str | None = Field(
         None, title="Reference modality", description="Whose grid every modality is resampled onto (default: the first modality).")
     orientation: Literal["RAS"] = Field("RAS", title="Orientation", description="Canonical orientation of the model grid.")
@@ -128,11 +133,13 @@ class PreprocessingConfig(BaseModel):
         default_factory=lambda: ["US"], title="Observation mask from non-zero region",
         description="Modalities whose observed region is their non-zero voxels when no observation mask file is given (the US sector).")
     outside_fov_unobserved: bool = Field(
-        True, title="Outside field of view is unobserved", description="Voxels of the grid outside a source file's field of view are marked unobserved.")
+        True, title="Outside field of view is unobserved",
+        description="Voxels of the grid outside a source file's field of view are marked unobserved.")
     spacing_tolerance: float = Field(
         0.1, ge=0.0, title="Spacing tolerance", description="Relative spacing difference from the modality median that is reported.")
     min_overlap: float = Field(
-        0.05, ge=0.0, le=1.0, title="Minimum overlap", description="A modality covering less than this fraction of the grid is reported (0 overlap: treated as missing).")
+        0.05, ge=0.0, le=1.0, title="Minimum overlap",
+        description="A modality covering less than this fraction of the grid is reported (0 overlap: treated as missing).")
 
     @field_validator("target_spacing")
     @classmethod

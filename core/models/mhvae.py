@@ -359,7 +359,8 @@ class MHVAE(MultimodalVAE):
                     try:
                         params, skip = self._bottom_up(m, torch.zeros(2, *dims[m], device=self.device))
                     except Exception as exc:  # re-raised with the block's name
-                        raise ConfigError(f"The bottom-up path of '{m}' (encoders, bottom_up_blocks) fails on its input shape {tuple(dims[m])}: {exc}") from exc
+                        raise ConfigError(f"The bottom-up path of '{m}' (encoders, bottom_up_blocks) fails on its input shape "
+                                          f"{tuple(dims[m])}: {exc}") from exc
                     if tuple(params[0].shape) != (2, self.latent_dim):
                         raise ConfigError(
                             f"bottom_up_blocks['{m}'][-1] returns a mean of shape {tuple(params[0].shape[1:])}; q(z_L | x) must be "
@@ -374,7 +375,8 @@ class MHVAE(MultimodalVAE):
                     h = self.top_down_blocks[i](z)
                     p_mu, p_lv = as_gaussian(self.prior_blocks[i](h))
                 except Exception as exc:
-                    raise ConfigError(f"top_down_blocks[{i}] / prior_blocks[{i}] fail on z_{level + 1} of shape {tuple(z.shape[1:])}: {exc}") from exc
+                    raise ConfigError(f"top_down_blocks[{i}] / prior_blocks[{i}] fail on z_{level + 1} of shape "
+                                      f"{tuple(z.shape[1:])}: {exc}") from exc
                 for m, skip in skips.items():
                     if h.shape[0] != skip[i].shape[0] or h.shape[2:] != skip[i].shape[2:]:
                         raise ConfigError(
@@ -597,7 +599,8 @@ class MHVAE(MultimodalVAE):
         subsets = self.subsets_for_step()
         n_sub = len(subsets)
         params, skips = self.modality_encode(batch.data)
-        stacked = {m: ModelOutput(embedding=_repeat(p.embedding, n_sub), log_covariance=_repeat(p.log_covariance, n_sub)) for m, p in params.items()}
+        stacked = {m: ModelOutput(embedding=_repeat(p.embedding, n_sub), log_covariance=_repeat(p.log_covariance, n_sub))
+                   for m, p in params.items()}
         stacked_skips = {m: [_repeat(d, n_sub) for d in ds] for m, ds in skips.items()}
         in_subset = torch.tensor([[m in s for s in subsets] for m in self.modalities], device=self.device)  # (M, n_sub)
         masks = torch.stack([batch.masks[m] for m in self.modalities])  # (M, B)
@@ -653,7 +656,8 @@ class MHVAE(MultimodalVAE):
         chunks = []
         for start in range(0, K, batch_size_K):
             k = min(batch_size_K, K - start)
-            rep = {m: ModelOutput(embedding=_repeat(p.embedding, k), log_covariance=_repeat(p.log_covariance, k)) for m, p in params.items()}
+            rep = {m: ModelOutput(embedding=_repeat(p.embedding, k), log_covariance=_repeat(p.log_covariance, k))
+                   for m, p in params.items()}
             rep_skips = {m: [_repeat(d, k) for d in ds] for m, ds in skips.items()}
             zs, _, log_w = self.top_down(rep, rep_skips, masks.repeat(1, k), log_weights=True)
             log_w = log_w.reshape(k, B)

@@ -149,7 +149,8 @@ def _dry_forward(flow: nn.Module, latent_dim: int, name: str) -> Any:
         try:
             return flow(z)
         except (RuntimeError, ValueError, IndexError) as exc:
-            raise ValueError(f"{name} fails on a latent of shape (2, {latent_dim}): {exc}. Is it built for latent_dim={latent_dim}?") from exc
+            raise ValueError(f"{name} fails on a latent of shape (2, {latent_dim}): {exc}. "
+                             f"Is it built for latent_dim={latent_dim}?") from exc
 
 
 def _check_flow(flow: nn.Module, latent_dim: int, name: str) -> None:

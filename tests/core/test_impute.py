@@ -14,7 +14,8 @@ DIMS = {"T1": (1, 6, 6, 6), "T2": (1, 6, 6, 6), "US": (1, 6, 6, 6)}
 def setup():
     n = 6
     data = {m: torch.randn(n, *s) for m, s in DIMS.items()}
-    masks = {"T1": torch.ones(n, dtype=torch.bool), "T2": torch.tensor([1, 0, 1, 0, 1, 1]).bool(), "US": torch.tensor([0, 1, 1, 0, 1, 0]).bool()}
+    masks = {"T1": torch.ones(n, dtype=torch.bool), "T2": torch.tensor([1, 0, 1, 0, 1, 1]).bool(),
+             "US": torch.tensor([0, 1, 1, 0, 1, 0]).bool()}
     dataset = IncompleteDataset(data, masks, ids=[f"s{i}" for i in range(n)])
     model = MVAE(MVAEConfig(n_modalities=3, latent_dim=3, input_dims=DIMS))
     return model, dataset

@@ -229,7 +229,8 @@ def test_verdicts_come_from_every_held_out_subject_and_are_cached_in_the_run(
 
 def test_synthesized_ultrasound_is_background_outside_its_field_of_view(context: SynthesisContext, tmp_path: Path) -> None:
     cohort = context.fields_of_view.cohort["US"]
-    assert cohort.source == f"cohort majority of {sum(context.dataset.masks['US'][context.index[s]].item() for s in context.train_ids)} subjects"
+    assert cohort.source == (
+        f"cohort majority of {sum(context.dataset.masks['US'][context.index[s]].item() for s in context.train_ids)} subjects")
     assert 0 < cohort.mask.mean() < 0.5
     lacking = next(s for s in context.dataset.ids if "US" in context.missing(s) and context.observed(s))
     item = synthesize_subject(context, lacking, n_samples=3).results["US"]

@@ -348,7 +348,8 @@ class ModelPage(QWidget):
 
     @Slot()
     def choose_yaml_to_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the run configuration", str(Path(self._last_dir()) / f"{self.name_edit.text() or 'run'}.yaml"),
+        path, _ = QFileDialog.getSaveFileName(self, "Save the run configuration",
+                                              str(Path(self._last_dir()) / f"{self.name_edit.text() or 'run'}.yaml"),
                                               "Run YAML (*.yaml *.yml)")
         if path:
             self.save_yaml(path)

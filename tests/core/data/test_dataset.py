@@ -67,7 +67,8 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(DatasetError, match="different numbers of samples"):
         MultimodalBaseDataset({"a": torch.zeros(3, 2), "b": torch.zeros(4, 2)})
     with pytest.raises(DatasetError, match="missing for every subject"):
-        IncompleteDataset({"a": torch.zeros(3, 2), "b": torch.ones(3, 2)}, {"a": torch.ones(3, dtype=torch.bool), "b": torch.zeros(3, dtype=torch.bool)})
+        IncompleteDataset({"a": torch.zeros(3, 2), "b": torch.ones(3, 2)},
+                          {"a": torch.ones(3, dtype=torch.bool), "b": torch.zeros(3, dtype=torch.bool)})
     with pytest.raises(DatasetError, match="NaN"):
         IncompleteDataset({"a": torch.tensor([[float("nan")], [1.0]])}, {"a": torch.ones(2, dtype=torch.bool)})
     with pytest.raises(DatasetError, match="unique"):

@@ -83,7 +83,8 @@ def test_resampling_agrees_with_simpleitk_and_nibabel():
     assert np.array_equal(theirs != 0, inside)  # the same field of view (the data is > 0 everywhere)
     # nibabel (scipy, constant outside): identical away from the field-of-view edge.
     nib_out = resample_from_to(nib.Nifti1Image(data, src_g.affine), (tgt_g.shape, tgt_g.affine), order=1).get_fdata()
-    interior = resample_from_to(nib.Nifti1Image(np.ones_like(data), src_g.affine), (tgt_g.shape, tgt_g.affine), order=1).get_fdata() > 1 - 1e-6
+    interior = resample_from_to(nib.Nifti1Image(np.ones_like(data), src_g.affine), (tgt_g.shape, tgt_g.affine),
+                                order=1).get_fdata() > 1 - 1e-6
     assert interior.sum() > 100
     assert np.allclose(ours[interior], nib_out[interior], atol=1e-2)
 

@@ -60,7 +60,8 @@ def trained(tmp_path_factory):
     params = {"A": {"scale": 0.1}, "B": {"scale": 0.1}}
     model = MVAE(MVAEConfig(n_modalities=2, latent_dim=4, input_dims=dataset.input_dims, warmup=3, decoder_dist_params=params))
     run_dir = tmp_path_factory.mktemp("run")
-    Trainer(model, train, validation, TrainerConfig(num_epochs=12, batch_size=16, learning_rate=3e-3, device="cpu"), run_dir=run_dir).train()
+    Trainer(model, train, validation, TrainerConfig(num_epochs=12, batch_size=16, learning_rate=3e-3, device="cpu"),
+            run_dir=run_dir).train()
     split = {"train": train.ids, "validation": validation.ids, "test": test.ids}
     (run_dir / "split.json").write_text(json.dumps(split))
     return model.eval(), dataset, train, test, run_dir

@@ -149,7 +149,8 @@ def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two(make_batc
             current = stage
         model.train()
         for idx in torch.arange(32).split(8):
-            batch = DatasetOutput(data={m: x[idx] for m, x in data.data.items()}, masks={m: k[idx] for m, k in data.masks.items()}, ids=None)
+            batch = DatasetOutput(data={m: x[idx] for m, x in data.data.items()}, masks={m: k[idx] for m, k in data.masks.items()},
+                                  ids=None)
             loss = model(batch, TrainingProgress(epoch)).loss
             optimizer.zero_grad()
             loss.backward()

@@ -31,7 +31,8 @@ def test_config_defaults_follow_the_seed(assert_plain_decoders):
 
 def test_the_auxiliary_priors_learn_through_the_cross_reconstructions(make_model, make_batch):
     model = make_model()
-    assert not model.prior_log_scale.requires_grad and not make_model(learn_modality_prior=False).auxiliary_prior_log_scales["a"].requires_grad
+    assert (not model.prior_log_scale.requires_grad
+            and not make_model(learn_modality_prior=False).auxiliary_prior_log_scales["a"].requires_grad)
     assert make_model(learn_shared_prior=True).prior_log_scale.requires_grad
     model.train()
     model(make_batch(n=6)).loss.backward()
@@ -107,7 +108,8 @@ def test_the_loss_is_the_papers_bound_computed_by_hand(make_model, make_batch, u
     q = {}
     for m in "abc":
         out = model.encoders[m](batch.data[m])
-        q[m] = (Normal(out.embedding, (0.5 * out.log_covariance).exp()), Normal(out.style_embedding, (0.5 * out.style_log_covariance).exp()))
+        q[m] = (Normal(out.embedding, (0.5 * out.log_covariance).exp()),
+                Normal(out.style_embedding, (0.5 * out.style_log_covariance).exp()))
     n_observed = sum(observed.values())
     torch.manual_seed(5)
     total = torch.zeros(3)

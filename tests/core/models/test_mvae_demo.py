@@ -27,7 +27,8 @@ def test_mvae_on_demo_data_beats_the_mean_image_for_t2_from_t1():
     held_out = [truth.ids.index(s) for s in test.ids]
     t1, t2 = truth.data["T1"][held_out], truth.data["T2"][held_out]
     assert not set(test.ids) & set(train.ids)
-    predicted = model.predict(MultimodalBaseDataset({"T1": t1, "T2": torch.zeros_like(t2)}), cond_mod=["T1"], gen_mod=["T2"], N=8)["T2"].mean(0)
+    predicted = model.predict(MultimodalBaseDataset({"T1": t1, "T2": torch.zeros_like(t2)}), cond_mod=["T1"], gen_mod=["T2"],
+                              N=8)["T2"].mean(0)
     mean_image = train.data["T2"][train.masks["T2"]].mean(0, keepdim=True)
     brain = t1 != 0
     model_error = ((predicted - t2)[brain] ** 2).mean()

@@ -60,7 +60,8 @@ def test_poe_is_stable_for_tiny_and_huge_variances_and_garbage_in_missing():
 
 def test_poe_without_prior_refuses_rows_with_no_expert():
     with pytest.raises(ValueError, match="no observed expert"):
-        product_of_experts(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.tensor([[True, False, True], [True, False, False]]), with_prior=False)
+        product_of_experts(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.tensor([[True, False, True], [True, False, False]]),
+                           with_prior=False)
 
 
 @pytest.mark.parametrize("dist", ["normal", "laplace", "bernoulli"])

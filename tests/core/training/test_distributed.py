@@ -96,9 +96,11 @@ def trainer_config(**overrides: Any) -> TrainerConfig:
 
 
 def _dump(folder: Path, tag: str, rank: int, trainer: Trainer, result: Any) -> None:
-    save_file({k: v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()}, str(folder / f"{tag}-rank{rank}.safetensors"))
+    save_file({k: v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()},
+              str(folder / f"{tag}-rank{rank}.safetensors"))
     history = [{"train": r.train, "validation": r.validation, "is_best": r.is_best} for r in result.history]
-    (folder / f"{tag}-rank{rank}.json").write_text(json.dumps({"history": history, "best_epoch": result.best_epoch, "status": result.status}))
+    (folder / f"{tag}-rank{rank}.json").write_text(
+        json.dumps({"history": history, "best_epoch": result.best_epoch, "status": result.status}))
 
 
 def _worker(rank: int, world_size: int, port: int, folder: str) -> None:

@@ -113,7 +113,8 @@ def test_config_switches_callbacks_on_and_refuses_remote_stores(monkeypatch):
 
 def test_a_missing_package_names_the_pip_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(monitoring.importlib.util, "find_spec", lambda name, *a: None if name in ("tensorboardX", "tensorboard", "mlflow") else real(name, *a))
+    monkeypatch.setattr(monitoring.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("tensorboardX", "tensorboard", "mlflow") else real(name, *a))
     with pytest.raises(MonitoringError, match=r"pip install tensorboardX==2\.6\.5"):
         TensorBoardCallback()
     with pytest.raises(MonitoringError, match=r"pip install mlflow-skinny==3\.17\.2"):
