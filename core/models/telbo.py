@@ -117,10 +117,6 @@ class TELBO(JointThenUnimodalStages, JointEncoderVAE):
         super().__init__(model_config, encoders, decoders, joint_encoder)
 
     # ------------------------------------------------------------------ stages
-    def joint_modules(self) -> list[nn.Module]:
-        """The joint encoder and decoders, with their learned scales (they belong to the decoders)."""
-        return [self.joint_encoder, self.decoders, *([self.decoder_log_scales] if self.decoder_log_scales else [])]
-
     def unimodal_modules(self) -> list[nn.Module]:
         return [self.encoders]
 

@@ -1,7 +1,8 @@
 """Two-stage training of the joint-encoder models that learn their unimodal side last (JNF, TELBO).
 
-Stage ``joint`` (epochs 1..W, W the config's ``warmup``) trains the joint encoder and the decoders;
-stage ``unimodal`` (from epoch W + 1) trains the unimodal side with the joint VAE frozen: its
+Stage ``joint`` (epochs 1..W, W the config's ``warmup``) trains the joint encoder and the decoders (with
+their learned scales, ``decoder_scale: learned``); stage ``unimodal`` (from epoch W + 1) trains the
+unimodal side with the joint VAE frozen: its
 parameters get ``requires_grad=False`` and its modules stay in eval mode, so BatchNorm statistics and
 Dropout masks of the frozen part do not change. The trainer reloads the best weights of the first stage
 and starts a fresh optimizer at the boundary (``reset_optimizer_epochs``, MultiVae's attribute).
@@ -28,11 +29,14 @@ class JointThenUnimodalStages:
     _active_stage: str | None = None
     joint_encoder: nn.Module
     decoders: nn.Module
+    decoder_log_scales: nn.ParameterDict | None
     model_config: Any
 
     def joint_modules(self) -> list[nn.Module]:
-        """What stage ``joint`` trains and stage ``unimodal`` freezes."""
-        return [self.joint_encoder, self.decoders]
+        """What stage ``joint`` trains and stage ``unimodal`` freezes: the joint encoder, the decoders and their
+        learned scales (an analytic scale is no parameter: it is never trained)."""
+        learned = self.decoder_log_scales is not None and self.model_config.decoder_scale == "learned"
+        return [self.joint_encoder, self.decoders, *([self.decoder_log_scales] if learned else [])]
 
     def unimodal_modules(self) -> list[nn.Module]:
         raise NotImplementedError

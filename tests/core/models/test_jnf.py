@@ -10,9 +10,11 @@ from torch import nn
 from core.data import DatasetOutput
 from core.models import (
     JNF,
+    TELBO,
     ConfigError,
     IncompleteDataError,
     JNFConfig,
+    TELBOConfig,
     TrainingProgress,
 )
 from core.nn import EncoderOutput
@@ -162,6 +164,30 @@ def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two(make_batc
     assert all(k.startswith(("encoders.", "flows.")) for k in changed), sorted(changed)
     stage_1 = {k for k in final if not torch.equal(start_of_stage_2[k], snapshots["joint"][k])}
     assert any(k.startswith("joint_encoder.") for k in stage_1) and not any(k.startswith("flows.") for k in stage_1)
+
+
+@pytest.mark.parametrize(("model_cls", "config_cls"), [(JNF, JNFConfig), (TELBO, TELBOConfig)])
+def test_a_learned_decoder_scale_trains_with_the_joint_vae_and_is_frozen_with_it(model_cls, config_cls, make_batch):
+    """JNF as TELBO: stage ``joint`` trains the learned scales, stage ``unimodal`` freezes them (the trainer's
+    optimizer takes the stage's parameters that require a gradient)."""
+    dims = {"a": (8,), "b": (8,)}
+    model = model_cls(config_cls(n_modalities=2, latent_dim=4, input_dims=dims, warmup=2, decoder_scale="learned"))
+    joint, unimodal = ({id(p) for p in model.parameters_for_stage(s)} for s in model.stages)
+    assert joint | unimodal == {id(p) for p in model.parameters()}
+    data = make_batch(dims, 16)
+    scales = {"start": torch.stack(list(model.decoder_log_scales.values())).detach().clone()}
+    for stage in model.stages:
+        model.enter_stage(stage)
+        model.train()
+        optimizer = torch.optim.Adam([p for p in model.parameters_for_stage(stage) if p.requires_grad], lr=1e-2)
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(data, TrainingProgress(stage.first_epoch)).loss.backward()
+            optimizer.step()
+        scales[stage.name] = torch.stack(list(model.decoder_log_scales.values())).detach().clone()
+    assert not torch.equal(scales["start"], scales["joint"]), "stage joint did not train the learned scales"
+    assert torch.equal(scales["joint"], scales["unimodal"]), "stage unimodal changed the frozen scales"
+    assert not any(p.requires_grad for p in model.decoder_log_scales.parameters())
 
 
 def test_unimodal_encoding_goes_through_the_flow(make_model, make_batch):
