@@ -190,7 +190,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _print_preparation_issues(loaded: object, strict: bool) -> None:
     """What preparing the data found, in the cohort report's words, before training starts."""
-    from core.data.io import Issue
+    from core.data.errors import Issue
 
     issues = [i for i in loaded.records.issues if isinstance(i, Issue) and i.level in ("error", "warning")]
     for issue in issues:

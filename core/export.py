@@ -45,16 +45,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 import core
-from core.atomic import SAFE_NAME_RULE, UnsafePathError, ensure_inside
-from core.data.io import (
-    ImageWriteError,
-    Issue,
-    read_header,
-    read_volume,
-    strip_image_suffix,
-    write_json_atomic,
-    write_nifti,
-)
+from core.atomic import SAFE_NAME_RULE, UnsafePathError, atomic_write_json, ensure_inside
+from core.data.errors import ImageWriteError, Issue
+from core.data.formats import strip_image_suffix
 from core.data.preprocessing import (
     CohortRecords,
     NormalizationParams,
@@ -63,6 +56,8 @@ from core.data.preprocessing import (
     otsu_threshold,
     to_source_space,
 )
+from core.data.readers import read_header, read_volume
+from core.data.writers import write_nifti
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 
 if TYPE_CHECKING:
@@ -329,7 +324,7 @@ def write_synthesized(
             "issues": [str(i) for i in issues],
             **({"extra": prov.extra} if prov.extra else {}),
         }
-        side = write_json_atomic(sidecar_path(path), sidecar)
+        side = atomic_write_json(sidecar_path(path), sidecar)
         written.append(side)
     except BaseException:
         for p in written:

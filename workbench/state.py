@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, Signal
 
 from core.config import config_from_dict, config_to_dict
 from core.data.cohort import Cohort, CohortReport
-from core.data.io import Issue
+from core.data.errors import Issue
 from core.data.sources import DataConfig, LoadedData
 from core.run_config import RunConfig
 

@@ -17,7 +17,7 @@ The file is written under a temporary name beside ``path`` and renamed when comp
 sees a half-written cache and a cancelled build leaves nothing behind. Only numbers and JSON text are
 stored; nothing is ever unpickled. Opening a cache validates its layout first (:func:`validate_cache`: only
 plain datasets and groups, no external or soft links, the expected dtypes and shapes, no variable-length
-data but the id and record strings, volumes no larger than :data:`core.data.io.MAX_VOXELS`), so a damaged
+data but the id and record strings, volumes no larger than :data:`core.data.readers.MAX_VOXELS`), so a damaged
 or crafted file is one :class:`CacheError` naming what is wrong, before any model is built.
 
 :class:`H5CohortDataset` opens the file lazily in each process (the handle is pid-checked and dropped
@@ -43,7 +43,7 @@ import core
 from core.atomic import SAFE_NAME_RULE, is_safe_name
 from core.data.cohort import Cohort
 from core.data.dataset import DatasetOutput, IncompleteDataset, collate_multimodal
-from core.data.io import MAX_VOXELS, ImagingError, Issue
+from core.data.errors import ImagingError, Issue
 from core.data.preprocessing import (
     CohortRecords,
     PreprocessingConfig,
@@ -52,6 +52,7 @@ from core.data.preprocessing import (
     plan_preprocessing,
     preprocess_cohort,
 )
+from core.data.readers import MAX_VOXELS
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["CacheError", "SCHEMA_VERSION", "build_cache", "cache_is_current", "cache_fingerprint", "validate_cache",

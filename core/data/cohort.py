@@ -47,17 +47,9 @@ import numpy as np
 import torch
 
 from core.atomic import SAFE_NAME_RULE, is_safe_name
-from core.data.io import (
-    HeaderInfo,
-    ImageReadError,
-    ImagingError,
-    Issue,
-    has_dicom_preamble,
-    is_image_path,
-    read_header,
-    read_volume,
-    strip_image_suffix,
-)
+from core.data.errors import ImageReadError, ImagingError, Issue
+from core.data.formats import has_dicom_preamble, is_image_path, strip_image_suffix
+from core.data.readers import HeaderInfo, read_header, read_volume
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 
 __all__ = [

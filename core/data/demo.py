@@ -40,8 +40,8 @@ import torch
 from scipy import ndimage
 
 from core.data.dataset import DatasetError, IncompleteDataset, MultimodalBaseDataset
-from core.data.io import read_volume
 from core.data.missingness import ensure_one_observed
+from core.data.readers import read_volume
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 
 __all__ = [
@@ -550,7 +550,8 @@ def write_demo_cohort(
     ``ground_truth.json``, ``dataset_description.json`` and ``.bidsignore``. The cohort is built in a
     staging folder and moved into place at the end, so a cancelled run leaves nothing behind.
     """
-    from core.data.io import Geometry, write_nifti
+    from core.data.geometry import Geometry
+    from core.data.writers import write_nifti
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -29,7 +29,7 @@ import torch
 
 from core.data.cohort import Cohort, discover_cohort
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset
-from core.data.io import Issue
+from core.data.errors import Issue
 from core.data.preprocessing import (
     CohortRecords,
     ModalityRecord,

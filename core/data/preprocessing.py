@@ -37,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage
 
 from core.data.cohort import Cohort, FileEntry
-from core.data.io import Geometry, HeaderInfo, ImagingError, Issue, Volume, read_header, read_volume
+from core.data.errors import ImagingError, Issue
+from core.data.geometry import Geometry
+from core.data.readers import HeaderInfo, Volume, read_header, read_volume
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 
 __all__ = [

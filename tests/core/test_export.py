@@ -13,9 +13,10 @@ import pytest
 import SimpleITK as sitk
 
 import core
-from core.data.io import Geometry, write_volume
+from core.data.geometry import Geometry
 from core.data.loading import load_cohort_dataset
 from core.data.preprocessing import PreprocessingConfig, to_source_space
+from core.data.writers import write_volume
 from core.export import ExportError, Provenance, export_cohort, sidecar_path, write_synthesized
 from core.impute import FieldOfView
 from core.progress import Cancelled, CancelToken, ProgressReporter

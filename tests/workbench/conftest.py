@@ -149,7 +149,8 @@ def make_window(qtbot: Any, tmp_path: Path) -> Callable[..., Any]:
 def manifest_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small cohort written with core's NIfTI writer: 8 subjects, T1 and T2, two subjects lack T2, one
     T2 file is unreadable."""
-    from core.data.io import Geometry, write_nifti
+    from core.data.geometry import Geometry
+    from core.data.writers import write_nifti
 
     root = tmp_path_factory.mktemp("manifest-cohort")
     rng = np.random.default_rng(0)

@@ -14,8 +14,9 @@ import torch
 
 from core.config import config_from_dict, config_to_dict
 from core.data.cohort import CohortError, cohort_report, discover_cohort, read_manifest
-from core.data.io import Geometry, write_volume
+from core.data.geometry import Geometry
 from core.data.sources import DataConfig, load_data
+from core.data.writers import write_volume
 
 
 def vol(path: Path, shape=(8, 9, 10), spacing=(1.0, 1.0, 1.0), value=None, affine=None, seed=0) -> Path:

@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from core.data.io import (
-    Geometry,
-    GeometryError,
-    ImageReadError,
-    read_header,
-    read_volume,
-    write_nifti,
-    write_volume,
-)
+from core.data.errors import GeometryError, ImageReadError
+from core.data.geometry import Geometry
+from core.data.readers import read_header, read_volume
+from core.data.writers import write_nifti, write_volume
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from core.data.cohort import read_manifest
 from core.data.dataset import collate_multimodal, missingness_summary
-from core.data.io import Geometry, write_volume
+from core.data.geometry import Geometry
 from core.data.loading import load_cohort_dataset
 from core.data.preprocessing import (
     CohortRecords,
@@ -28,6 +28,7 @@ from core.data.preprocessing import (
     resample,
     to_source_space,
 )
+from core.data.writers import write_volume
 from core.progress import Cancelled, ProgressReporter
 
 FLIP = np.diag([-1.0, -1.0, 1.0])

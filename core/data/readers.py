@@ -1,4 +1,5 @@
-"""Reading and writing medical volumes: the only module in ``core`` that touches nibabel or SimpleITK files.
+"""Reading medical volumes: with :mod:`core.data.writers`, the only code in ``core`` that touches nibabel or
+SimpleITK files.
 
 One in-memory convention, converted once here at the boundary:
 
@@ -7,7 +8,7 @@ One in-memory convention, converted once here at the boundary:
   to world millimetres in **RAS+** (nibabel's convention).
 
 ITK formats (NRRD, MetaImage, DICOM through SimpleITK) store origin and direction in LPS and give arrays in
-``(z, y, x)`` order; :func:`read_volume` converts both, so nothing outside this module ever sees LPS or a
+``(z, y, x)`` order; :func:`read_volume` converts both, so nothing past the readers ever sees LPS or a
 transposed array. NIfTI is read with nibabel, which applies ``scl_slope``/``scl_inter`` (the header's own
 fields read NaN after loading; the real values are kept in ``Volume.meta``).
 
@@ -16,7 +17,7 @@ sform and SimpleITK (so ITK-SNAP and 3D Slicer) uses the qform for sform codes 2
 differently in different tools. :func:`read_header` and :func:`read_volume` detect it, report how far apart
 the two placements are, and use the sform (nibabel's choice) unless ``strict_xform=True``.
 
-Nothing here modifies an input file; writers write a temporary file beside the target and rename it.
+Nothing here modifies an input file.
 """
 
 from __future__ import annotations
@@ -24,48 +25,18 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from core.atomic import atomic_path, atomic_write_json
+from core.data.errors import GeometryError, ImageReadError, Issue, error_summary
+from core.data.formats import image_format
+from core.data.geometry import Geometry, ras_affine_from_itk
 
-__all__ = [
-    "ImagingError",
-    "ImageReadError",
-    "ImageWriteError",
-    "GeometryError",
-    "Issue",
-    "Geometry",
-    "Volume",
-    "HeaderInfo",
-    "NIFTI_SUFFIXES",
-    "ITK_SUFFIXES",
-    "DICOM_SUFFIXES",
-    "IMAGE_SUFFIXES",
-    "image_format",
-    "is_image_path",
-    "strip_image_suffix",
-    "has_dicom_preamble",
-    "read_header",
-    "read_volume",
-    "write_nifti",
-    "write_volume",
-    "atomic_path",
-    "write_json_atomic",
-]
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm",)
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + DICOM_SUFFIXES
-
-# LPS <-> RAS: flip the first two world axes.
-_FLIP_XY = np.diag([-1.0, -1.0, 1.0])
+__all__ = ["Volume", "HeaderInfo", "MAX_VOXELS", "XFORM_TOLERANCE_MM", "read_header", "read_volume"]
 
 # Displacement (mm) between qform and sform placements above which they are reported as disagreeing.
 XFORM_TOLERANCE_MM = 1e-3
@@ -76,220 +47,6 @@ MAX_VOXELS = 1 << 30
 # Deflate compresses at most about 1032:1, so a .nii.gz whose header needs more bytes than this many times
 # its size on disk is certainly truncated (or its header lies).
 _MAX_GZIP_RATIO = 1100
-
-
-class ImagingError(ValueError):
-    """Base class for imaging input/output errors; messages name the file and the fix.
-
-    ``path``, ``problem`` and ``fix`` hold the parts separately when the raiser knew them.
-    """
-
-    def __init__(self, message: str, *, path: str | os.PathLike | None = None, problem: str | None = None,
-                 fix: str | None = None) -> None:
-        super().__init__(message)
-        self.path = str(path) if path is not None else None
-        self.problem = problem or message
-        self.fix = fix
-
-    def to_issue(self, subject: str | None = None, modality: str | None = None, *, suffix: str = "") -> Issue:
-        """This error as an error-level :class:`Issue` (for reports that go on after a bad file)."""
-        name = Path(self.path).name if self.path else None
-        message = (f"cannot read {name}: {self.problem}" if name and self.problem != str(self) else self.problem) + suffix
-        return Issue("error", message, subject, modality, self.path, self.fix)
-
-
-class ImageReadError(ImagingError):
-    """A file could not be read as a 3D volume."""
-
-
-class ImageWriteError(ImagingError):
-    """A volume could not be written, or did not read back as written."""
-
-
-class GeometryError(ImagingError):
-    """An affine, spacing or shape is invalid or cannot be represented."""
-
-
-@dataclass(frozen=True)
-class Issue:
-    """A problem found in the input: ``level`` is 'error' (the file or subject cannot be used), 'warning'
-    (it is used, but check it) or 'info'."""
-
-    level: Literal["error", "warning", "info"]
-    message: str
-    subject: str | None = None
-    modality: str | None = None
-    path: str | None = None
-    fix: str | None = None
-
-    def __str__(self) -> str:
-        where = " ".join(
-            x for x in (f"[{self.subject}]" if self.subject else "", f"{self.modality}:" if self.modality else "") if x
-        )
-        text = f"{self.level.upper()}: {where + ' ' if where else ''}{self.message}"
-        if self.path and self.path not in self.message:
-            text += f" ({self.path})"
-        if self.fix:
-            text += f" Fix: {self.fix}"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Issue:
-        return cls(**d)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Geometry
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Geometry:
-    """A voxel grid: ``shape`` (X, Y, Z), ``spacing`` in mm and a 4x4 voxel-to-RAS+ ``affine``.
-
-    ``spacing`` must equal the column norms of ``affine[:3, :3]``; build one from an affine alone with
-    :meth:`from_affine`. Geometries compare with :meth:`allclose` (``==`` is identity).
-    """
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-
-    def __post_init__(self) -> None:
-        shape = tuple(int(s) for s in self.shape)
-        if len(shape) != 3 or any(s < 1 for s in shape):
-            raise GeometryError(f"A geometry needs a 3D shape of positive sizes; got {self.shape}.")
-        affine = np.array(self.affine, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-            raise GeometryError(f"The affine must be a finite 4x4 matrix; got shape {affine.shape}.")
-        if not np.allclose(affine[3], [0, 0, 0, 1]):
-            raise GeometryError(f"The affine's last row must be (0, 0, 0, 1); got {affine[3].tolist()}.")
-        if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise GeometryError("The affine is singular (a zero voxel size or collapsed axes).")
-        spacing = tuple(float(s) for s in self.spacing)
-        norms = np.linalg.norm(affine[:3, :3], axis=0)
-        if len(spacing) != 3 or not np.allclose(spacing, norms, rtol=1e-4, atol=1e-6):
-            raise GeometryError(
-                f"spacing {spacing} does not match the affine's voxel sizes {tuple(np.round(norms, 6))}; "
-                "use Geometry.from_affine(shape, affine)."
-            )
-        affine.setflags(write=False)
-        object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "spacing", spacing)
-        object.__setattr__(self, "affine", affine)
-
-    @classmethod
-    def from_affine(cls, shape: tuple[int, ...], affine: np.ndarray) -> Geometry:
-        affine = np.asarray(affine, dtype=np.float64)
-        return cls(tuple(int(s) for s in shape), tuple(np.linalg.norm(affine[:3, :3], axis=0).tolist()), affine)
-
-    # -- derived -------------------------------------------------------------------------------------------
-    @property
-    def origin(self) -> np.ndarray:
-        """RAS position (mm) of the centre of voxel (0, 0, 0)."""
-        return self.affine[:3, 3].copy()
-
-    @property
-    def direction(self) -> np.ndarray:
-        """3x3 matrix whose columns are the unit RAS directions of the voxel axes."""
-        return self.affine[:3, :3] / np.asarray(self.spacing)
-
-    @property
-    def orientation(self) -> str:
-        """Closest axis codes, e.g. 'RAS', 'LPS', 'LAS'."""
-        from nibabel.orientations import aff2axcodes
-
-        return "".join(c or "?" for c in aff2axcodes(self.affine))
-
-    @property
-    def has_shear(self) -> bool:
-        d = self.direction
-        return not np.allclose(d.T @ d, np.eye(3), atol=1e-5)
-
-    @property
-    def is_oblique(self) -> bool:
-        d = np.abs(self.direction)
-        return not np.allclose(np.sort(d, axis=0)[-1], 1.0, atol=1e-6)
-
-    def corners(self) -> np.ndarray:
-        """RAS coordinates (8, 3) of the centres of the eight corner voxels."""
-        idx = np.array(np.meshgrid(*[[0, s - 1] for s in self.shape], indexing="ij")).reshape(3, -1).T
-        return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
-
-    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Axis-aligned RAS bounding box (min, max) of the field of view (voxel edges included)."""
-        half = 0.5 * np.abs(self.affine[:3, :3]).sum(axis=1)
-        c = self.corners()
-        return c.min(0) - half, c.max(0) + half
-
-    def allclose(self, other: Geometry, atol: float = 1e-4) -> bool:
-        """Same shape and affines equal within ``atol`` (mm)."""
-        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, rtol=0, atol=atol))
-
-    def max_displacement(self, other_affine: np.ndarray) -> float:
-        """Largest distance (mm) between where this grid and ``other_affine`` put any corner voxel."""
-        idx = np.array(np.meshgrid(*[[0, s - 1] for s in self.shape], indexing="ij")).reshape(3, -1)
-        idx = np.vstack([idx, np.ones(idx.shape[1])])
-        return float(np.abs((self.affine - np.asarray(other_affine)) @ idx)[:3].max())
-
-    # -- grid operations (pure geometry; no voxels move here) ---------------------------------------------
-    def canonical(self) -> Geometry:
-        """The same voxels relabelled so that the axes point as close as possible to R, A, S.
-
-        Only permutes and flips axes (no interpolation), like ``nibabel.as_closest_canonical``.
-        """
-        from nibabel.orientations import inv_ornt_aff, io_orientation
-
-        ornt = io_orientation(self.affine)
-        affine = self.affine @ inv_ornt_aff(ornt, self.shape)
-        shape = [0, 0, 0]
-        for axis, (target, _flip) in enumerate(ornt):
-            shape[int(target)] = self.shape[axis]
-        return Geometry.from_affine(tuple(shape), affine)
-
-    def with_spacing(self, spacing: tuple[float, float, float]) -> Geometry:
-        """A grid with the same axes directions and centre, covering the same extent at ``spacing``."""
-        spacing_new = np.asarray(spacing, dtype=np.float64)
-        if spacing_new.shape != (3,) or np.any(spacing_new <= 0):
-            raise GeometryError(f"Target spacing must be three positive numbers; got {spacing}.")
-        old = np.asarray(self.spacing)
-        shape = np.maximum(1, np.round(np.asarray(self.shape) * old / spacing_new)).astype(int)
-        center = self.affine[:3, :3] @ ((np.asarray(self.shape) - 1) / 2) + self.affine[:3, 3]
-        cols = self.direction * spacing_new
-        affine = np.eye(4)
-        affine[:3, :3] = cols
-        affine[:3, 3] = center - cols @ ((shape - 1) / 2)
-        return Geometry.from_affine(tuple(shape.tolist()), affine)
-
-    def crop_or_pad(self, shape: tuple[int, int, int]) -> Geometry:
-        """A grid of ``shape`` centred on this one (integer voxel offset, so no interpolation is needed)."""
-        target = np.asarray(shape, dtype=int)
-        if target.shape != (3,) or np.any(target < 1):
-            raise GeometryError(f"Target shape must be three positive integers; got {shape}.")
-        offset = (np.asarray(self.shape) - target) // 2
-        affine = self.affine.copy()
-        affine[:3, 3] = self.affine[:3, :3] @ offset + self.affine[:3, 3]
-        return Geometry(tuple(target.tolist()), self.spacing, affine)
-
-    # -- serialisation --------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "shape": list(self.shape),
-            "spacing": [float(s) for s in self.spacing],
-            "affine": [[float(v) for v in row] for row in self.affine],
-            "orientation": self.orientation,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Geometry:
-        return cls(tuple(d["shape"]), tuple(d["spacing"]), np.asarray(d["affine"], dtype=np.float64))
-
-    def __repr__(self) -> str:
-        sp = "x".join(f"{s:.3g}" for s in self.spacing)
-        return f"Geometry(shape={self.shape}, spacing={sp} mm, orientation={self.orientation}{', oblique' if self.is_oblique else ''})"
 
 
 @dataclass(eq=False)
@@ -339,62 +96,6 @@ class HeaderInfo:
         return self.geometry.orientation
 
 
-# --------------------------------------------------------------------------------------------------------
-# Paths and formats
-# --------------------------------------------------------------------------------------------------------
-
-
-def _lower_name(path: Path) -> str:
-    return path.name.lower()
-
-
-def image_format(path: str | os.PathLike) -> Literal["nifti", "itk", "dicom"] | None:
-    """'nifti', 'itk' (NRRD/MetaImage), 'dicom' (a .dcm file or a folder of DICOM files), or None."""
-    path = Path(path)
-    name = _lower_name(path)
-    if path.is_dir():
-        return "dicom" if _looks_like_dicom_dir(path) else None
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(ITK_SUFFIXES):
-        return "itk"
-    if name.endswith(DICOM_SUFFIXES):
-        return "dicom"
-    return None
-
-
-def is_image_path(path: str | os.PathLike) -> bool:
-    return image_format(path) is not None
-
-
-def strip_image_suffix(name: str) -> str:
-    """``'sub-01_T1w.nii.gz'`` -> ``'sub-01_T1w'`` (any known image suffix, case-insensitive)."""
-    low = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _looks_like_dicom_dir(path: Path) -> bool:
-    try:
-        for child in path.iterdir():
-            if child.is_file() and (child.suffix.lower() == ".dcm" or has_dicom_preamble(child)):
-                return True
-    except OSError:
-        return False
-    return False
-
-
-def has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _read_error(path: Path, what: str, fix: str) -> ImageReadError:
     return ImageReadError(f"Cannot read {path}: {what}. Fix: {fix}", path=path, problem=what, fix=fix)
 
@@ -403,29 +104,8 @@ _CORRUPT_FIX = "re-export or re-copy the file (it may be truncated or not an ima
 
 
 # --------------------------------------------------------------------------------------------------------
-# SimpleITK <-> geometry (the only LPS and (z, y, x) code in core)
+# SimpleITK -> Volume (the only (z, y, x) reading code in core)
 # --------------------------------------------------------------------------------------------------------
-
-
-def _ras_affine_from_itk(origin: Any, spacing: Any, direction: Any, ndim: int) -> np.ndarray:
-    direction = np.asarray(direction, dtype=np.float64).reshape(ndim, ndim)[:3, :3]
-    spacing = np.asarray(spacing, dtype=np.float64)[:3]
-    origin = np.asarray(origin, dtype=np.float64)[:3]
-    affine = np.eye(4)
-    affine[:3, :3] = _FLIP_XY @ direction @ np.diag(spacing)
-    affine[:3, 3] = _FLIP_XY @ origin
-    return affine
-
-
-def _itk_from_geometry(geometry: Geometry) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    if geometry.has_shear:
-        raise GeometryError(
-            "The affine has shear, which NRRD/MetaImage/DICOM (origin + orthonormal direction) cannot store. "
-            "Fix: write NIfTI (.nii.gz) instead."
-        )
-    direction = _FLIP_XY @ geometry.direction
-    origin = _FLIP_XY @ geometry.affine[:3, 3]
-    return tuple(origin.tolist()), tuple(float(s) for s in geometry.spacing), tuple(direction.ravel().tolist())
 
 
 def _sitk_to_volume(image: Any, path: Path, fmt: str, volume_index: int | None) -> Volume:
@@ -446,7 +126,7 @@ def _sitk_to_volume(image: Any, path: Path, fmt: str, volume_index: int | None) 
     elif ndim != 3:
         raise _read_error(path, f"it has {ndim} dimensions", "supply a 3D volume")
     source_dtype = image.GetPixelIDTypeAsString()
-    affine = _ras_affine_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection(), 3)
+    affine = ras_affine_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection(), 3)
     array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=np.float32)
     geometry = Geometry.from_affine(array.shape, affine)
     meta: dict[str, Any] = {"format": fmt, "source_dtype": source_dtype, "n_volumes": n_volumes, "issues": []}
@@ -664,14 +344,8 @@ def _read_itk(path: Path, volume_index: int | None) -> Volume:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise _read_error(path, f"SimpleITK could not read it ({_first_line(exc)})", _CORRUPT_FIX) from None
+        raise _read_error(path, f"SimpleITK could not read it ({error_summary(exc)})", _CORRUPT_FIX) from None
     return _sitk_to_volume(image, path, "itk", volume_index)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if "ERROR" in ln or "rror" in ln] or lines
-    return (useful[-1] if useful else type(exc).__name__)[:200]
 
 
 def _dicom_series_files(path: Path, series_id: str | None) -> tuple[list[str], str]:
@@ -683,7 +357,7 @@ def _dicom_series_files(path: Path, series_id: str | None) -> tuple[list[str], s
     try:
         ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     except RuntimeError as exc:
-        raise _read_error(folder, f"cannot scan for DICOM series ({_first_line(exc)})", _CORRUPT_FIX) from None
+        raise _read_error(folder, f"cannot scan for DICOM series ({error_summary(exc)})", _CORRUPT_FIX) from None
     if not ids:
         raise _read_error(folder, "no DICOM series found in the folder", "point to the folder that holds the .dcm slices")
     if series_id is None:
@@ -710,7 +384,7 @@ def _read_dicom(path: Path, series_id: str | None) -> Volume:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise _read_error(path, f"the DICOM series cannot be read ({_first_line(exc)})", _CORRUPT_FIX) from None
+        raise _read_error(path, f"the DICOM series cannot be read ({error_summary(exc)})", _CORRUPT_FIX) from None
     if image.GetDimension() == 3 and image.GetSize()[2] == 1 and len(files) == 1:
         raise _read_error(path, "the DICOM series has a single slice, a 3D volume was expected",
                           "point to the folder holding the whole series")
@@ -729,7 +403,7 @@ def _itk_header_info(path: Path) -> HeaderInfo:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise _read_error(path, f"SimpleITK could not read the header ({_first_line(exc)})", _CORRUPT_FIX) from None
+        raise _read_error(path, f"SimpleITK could not read the header ({error_summary(exc)})", _CORRUPT_FIX) from None
     ndim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
     issues: list[Issue] = []
@@ -748,7 +422,7 @@ def _itk_header_info(path: Path) -> HeaderInfo:
         size = size + (1,) * (3 - ndim)
         affine = np.diag([*reader.GetSpacing(), 1.0][:2] + [1.0, 1.0])
     else:
-        affine = _ras_affine_from_itk(reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection(), ndim)
+        affine = ras_affine_from_itk(reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection(), ndim)
     geometry = Geometry.from_affine(size[:3], affine)
     dtype = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     return HeaderInfo(path=path, format="itk", geometry=geometry, dtype=dtype, n_volumes=n_volumes,
@@ -818,149 +492,3 @@ def read_volume(
         return _read_dicom(path, series_id)
     raise _unsupported(path)
 
-
-# --------------------------------------------------------------------------------------------------------
-# Writers
-# --------------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Any, *, overwrite: bool = True) -> Path:
-    return atomic_write_json(path, payload, overwrite=overwrite)
-
-
-def _checked_array(array: Any, geometry: Geometry, path: Path) -> np.ndarray:
-    array = np.asarray(array)
-    if array.shape != geometry.shape:
-        raise ImageWriteError(f"Cannot write {path}: array shape {array.shape} != geometry shape {geometry.shape}.")
-    return array
-
-
-def write_nifti(
-    path: str | os.PathLike,
-    array: Any,
-    geometry: Geometry,
-    *,
-    qform_code: int = 1,
-    sform_code: int = 1,
-    description: str = "",
-    intent_name: str = "",
-    xyzt_units: int | None = None,
-    dtype: Any = np.float32,
-    overwrite: bool = True,
-    verify: bool = True,
-) -> Path:
-    """Write ``array`` (X, Y, Z) on ``geometry`` as NIfTI-1, atomically.
-
-    Both the qform and the sform are set to ``geometry.affine`` with the given codes (a code of 0 is replaced
-    by the other one, so that every tool reads the same placement). If the affine has shear, which a qform
-    cannot hold, the qform code is set to 0 so that no tool falls back on a wrong qform. Scaling is reset to
-    1/0. With ``verify`` the file is read back (nibabel and SimpleITK header) and its shape and affine are
-    checked before it is renamed into place.
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    if not _lower_name(path).endswith(NIFTI_SUFFIXES):
-        raise ImageWriteError(f"Cannot write {path} as NIfTI: the name must end in .nii or .nii.gz.")
-    data = _checked_array(array, geometry, path).astype(dtype, copy=False)
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise ImageWriteError(f"Refusing to write {path}: the array holds NaN or infinite values; replace them first.")
-    qform_code = int(qform_code) or int(sform_code) or 1
-    sform_code = int(sform_code) or qform_code
-    header = nib.Nifti1Header()
-    header.set_data_dtype(data.dtype)
-    img = nib.Nifti1Image(data, geometry.affine, header)
-    img.set_sform(geometry.affine, code=sform_code)
-    img.set_qform(geometry.affine, code=qform_code)
-    sheared = not np.allclose(img.header.get_qform(), geometry.affine, rtol=0, atol=1e-4)
-    if sheared:
-        img.set_qform(geometry.affine, code=0)
-    img.header.set_slope_inter(1.0, 0.0)
-    if xyzt_units is not None:
-        img.header["xyzt_units"] = int(xyzt_units)
-    else:
-        img.header.set_xyzt_units("mm", "sec")
-    img.header["descrip"] = description.encode("ascii", "replace")[:79]
-    img.header["intent_name"] = intent_name.encode("ascii", "replace")[:15]
-    img.header["cal_min"] = 0.0
-    img.header["cal_max"] = 0.0
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        nib.save(img, str(tmp))
-        if verify:
-            _verify_nifti(tmp, geometry, data.dtype, check_qform=not sheared)
-    return path
-
-
-def _verify_nifti(path: Path, geometry: Geometry, dtype: np.dtype, check_qform: bool) -> None:
-    import nibabel as nib
-
-    back = nib.load(str(path), mmap=False)
-    problems = []
-    if tuple(back.shape) != geometry.shape:
-        problems.append(f"shape {back.shape} != {geometry.shape}")
-    if not np.allclose(back.header.get_sform(), geometry.affine, rtol=0, atol=1e-4):
-        problems.append("sform differs from the intended affine")
-    if check_qform and not np.allclose(back.header.get_qform(), geometry.affine, rtol=0, atol=1e-4):
-        problems.append("qform differs from the intended affine")
-    if back.header.get_data_dtype() != dtype:
-        problems.append(f"dtype {back.header.get_data_dtype()} != {dtype}")
-    if check_qform:  # a sheared affine has no qform, and ITK refuses to read it at all
-        try:
-            itk = _itk_header_info_any(path)
-            if not np.allclose(itk, geometry.affine, rtol=0, atol=1e-3):
-                problems.append("SimpleITK places the image elsewhere than nibabel")
-        except RuntimeError as exc:
-            problems.append(f"SimpleITK cannot read it back ({_first_line(exc)})")
-    if problems:
-        raise ImageWriteError(f"Writing {path.name} failed the read-back check: {'; '.join(problems)}.")
-
-
-def _itk_header_info_any(path: Path) -> np.ndarray:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return _ras_affine_from_itk(reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection(), reader.GetDimension())
-
-
-def write_volume(path: str | os.PathLike, array: Any, geometry: Geometry, *, overwrite: bool = True, compress: bool = True) -> Path:
-    """Write a volume in the format its name says: NIfTI through nibabel, NRRD/MetaImage through SimpleITK.
-
-    The (X, Y, Z) -> (z, y, x) and RAS -> LPS conversions for ITK formats happen here. Detached-header
-    formats (.nhdr, .mhd) write two files; both are written under temporary names first.
-    """
-    import SimpleITK as sitk
-
-    path = Path(path)
-    fmt = image_format(path) if not path.is_dir() else None
-    if fmt == "nifti":
-        return write_nifti(path, array, geometry, overwrite=overwrite, dtype=np.asarray(array).dtype)
-    if fmt != "itk":
-        raise ImageWriteError(f"Cannot write {path}: use .nii/.nii.gz, .nrrd/.nhdr or .mha/.mhd.")
-    data = _checked_array(array, geometry, path)
-    origin, spacing, direction = _itk_from_geometry(geometry)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    name = _lower_name(path)
-    if name.endswith((".nrrd", ".mha")):
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=compress)
-        return path
-    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
-    staging.mkdir()
-    try:
-        sitk.WriteImage(image, str(staging / path.name), useCompression=compress)
-        written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # header last
-        for f in written:
-            os.replace(f, path.parent / f.name)
-    finally:
-        for f in staging.iterdir():
-            f.unlink()
-        staging.rmdir()
-    return path
