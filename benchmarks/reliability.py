@@ -1,6 +1,6 @@
 """Bad-input and fault cases handled, written to benchmarks/results/reliability.json.
 
-Runs the shared case list of ``tests/bad_inputs.py`` through :func:`core.data.cohort.check_cohort` (what
+Runs the shared case list of ``tests/bad_inputs.py`` through :func:`core.data.quality.check_cohort` (what
 ``mmvae info`` and the Data page show) and through preparation, and counts the cases named with a fix,
 and the input files changed or lost (must be 0).
 
@@ -33,7 +33,7 @@ from fault_training import (  # noqa: E402
     train_or_resume,
 )
 
-from core.data.cohort import check_cohort  # noqa: E402
+from core.data.quality import check_cohort  # noqa: E402
 from core.data.sources import DataConfig, load_data  # noqa: E402
 
 

@@ -170,8 +170,8 @@ def _print_issue_summary(issues: Sequence[object], strict: bool) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from core.data.cohort import check_cohort
     from core.data.dataset import missingness_summary
+    from core.data.quality import check_cohort
     from core.data.sources import DataConfig, ensure_demo_cohort, load_data
 
     if str(args.data).lower().endswith((".h5", ".hdf5")):

@@ -17,8 +17,9 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from core.config import config_from_dict, config_to_dict
-from core.data.cohort import Cohort, CohortReport
+from core.data.cohort import Cohort
 from core.data.errors import Issue
+from core.data.quality import CohortReport
 from core.data.sources import DataConfig, LoadedData
 from core.run_config import RunConfig
 

@@ -12,7 +12,7 @@ from bad_inputs import CASES, HEALTHY, digest, unmet, write_bad_cohort
 
 from core.atomic import UnsafePathError, check_safe_name, ensure_inside, load_tensors
 from core.cli import main
-from core.data.cohort import check_cohort
+from core.data.quality import check_cohort
 from core.data.sources import DataConfig, load_data
 
 

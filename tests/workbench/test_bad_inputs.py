@@ -9,7 +9,7 @@ from typing import Any
 
 from bad_inputs import CASES, HEALTHY, digest, unmet, write_bad_cohort
 
-from core.data.cohort import check_cohort
+from core.data.quality import check_cohort
 from workbench.widgets.presence_matrix import PRESENT, UNREADABLE
 
 TIMEOUT = 60_000

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from core.config import config_from_dict, config_to_dict
-from core.data.cohort import CohortError, cohort_report, discover_cohort, read_manifest
+from core.data.cohort import CohortError, discover_cohort, read_manifest
 from core.data.geometry import Geometry
+from core.data.quality import cohort_report
 from core.data.sources import DataConfig, load_data
 from core.data.writers import write_volume
 
