@@ -9,8 +9,11 @@ time is attributed to something that will happen again:
 * the interval into the first step of a phase (training after the previous epoch's end, validation after
   the last training step) is that step plus the boundary's overhead, kept per boundary.
 
-The first step of a run (warm-up, allocations) is dropped once a second step of its phase is timed, so
-a slow start does not inflate every later estimate.
+The interval from a fit's start (or a resume's) to its first step carries one-off costs: moving the model to
+the device, building the optimizer, the first step's warm-up and allocations. It is never a basis (it made
+the first estimate of a run far too high while later ones were close): there is no estimate
+("estimating…") until a step after it is timed. An epoch of a single training step has no second step to
+time; its first boundary (the next epoch's step, with the epoch-end work) is the basis then.
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ class EtaEstimator:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._steps: dict[str, deque[float]] = {"train": deque(maxlen=_WINDOW), "validation": deque(maxlen=_WINDOW)}
-        self._first: dict[str, float] = {}  # a phase's very first step, used only until another is timed
+        self._first: dict[str, float] = {}  # a phase's first boundary interval, used only until a step is timed
         self._overhead: dict[str, float] = {}  # boundary overhead before a phase's first step in an epoch
         self._unsplit: dict[str, float] = {}  # a boundary seen before any step of its phase was timed
         self._last: tuple[float, int, str] | None = None  # (time, epoch, phase) of the previous report
         self._started: float | None = None
 
     def step_time(self, phase: str) -> float | None:
-        """Mean wall seconds per step of ``phase``, or None before any was timed."""
+        """Mean wall seconds per step of ``phase``, or None before any was timed (the interval from the fit's
+        start to its first step does not count: its one-off costs do not come again)."""
         steps = self._steps[phase]
         if steps:
             return sum(steps) / len(steps)
@@ -57,19 +61,21 @@ class EtaEstimator:
             if phase in self._unsplit:  # the phase's first boundary, split now that its step time is known
                 self._overhead.setdefault(phase, max(0.0, self._unsplit.pop(phase) - interval))
             return
+        if not last_phase:  # the fit's start to its first step: one-off costs, not a basis for anything
+            return
         known = self.step_time(phase)
         if known is None:
             self._first[phase] = interval  # nothing to split it against yet: all of it is the first step
-            if last_phase:  # a boundary (not the run's start, whose warm-up does not come again)
-                self._unsplit[phase] = interval
+            self._unsplit[phase] = interval
             return
         overhead = max(0.0, interval - known)
         previous = self._overhead.get(phase)
         self._overhead[phase] = overhead if previous is None else 0.5 * previous + 0.5 * overhead
 
     def seconds_left(self, epoch: int, phase: str, batch: int, num_epochs: int, n_train: int, n_eval: int) -> float | None:
-        """Seconds until the last step of the run, after step ``batch`` of ``phase`` in ``epoch``; None before
-        any step was timed. An untimed validation step is assumed to cost a training step."""
+        """Seconds until the last step of the run, after step ``batch`` of ``phase`` in ``epoch``; None until a
+        training step after the fit's first one was timed. An untimed validation step is assumed to cost a
+        training step."""
         train = self.step_time("train")
         if train is None:
             return None
