@@ -68,7 +68,7 @@ def child(mode: str, workdir: Path) -> None:
     from core.data.cache import H5CohortDataset
     from core.data.dataset import collate_multimodal
     from core.data.loading import load_cohort_dataset
-    from core.data.preprocessing import PreprocessingConfig
+    from core.data.preprocessing.config import PreprocessingConfig
 
     rss0 = _hwm_mib()
     t = time.perf_counter()
@@ -100,7 +100,7 @@ def main() -> None:
     from core.data.cache import H5CohortDataset, build_cache
     from core.data.cohort import discover_cohort
     from core.data.loading import load_cohort_dataset
-    from core.data.preprocessing import PreprocessingConfig
+    from core.data.preprocessing.config import PreprocessingConfig
 
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)

@@ -48,14 +48,9 @@ import core
 from core.atomic import SAFE_NAME_RULE, UnsafePathError, atomic_write_json, ensure_inside
 from core.data.errors import ImageWriteError, Issue
 from core.data.formats import strip_image_suffix
-from core.data.preprocessing import (
-    CohortRecords,
-    NormalizationParams,
-    SubjectRecord,
-    denormalize,
-    otsu_threshold,
-    to_source_space,
-)
+from core.data.preprocessing.normalization import NormalizationParams, otsu_threshold
+from core.data.preprocessing.records import CohortRecords, SubjectRecord
+from core.data.preprocessing.source_space import denormalize, to_source_space
 from core.data.readers import read_header, read_volume
 from core.data.writers import write_nifti
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress

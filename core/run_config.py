@@ -2,7 +2,7 @@
 
 Its sections are typed where they are owned: ``data`` (:class:`~core.data.sources.DataConfig`, holding the typed
 ``demo`` :class:`~core.data.demo.DemoSpec` and ``preprocessing``
-:class:`~core.data.preprocessing.PreprocessingConfig`), ``model`` (:class:`ModelSection`: a registered model's
+:class:`~core.data.preprocessing.config.PreprocessingConfig`), ``model`` (:class:`ModelSection`: a registered model's
 name and settings), ``training`` (:class:`~core.training.TrainerConfig`) and ``monitoring``
 (:class:`~core.training.monitoring.MonitoringConfig`). Every problem of every section is reported at once, each a
 :class:`~core.config.ConfigProblem` with its dotted path (``model.latent_dimm``).

@@ -127,7 +127,7 @@ class SynthesisContext:
         model: a trained :class:`~core.models.MultimodalVAE`.
         dataset: the cohort, prepared as the run's training data was.
         train_ids: the run's training subjects (``split.json``); all subjects when None.
-        records: the cohort's :class:`~core.data.preprocessing.CohortRecords` (for exports).
+        records: the cohort's :class:`~core.data.preprocessing.records.CohortRecords` (for exports).
         run_dir: the run folder (written to export sidecars).
         split: subject -> "train"/"validation"/"test", for the metrics table.
     """

@@ -44,14 +44,9 @@ from core.atomic import SAFE_NAME_RULE, is_safe_name
 from core.data.cohort import Cohort
 from core.data.dataset import DatasetOutput, IncompleteDataset, collate_multimodal
 from core.data.errors import ImagingError, Issue
-from core.data.preprocessing import (
-    CohortRecords,
-    PreprocessingConfig,
-    PreprocessingError,
-    SubjectRecord,
-    plan_preprocessing,
-    preprocess_cohort,
-)
+from core.data.preprocessing.config import PreprocessingConfig, PreprocessingError
+from core.data.preprocessing.pipeline import plan_preprocessing, preprocess_cohort
+from core.data.preprocessing.records import CohortRecords, SubjectRecord
 from core.data.readers import MAX_VOXELS
 from core.progress import CancelFn, ProgressFn
 

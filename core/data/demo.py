@@ -482,7 +482,8 @@ def simulate_masks(spec: DemoSpec) -> dict[str, torch.Tensor]:
 
 def _normalized(subject: DemoSubject) -> dict[str, np.ndarray]:
     """Intensities as the default preprocessing leaves them: MR z-scored in the brain, US min-max in the sector."""
-    from core.data.preprocessing import PreprocessingConfig, normalize_intensities
+    from core.data.preprocessing.config import PreprocessingConfig
+    from core.data.preprocessing.normalization import normalize_intensities
 
     config = PreprocessingConfig()
     out = {}

@@ -30,16 +30,9 @@ import torch
 from core.data.cohort import Cohort, discover_cohort
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset
 from core.data.errors import Issue
-from core.data.preprocessing import (
-    CohortRecords,
-    ModalityRecord,
-    PreprocessedSubject,
-    PreprocessingConfig,
-    PreprocessingError,
-    SubjectRecord,
-    plan_preprocessing,
-    preprocess_cohort,
-)
+from core.data.preprocessing.config import PreprocessingConfig, PreprocessingError
+from core.data.preprocessing.pipeline import PreprocessedSubject, plan_preprocessing, preprocess_cohort
+from core.data.preprocessing.records import CohortRecords, ModalityRecord, SubjectRecord
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["load_cohort_dataset", "SubjectRecord", "ModalityRecord", "CohortRecords", "build_in_memory"]

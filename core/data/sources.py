@@ -23,7 +23,8 @@ from pydantic.dataclasses import dataclass as config_dataclass
 from core.config import CONFIG_DICT, advanced, config_to_dict
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset
 from core.data.demo import DemoSpec, spec_from_dict, spec_to_dict
-from core.data.preprocessing import CohortRecords, PreprocessingConfig
+from core.data.preprocessing.config import PreprocessingConfig
+from core.data.preprocessing.records import CohortRecords
 from core.progress import CancelFn, ProgressFn
 
 __all__ = ["SplitConfig", "DataConfig", "LoadedData", "load_data", "cache_root", "ensure_demo_cohort", "resolved_preprocessing"]
@@ -56,7 +57,7 @@ class DataConfig:
         "File-name patterns naming the modality of files the built-in rules do not recognise, tried first: "
         "{'*_MPRAGE.nii.gz': 'T1', '*_sector*': 'US:mask'} (':mask' marks an observation mask, '' skips the file)."))
     preprocessing: PreprocessingConfig = Field(
-        default_factory=PreprocessingConfig, **advanced("Preprocessing settings (core.data.preprocessing.PreprocessingConfig).")
+        default_factory=PreprocessingConfig, **advanced("Preprocessing settings (core.data.preprocessing.config.PreprocessingConfig).")
     )
     cache: str | None = Field(None, **advanced("HDF5 cache file to build or reuse (default: keep the cohort in memory)."))
     split: SplitConfig = Field(default_factory=SplitConfig)

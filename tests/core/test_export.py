@@ -15,7 +15,8 @@ import SimpleITK as sitk
 import core
 from core.data.geometry import Geometry
 from core.data.loading import load_cohort_dataset
-from core.data.preprocessing import PreprocessingConfig, to_source_space
+from core.data.preprocessing.config import PreprocessingConfig
+from core.data.preprocessing.source_space import to_source_space
 from core.data.writers import write_volume
 from core.export import ExportError, Provenance, export_cohort, sidecar_path, write_synthesized
 from core.impute import FieldOfView

@@ -136,7 +136,7 @@ def test_cli_refuses_pickled_weights_in_one_line(trained_run, tmp_path, capsys, 
 @pytest.fixture(scope="module")
 def good_cache(bad_cohort, tmp_path_factory):
     from core.data.loading import load_cohort_dataset
-    from core.data.preprocessing import PreprocessingConfig
+    from core.data.preprocessing.config import PreprocessingConfig
 
     path = tmp_path_factory.mktemp("cache") / "cohort.h5"
     dataset, _ = load_cohort_dataset(bad_cohort, PreprocessingConfig(), cache_path=path)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from core.data.preprocessing import PreprocessingConfig
+from core.data.preprocessing.config import PreprocessingConfig
 from core.models import available, config_schema, get_model_class
 from core.models.config import config_to_dict
 from core.training import TrainerConfig

@@ -34,7 +34,8 @@ from PySide6.QtWidgets import (
 from core.config import config_from_dict, config_schema, config_to_dict
 from core.data.dataset import missingness_summary
 from core.data.demo import spec_from_dict
-from core.data.preprocessing import PreprocessingConfig, preprocess_subject
+from core.data.preprocessing.config import PreprocessingConfig
+from core.data.preprocessing.pipeline import preprocess_subject
 from core.data.quality import check_cohort
 from core.data.readers import read_volume
 from core.data.sources import DataConfig, SplitConfig, ensure_demo_cohort, load_data

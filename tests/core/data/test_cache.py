@@ -20,7 +20,7 @@ from core.data.cache import CacheError, H5CohortDataset, build_cache
 from core.data.cohort import discover_cohort
 from core.data.dataset import collate_multimodal, split_by_subject
 from core.data.loading import load_cohort_dataset
-from core.data.preprocessing import PreprocessingConfig
+from core.data.preprocessing.config import PreprocessingConfig
 from core.progress import Cancelled
 
 SHAPE = (16, 16, 12)

@@ -335,7 +335,7 @@ def write_series(folder: Path, shape=(8, 8, 5), extension=".dcm") -> None:
 
 def test_dicom_series_folders_are_one_file_each(tmp_path):
     from core.data.loading import load_cohort_dataset
-    from core.data.preprocessing import PreprocessingConfig
+    from core.data.preprocessing.config import PreprocessingConfig
 
     root = tmp_path / "dicom"
     write_series(root / "p1" / "T1")

@@ -19,15 +19,11 @@ from core.data.cohort import read_manifest
 from core.data.dataset import collate_multimodal, missingness_summary
 from core.data.geometry import Geometry
 from core.data.loading import load_cohort_dataset
-from core.data.preprocessing import (
-    CohortRecords,
-    PreprocessingConfig,
-    PreprocessingError,
-    denormalize,
-    plan_preprocessing,
-    resample,
-    to_source_space,
-)
+from core.data.preprocessing.config import PreprocessingConfig, PreprocessingError
+from core.data.preprocessing.pipeline import plan_preprocessing
+from core.data.preprocessing.records import CohortRecords
+from core.data.preprocessing.resampling import resample
+from core.data.preprocessing.source_space import denormalize, to_source_space
 from core.data.writers import write_volume
 from core.progress import Cancelled, ProgressReporter
 
