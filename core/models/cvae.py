@@ -33,7 +33,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -46,6 +45,7 @@ from torch import nn
 from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.gaussian import kl_normal, log_normal, rsample
+from core.models._shared.importance import importance_sampled_log_px
 from core.models._shared.likelihoods import DecoderDistribution, mean_of
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models.base import IncompleteDataError, MultimodalVAE
@@ -334,13 +334,12 @@ class CVAE(MultimodalVAE):
         cond = {m: batch.data[m] for m in self.conditioning_modalities}
         mu, logvar = self.posterior(batch)
         prior_mu, prior_logvar = self.prior(cond)
-        chunks = []
-        for start in range(0, K, batch_size_K):
-            k = min(batch_size_K, K - start)
+
+        def log_weights(k: int) -> torch.Tensor:
             z = rsample(mu, logvar, k).reshape(k, *mu.shape)
             expanded = {m: x.unsqueeze(0).expand(k, *x.shape) for m, x in cond.items()}
             x_hat = self.decoder_main(z, expanded)
             log_px = self.reconstruction_log_likelihood(batch, self.main_modality, x_hat, rescale=False)
-            chunks.append(log_px + log_normal(z, prior_mu, prior_logvar) - log_normal(z, mu, logvar))
-        log_px = torch.logsumexp(torch.cat(chunks), dim=0) - math.log(K)  # (B,)
-        return -log_px.sum()
+            return log_px + log_normal(z, prior_mu, prior_logvar) - log_normal(z, mu, logvar)
+
+        return -importance_sampled_log_px(log_weights, K, batch_size_K).sum()

@@ -38,7 +38,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,6 +50,7 @@ from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
+from core.models._shared.importance import importance_sampled_log_px
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
 from core.models._shared.private_latents import PrivateLatentDecoding
@@ -260,9 +260,8 @@ class DMVAE(PrivateLatentDecoding, MultimodalVAE):
         batch = self.prepare_batch(inputs)
         shared, private = self.encode_modalities(batch, self.modalities)
         mu, logvar = self.shared_posterior(batch, self.modalities, shared)
-        chunks = []
-        for start in range(0, K, batch_size_K):
-            k = min(batch_size_K, K - start)
+
+        def log_weights(k: int) -> torch.Tensor:
             z = rsample(mu, logvar, k).reshape(k, *mu.shape)
             log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar)
             for m in self.modalities:
@@ -271,6 +270,6 @@ class DMVAE(PrivateLatentDecoding, MultimodalVAE):
                 log_ratio = log_normal(w, torch.zeros_like(w), torch.zeros_like(w)) - log_normal(w, mu_w, lv_w)
                 log_px = self.reconstruction_log_likelihood(batch, m, self.decode_with_private(m, z, w), rescale=False)
                 log_w = log_w + log_px + torch.where(batch.masks[m], log_ratio, 0.0)
-            chunks.append(log_w)
-        log_px = torch.logsumexp(torch.cat(chunks), dim=0) - math.log(K)  # (B,)
-        return -log_px.sum()
+            return log_w
+
+        return -importance_sampled_log_px(log_weights, K, batch_size_K).sum()

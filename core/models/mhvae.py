@@ -61,6 +61,7 @@ from core.models._shared.adversarial import PatchDiscriminator, least_squares_lo
 from core.models._shared.annealing import TrainingProgress, linear_warmup_per_step
 from core.models._shared.free_bits import free_bits_kl, kl_per_dimension_term
 from core.models._shared.gaussian import kl_per_dimension, log_normal, rsample
+from core.models._shared.importance import importance_sampled_log_px
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
 from core.models._shared.subsets import all_subsets
@@ -653,9 +654,8 @@ class MHVAE(MultimodalVAE):
         B = batch.batch_size
         params, skips = self.modality_encode(batch.data)
         masks = torch.stack([batch.masks[m] for m in self.modalities])
-        chunks = []
-        for start in range(0, K, batch_size_K):
-            k = min(batch_size_K, K - start)
+
+        def log_weights(k: int) -> torch.Tensor:
             rep = {m: ModelOutput(embedding=_repeat(p.embedding, k), log_covariance=_repeat(p.log_covariance, k))
                    for m, p in params.items()}
             rep_skips = {m: [_repeat(d, k) for d in ds] for m, ds in skips.items()}
@@ -664,9 +664,9 @@ class MHVAE(MultimodalVAE):
             z1 = zs[1].reshape(k, B, *zs[1].shape[1:])
             for m in self.modalities:
                 log_w = log_w + self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z1), rescale=False)
-            chunks.append(log_w)
-        log_px = torch.logsumexp(torch.cat(chunks), dim=0) - math.log(K)
-        return -log_px.sum()
+            return log_w
+
+        return -importance_sampled_log_px(log_weights, K, batch_size_K).sum()
 
 
 def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:

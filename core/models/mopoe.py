@@ -32,7 +32,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ from core.data.dataset import DatasetOutput
 from core.models._shared.annealing import TrainingProgress
 from core.models._shared.free_bits import kl_per_dimension_term
 from core.models._shared.gaussian import kl_standard_normal, log_normal, rsample
+from core.models._shared.importance import importance_sampled_log_px
 from core.models._shared.mixture import draw_components, mixture_log_prob
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
@@ -286,9 +286,8 @@ class MoPoE(PrivateLatentDecoding, MultimodalVAE):
             shared, private = self.unimodal_posteriors(batch)
             mus, logvars = self.mixture_components(batch, shared)
             available = self.available_subsets(batch)
-            chunks = []
-            for start in range(0, K, batch_size_K):
-                k = min(batch_size_K, K - start)
+
+            def log_weights(k: int) -> torch.Tensor:
                 choice = torch.stack([draw_components(available) for _ in range(k)])  # (k, B)
                 z = rsample(pick_components(mus, choice), pick_components(logvars, choice))  # (k, B, D)
                 log_q = mixture_log_prob(log_normal(z.unsqueeze(0), mus.unsqueeze(1), logvars.unsqueeze(1)), available)
@@ -302,7 +301,8 @@ class MoPoE(PrivateLatentDecoding, MultimodalVAE):
                         log_w = log_w + torch.where(batch.masks[m], prior_minus_q, torch.zeros_like(prior_minus_q))
                         latent = torch.cat([z, w], dim=-1)
                     log_w = log_w + self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, latent), rescale=False)
-                chunks.append(log_w)
-            log_px = torch.logsumexp(torch.cat(chunks), dim=0) - math.log(K)
+                return log_w
+
+            log_px = importance_sampled_log_px(log_weights, K, batch_size_K)
             # A sample with no available subset (custom subsets) has no proposal: it is left out.
             return -torch.where(available.any(0), log_px, torch.zeros_like(log_px)).sum()

@@ -30,7 +30,7 @@ import torch
 
 from core.models._shared.gaussian import log_normal, rsample
 
-__all__ = ["log_mean_exp", "iwae_bound", "dreg_bound", "importance_sampled_nll"]
+__all__ = ["log_mean_exp", "iwae_bound", "dreg_bound", "importance_sampled_log_px", "importance_sampled_nll"]
 
 
 def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -65,6 +65,18 @@ def dreg_bound(log_w: torch.Tensor, latents: Sequence[torch.Tensor], dim: int = 
     return iwae_bound(log_w.detach(), dim) + (surrogate - surrogate.detach())
 
 
+def importance_sampled_log_px(log_weights: Callable[[int], torch.Tensor], K: int, batch_size_K: int) -> torch.Tensor:
+    r"""log p(x_i) ~ log (1/K) \sum_k exp(lw_k), per sample ``(B,)``: what the models' ``compute_joint_nll``
+    estimate, each with its own proposal q (MMVAE and MMVAE+ stratify theirs per expert instead).
+
+    Args:
+        log_weights: ``k -> (k, B)`` log-weights lw = log p(x, z) - log q(z | x) at ``k`` fresh draws z ~ q.
+        K: number of importance samples; ``batch_size_K`` of them are drawn at a time (in order).
+    """
+    chunks = [log_weights(min(batch_size_K, K - start)) for start in range(0, K, batch_size_K)]
+    return log_mean_exp(torch.cat(chunks), dim=0)
+
+
 def importance_sampled_nll(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -81,10 +93,10 @@ def importance_sampled_nll(
         log_likelihood: ``(k, B, D)`` samples -> ``(k, B)`` log p(x | z), summed over the modalities.
         K: number of importance samples; ``batch_size_K`` of them are drawn and decoded at a time.
     """
-    chunks = []
-    for start in range(0, K, batch_size_K):
-        k = min(batch_size_K, K - start)
+
+    def log_weights(k: int) -> torch.Tensor:
         z = rsample(mu, logvar, k).reshape(k, *mu.shape)
         log_w = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar)
-        chunks.append(log_w + log_likelihood(z))
-    return -log_mean_exp(torch.cat(chunks), dim=0).sum()
+        return log_w + log_likelihood(z)
+
+    return -importance_sampled_log_px(log_weights, K, batch_size_K).sum()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Laplace, Normal
 
-from core.models._shared.importance import dreg_bound, iwae_bound, log_mean_exp
+from core.models._shared.importance import dreg_bound, importance_sampled_log_px, iwae_bound, log_mean_exp
 from core.models._shared.latent_distributions import latent_distribution, latent_scale
 from core.models._shared.mixture import draw_components, mixture_log_prob
 
@@ -48,6 +48,19 @@ def test_iwae_bound_is_a_log_mean_exp_and_tightens_jensen():
     assert torch.all(iwae_bound(log_w) >= log_w.mean(0))
     assert torch.equal(iwae_bound(log_w[:1]), log_w[0])
     assert torch.allclose(log_mean_exp(torch.full((4, 2), 1000.0)), torch.full((2,), 1000.0))
+
+
+def test_importance_sampled_log_px_draws_k_weights_in_chunks_and_averages_them_once():
+    log_w = torch.randn(10, 5)
+    sizes = []
+
+    def log_weights(k):
+        start = sum(sizes)
+        sizes.append(k)
+        return log_w[start : start + k]
+
+    assert torch.equal(importance_sampled_log_px(log_weights, K=10, batch_size_K=4), log_mean_exp(log_w))
+    assert sizes == [4, 4, 2]
 
 
 def _toy_log_weights(mu: torch.Tensor, x: float, n_draws: int, rows: int, detach_proposal: bool):
