@@ -8,7 +8,8 @@ Convolutional nets halve the grid ``n_down`` times (chosen so the coarsest grid 
 per axis), and the decoder mirrors them, then crops to the exact input shape, so odd sizes such as
 96x112x96 work. Decoders upsample by resize-convolution (nearest-neighbour resize, then a 3x3
 convolution): a transposed convolution whose kernel overlaps unevenly paints a checkerboard (Odena et
-al., Distill 2016), which is what synthesized ultrasound showed. Decoders end without any squashing: a
+al., Distill 2016), which is what synthesized ultrasound showed; :func:`upsample_conv` computes it on the
+coarse grid. Decoders end without any squashing: a
 normal decoder predicts the mean and a bernoulli decoder predicts logits.
 
 Volumes run in the channels-last memory layout (:func:`channels_last`): on CPU oneDNN's 3D convolution
@@ -17,6 +18,7 @@ backward is 2-6x faster there at the few channels these nets have at full resolu
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -35,12 +37,64 @@ __all__ = [
     "mlp",
     "channels_last",
     "ResizeConv",
+    "upsample_conv",
 ]
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """A volume batch ``(B, C, X, Y, Z)`` in the channels-last layout; other tensors unchanged."""
     return x.contiguous(memory_format=torch.channels_last_3d) if x.dim() == 5 else x
+
+
+# Per axis, how a 3-tap kernel on a nearest-neighbour x2 grid folds onto 2 taps of the coarse grid:
+# the fine voxel 2i takes taps (i-1, i) with weights (w[-1], w[0] + w[1]); the fine voxel 2i+1 takes
+# taps (i, i+1) with weights (w[-1] + w[0], w[1]). Indexed [phase, coarse tap, fine tap].
+_FOLD = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+
+
+def _foldable(conv: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d | nn.Conv3d) and all(k == 3 for k in conv.kernel_size) and all(p == 1 for p in conv.padding)
+        and all(s == 1 for s in conv.stride) and all(d == 1 for d in conv.dilation) and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d, size: Sequence[int] | None = None) -> torch.Tensor:
+    """``conv(nearest_resize(x, size))``, ``size`` defaulting to twice the grid.
+
+    For an exact doubling and a 3x3(x3) zero-padded convolution this is computed on the coarse grid
+    (sub-pixel form): each of the 2^d output phases is a 2x2(x2) convolution whose kernel sums the
+    original taps that land on the same coarse voxel. Same result up to float rounding, the same
+    parameters (checkpoints load unchanged), about 3.4x fewer multiply-adds in 3D and no upsampled
+    intermediate: the full-resolution decoder head runs about 6x faster on a CPU, forward and backward.
+    """
+    grid = tuple(x.shape[2:])
+    target = tuple(int(s) for s in size) if size is not None else tuple(2 * s for s in grid)
+    if target != tuple(2 * s for s in grid) or not _foldable(conv):
+        return conv(nn.functional.interpolate(x, size=target, mode="nearest"))
+    dims = len(grid)
+    fold = _FOLD.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    out_channels, in_channels = conv.weight.shape[:2]
+    if dims == 3:
+        kernel = torch.einsum("apk,bql,crm,oiklm->oabcipqr", fold, fold, fold, conv.weight)
+    else:
+        kernel = torch.einsum("apk,bql,oikl->oabipq", fold, fold, conv.weight)
+    kernel = kernel.reshape(out_channels * 2**dims, in_channels, *(2,) * dims)
+    bias = conv.bias.repeat_interleave(2**dims) if conv.bias is not None else None
+    # Padding 1 with a 2-tap kernel: coarse output j sees taps (j-1, j), so phase a reads j = i + a.
+    y = (nn.functional.conv3d if dims == 3 else nn.functional.conv2d)(x, kernel, bias, padding=1)
+    y = y.unflatten(1, (out_channels, *(2,) * dims))  # (B, O, 2, .., 2, n_1 + 1, .., n_d + 1)
+    layout = torch.channels_last_3d if dims == 3 else torch.channels_last
+    out = torch.empty((x.shape[0], out_channels, *target), dtype=y.dtype, device=y.device, memory_format=layout)
+    fine = out.unflatten(2 + dims - 1, (grid[-1], 2))
+    for axis in range(dims - 2, -1, -1):
+        fine = fine.unflatten(2 + axis, (grid[axis], 2))  # (B, O, n_1, 2, .., n_d, 2), a view of out
+    for phase in itertools.product((0, 1), repeat=dims):
+        coarse = tuple(slice(a, a + n) for a, n in zip(phase, grid, strict=True))
+        every = (slice(None), slice(None))
+        fine[(*every, *(index for a in phase for index in (slice(None), a)))] = y[(*every, *phase, *coarse)]
+    return out
 
 
 class ResizeConv(nn.Module):
@@ -51,8 +105,7 @@ class ResizeConv(nn.Module):
         self.conv = (nn.Conv2d if dims == 2 else nn.Conv3d)(in_channels, out_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
-        x = nn.functional.interpolate(x, size=tuple(size) if size else None, scale_factor=None if size else 2.0, mode="nearest")
-        return self.conv(x)
+        return upsample_conv(x, self.conv, size)
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from core.nn.base import EncoderOutput
-from core.nn.default_architectures import _n_down, channels_last, default_decoder, mlp
+from core.nn.default_architectures import _n_down, channels_last, default_decoder, mlp, upsample_conv
 
 __all__ = [
     "soft_clamp",
@@ -122,9 +122,11 @@ class UpsampleConvBlock(nn.Module):
         self.block = _conv_block(dims, in_channels, out_channels, downsample=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if tuple(h.shape[2:]) != self.grid:
-            h = nn.functional.interpolate(h, size=self.grid, mode="nearest")
-        return self.block(h)
+        conv, *rest = self.block
+        h = conv(h) if tuple(h.shape[2:]) == self.grid else upsample_conv(h, conv, self.grid)
+        for layer in rest:
+            h = layer(h)
+        return h
 
 
 class NarrowUpsampleBlock(nn.Module):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from core.data import IncompleteDataset
-from core.impute import FieldsOfView, impute_subjects
+from core.data.dataset import batches_of
+from core.impute import FieldsOfView, impute_subjects, predict_with_uncertainty
 from core.models import MVAE, MVAEConfig
 from core.progress import Cancelled, CancelToken
 
@@ -105,3 +106,16 @@ def test_the_cohort_field_of_view_falls_back_to_the_union_when_no_voxel_has_a_ma
     cohort = FieldsOfView.fit(dataset).cohort["US"]
     assert cohort.source == "cohort union of 3 subjects"
     assert np.array_equal(cohort.mask, fovs.any(0).numpy())
+
+
+def test_the_uncertainty_map_is_the_population_standard_deviation_of_the_decoded_samples(setup, monkeypatch):
+    model, dataset = setup
+    torch.manual_seed(3)
+    draws = {m: torch.randn(5, 1, *DIMS[m]) * torch.linspace(0.1, 2, 6 ** 3).reshape(1, 1, 1, 6, 6, 6) for m in ("T2", "US")}
+    monkeypatch.setattr(model, "predict", lambda batch, cond_mod, gen_mod, N, return_mean: {m: draws[m] for m in gen_mod})
+    _, batch = next(batches_of(dataset, [0], 1))
+    predicted = predict_with_uncertainty(model, batch, ["T1"], ["T2", "US"], n_samples=5)
+    for m, (mean, std) in predicted.items():
+        expected_std, expected_mean = torch.std_mean(draws[m].double(), dim=0, correction=0)
+        np.testing.assert_allclose(mean, expected_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(std, expected_std.numpy(), rtol=1e-5, atol=1e-6)
