@@ -487,6 +487,17 @@ class MultimodalVAE(nn.Module):
             )
 
     @torch.no_grad()
+    def cannot_generate(self, cond_mod: str | Sequence[str], gen_mod: str | Sequence[str]) -> str | None:
+        """Why :meth:`predict` cannot generate ``gen_mod`` from ``cond_mod``, in words for a user; None when it can.
+
+        Every joint model generates any modality from any non-empty subset; a model whose generation is
+        tied to fixed modalities (a CVAE) overrides this, so callers (imputation, the Synthesize page,
+        benchmarks) ask the model instead of catching its errors. Unknown names raise as everywhere.
+        """
+        self.resolve_modalities(cond_mod)
+        self.resolve_modalities(gen_mod)
+        return None
+
     def predict(
         self,
         inputs: Any,

@@ -218,16 +218,28 @@ class CVAE(MultimodalVAE):
         return x_hat.reshape(*lead, *x_hat.shape[1:])
 
     # ------------------------------------------------------------------ the shared API
+    def cannot_generate(self, cond_mod: str | Sequence[str], gen_mod: str | Sequence[str]) -> str | None:
+        """A CVAE generates only its main modality, and only from (at least) its conditioning modalities."""
+        cond = set(self.resolve_modalities(cond_mod))
+        gen = [self.main_modality] if gen_mod == "all" else self.resolve_modalities(gen_mod)
+        others = [m for m in gen if m != self.main_modality]
+        if others:
+            return f"A CVAE generates only '{self.main_modality}'; it has no decoder for {others}."
+        lacking = sorted(set(self.conditioning_modalities) - cond)
+        if lacking:
+            return (
+                f"A CVAE generates '{self.main_modality}' from its conditioning modalities {self.conditioning_modalities} "
+                f"(cond_mod={self.conditioning_modalities}) or reconstructs it from them and itself (cond_mod='all'); "
+                f"cond_mod={sorted(cond)} lacks {lacking}."
+            )
+        return None
+
     def _uses_posterior(self, cond_mod: str | Sequence[str]) -> bool:
         """True for x and c (posterior), False for c alone (prior); anything else is refused."""
-        cond = set(self.resolve_modalities(cond_mod))
-        if set(self.conditioning_modalities) <= cond:
-            return self.main_modality in cond
-        raise ValueError(
-            f"A CVAE generates '{self.main_modality}' from its conditioning modalities {self.conditioning_modalities} "
-            f"(cond_mod={self.conditioning_modalities}) or reconstructs it from them and itself (cond_mod='all'); "
-            f"cond_mod={sorted(cond)} lacks {sorted(set(self.conditioning_modalities) - cond)}."
-        )
+        reason = self.cannot_generate(cond_mod, self.main_modality)
+        if reason:
+            raise ValueError(reason)
+        return self.main_modality in self.resolve_modalities(cond_mod)
 
     def encode(
         self,

@@ -112,3 +112,27 @@ def test_bundle_round_trip(model_name, tmp_path):
     assert config_to_dict(loaded.model_config) == config_to_dict(model.model_config)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_the_model_says_beforehand_which_generations_it_cannot_do(model_name, make_batch):
+    """``cannot_generate`` is None exactly for the (conditioning, target) pairs ``predict`` serves."""
+    model = small_model(model_name)
+    batch = make_batch(INPUT_DIMS, 3)
+    conditionings = (["a"], ["b"], ["a", "b"], ["a", "c"], "all")
+    targets = ("a", "b", "c", "all")
+    served = 0
+    for cond in conditionings:
+        for target in targets:
+            reason = model.cannot_generate(cond, target)
+            if reason is None:
+                served += 1
+                out = model.predict(batch, cond_mod=cond, gen_mod=target)
+                assert set(out) == {target} if target != "all" else len(out) > 0
+            else:
+                assert isinstance(reason, str) and reason
+                with pytest.raises(ValueError):
+                    model.predict(batch, cond_mod=cond, gen_mod=target)
+    fixed = getattr(get_model_class(model_name), "conditions_on_fixed_modalities", False)
+    assert served == (len(conditionings) * len(targets) if not fixed else 4)  # a CVAE: c or 'all' from a+b or all
+    with pytest.raises(ValueError, match="Unknown modalities"):
+        model.cannot_generate(["a"], ["nope"])
