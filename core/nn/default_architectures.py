@@ -77,14 +77,15 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d, size: Sequence[i
     fold = _FOLD.to(device=conv.weight.device, dtype=conv.weight.dtype)
     out_channels, in_channels = conv.weight.shape[:2]
     if dims == 3:
-        kernel = torch.einsum("apk,bql,crm,oiklm->oabcipqr", fold, fold, fold, conv.weight)
+        kernel = torch.einsum("apk,bql,crm,oiklm->abcoipqr", fold, fold, fold, conv.weight)
     else:
-        kernel = torch.einsum("apk,bql,oikl->oabipq", fold, fold, conv.weight)
+        kernel = torch.einsum("apk,bql,oikl->aboipq", fold, fold, conv.weight)
     kernel = kernel.reshape(out_channels * 2**dims, in_channels, *(2,) * dims)
-    bias = conv.bias.repeat_interleave(2**dims) if conv.bias is not None else None
+    bias = conv.bias.repeat(2**dims) if conv.bias is not None else None
     # Padding 1 with a 2-tap kernel: coarse output j sees taps (j-1, j), so phase a reads j = i + a.
     y = (nn.functional.conv3d if dims == 3 else nn.functional.conv2d)(x, kernel, bias, padding=1)
-    y = y.unflatten(1, (out_channels, *(2,) * dims))  # (B, O, 2, .., 2, n_1 + 1, .., n_d + 1)
+    # Phase-major channels: one phase's O channels lie together in the channels-last layout.
+    y = y.unflatten(1, (*(2,) * dims, out_channels))  # (B, 2, .., 2, O, n_1 + 1, .., n_d + 1)
     layout = torch.channels_last_3d if dims == 3 else torch.channels_last
     out = torch.empty((x.shape[0], out_channels, *target), dtype=y.dtype, device=y.device, memory_format=layout)
     fine = out.unflatten(2 + dims - 1, (grid[-1], 2))
@@ -93,7 +94,7 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d, size: Sequence[i
     for phase in itertools.product((0, 1), repeat=dims):
         coarse = tuple(slice(a, a + n) for a, n in zip(phase, grid, strict=True))
         every = (slice(None), slice(None))
-        fine[(*every, *(index for a in phase for index in (slice(None), a)))] = y[(*every, *phase, *coarse)]
+        fine[(*every, *(index for a in phase for index in (slice(None), a)))] = y[(slice(None), *phase, slice(None), *coarse)]
     return out
 
 
