@@ -1,4 +1,4 @@
-"""Seconds until ``mmvae --help`` has printed, and the import time of ``core.cli`` (``python -X importtime``).
+"""Seconds until ``mmvae --help`` has printed, and the import time of ``core.workflows.cli`` (``python -X importtime``).
 
 The command line adds the arguments of demo-data, evaluate and report (modules that import torch and
 scikit-learn) only for the command being run, so the help and the light commands start without them. Each
@@ -22,8 +22,8 @@ from pathlib import Path
 
 LOAD_AT_START = round(os.getloadavg()[0], 2)  # other work on the machine skews the numbers
 RESULTS = Path(__file__).resolve().parent / "results"
-HELP = "import sys; from core.cli import main; sys.argv = ['mmvae', '--help']; main()"
-TORCH_CHECK = ("import json, sys\nfrom core.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+HELP = "import sys; from core.workflows.cli import main; sys.argv = ['mmvae', '--help']; main()"
+TORCH_CHECK = ("import json, sys\nfrom core.workflows.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
                "print(json.dumps(sorted(m for m in ('torch', 'sklearn', 'scipy', 'nibabel') if m in sys.modules)))")
 
 
@@ -37,10 +37,10 @@ def _wall(code: str, repeats: int) -> list[float]:
 
 
 def _import_microseconds() -> int:
-    """Cumulative import time of core.cli, as ``-X importtime`` reports it."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli"], check=True,
+    """Cumulative import time of core.workflows.cli, as ``-X importtime`` reports it."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.workflows.cli"], check=True,
                             capture_output=True, text=True)
-    line = next(row for row in result.stderr.splitlines() if row.rstrip().endswith("| core.cli"))
+    line = next(row for row in result.stderr.splitlines() if row.rstrip().endswith("| core.workflows.cli"))
     return int(line.split("|")[1])
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     heavy = json.loads(printed.strip().splitlines()[-1])
     result = {
         "benchmark": "cli_import_time",
-        "what": "wall seconds of `mmvae --help` in a fresh process (median), and core.cli's cumulative import time",
+        "what": "wall seconds of `mmvae --help` in a fresh process (median), and core.workflows.cli's cumulative import time",
         "repeats": args.repeats,
         "help_seconds_median": round(statistics.median(help_times), 3),
         "help_seconds_all": [round(t, 3) for t in help_times],

@@ -28,7 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["MMVAE_CACHE_DIR"] = str(Path(scratch) / "cache")
         from core.data.sources import load_data
-        from core.runs import load_run_config, train_run
+        from core.workflows.runs import load_run_config, train_run
 
         results = {}
         for path in sorted((ROOT / "examples" / "configs").glob("*.yaml")):

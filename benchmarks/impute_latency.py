@@ -2,7 +2,7 @@
 
 For every registered model (default architectures, untrained weights: latency does not depend on training),
 one subject of the four demo modalities (T1, T2, FLAIR, US) that has T1 only gets T2, FLAIR and US
-generated with :func:`core.impute.impute_subjects` (16 posterior samples decoded, their mean and
+generated with :func:`core.workflows.impute.impute_subjects` (16 posterior samples decoded, their mean and
 voxel-wise standard deviation), the call the workbench's Synthesize page and ``mmvae impute`` make. Each
 model runs in a fresh process (its own peak memory): one burn-in call, then ``--repeats`` timed calls.
 Results go to ``benchmarks/results/impute_latency.json``.
@@ -34,9 +34,9 @@ def _measure(name: str, samples: int, repeats: int, device_name: str, queue: mp.
         import torch
 
         from core.data.dataset import IncompleteDataset
-        from core.impute import impute_subjects
         from core.models import config_from_dict, get_model_class
         from core.training import select_device
+        from core.workflows.impute import impute_subjects
 
         torch.manual_seed(0)
         device = select_device(device_name)
@@ -103,7 +103,7 @@ def main() -> None:
     payload = {
         "benchmark": "impute_latency",
         "what": f"synthesize {len(MODALITIES) - len(OBSERVED)} missing modalities of one {'x'.join(map(str, SHAPE))} subject "
-                f"from {'+'.join(OBSERVED)}, N = {args.samples} posterior samples (core.impute.impute_subjects)",
+                f"from {'+'.join(OBSERVED)}, N = {args.samples} posterior samples (core.workflows.impute.impute_subjects)",
         "samples": args.samples,
         "repeats": args.repeats,
         "machine": platform.platform(),

@@ -72,11 +72,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from benchmarks._unet import predict_unet, train_unet  # noqa: E402
 from core.data import DatasetOutput, IncompleteDataset, MultimodalBaseDataset, split_by_subject  # noqa: E402
 from core.data.demo import DemoCohort, DemoSpec, MissingSpec, make_demo_cohort  # noqa: E402
-from core.impute import FieldsOfView, predict_with_uncertainty  # noqa: E402
 from core.metrics import MeanImputer, VoxelRegressionImputer, outside_fov_fraction, synthesis_scores  # noqa: E402
 from core.models import CVAE, available, build_model, get_model_class  # noqa: E402
 from core.presets import SYNTHESIS_PRESET, load_presets  # noqa: E402
 from core.training import Callback, Trainer, TrainerConfig, select_device  # noqa: E402
+from core.workflows.impute import FieldsOfView, predict_with_uncertainty  # noqa: E402
 
 LOAD_AT_START = round(os.getloadavg()[0], 2)  # other work on the machine skews the timings
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -37,8 +37,8 @@ import core.training.checkpoint as checkpoint_module  # noqa: E402
 from core.atomic import load_tensors  # noqa: E402
 from core.data import IncompleteDataset, split_by_subject  # noqa: E402
 from core.models import MVAE, MVAEConfig  # noqa: E402
-from core.runs import run_lock  # noqa: E402
 from core.training import Callback, Trainer, TrainerConfig, latest_checkpoint  # noqa: E402
+from core.workflows.runs import run_lock  # noqa: E402
 
 INPUT_DIMS = {"a": (8,), "b": (8,)}
 NUM_EPOCHS, STEPS_PER_EPOCH = 3, 4

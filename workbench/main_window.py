@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.config import ConfigError
-from core.runs import load_run_config
+from core.workflows.runs import load_run_config
 from workbench.environment import device_info, versions
 from workbench.messages import ErrorReporter, Message, MessageArea
 from workbench.pages.data import DataPage

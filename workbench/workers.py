@@ -7,7 +7,7 @@ Two kinds of work:
   ``progress(done, total, message)`` and ``is_cancelled()`` are exactly the ``progress``/``cancel``
   callables every long ``core`` function takes. Starting a new task cancels the previous one and
   disconnects its signals first, so a cancelled task can never draw into the next one.
-* :class:`TrainingJob` runs :func:`core.runs.train_run` or :func:`core.runs.resume_run` with a
+* :class:`TrainingJob` runs :func:`core.workflows.runs.train_run` or :func:`core.workflows.runs.resume_run` with a
   :class:`QtTrainingCallback` that turns the trainer's events into signals (batch heartbeats throttled,
   epoch records never dropped, a cross-modal synthesis preview every N epochs) and a
   :class:`~core.training.TrainingControl` for pause, resume, stop-and-keep and cancel.
@@ -35,8 +35,8 @@ from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 from core.data.dataset import collate_multimodal
 from core.data.sources import LoadedData, load_data
 from core.progress import Cancelled, CancelToken
-from core.runs import RunConfig, resume_run, train_run
 from core.training import BatchProgress, Callback, EpochRecord, TrainingControl, TrainingResult
+from core.workflows.runs import RunConfig, resume_run, train_run
 
 __all__ = [
     "UiThreadGarbageCollector",
@@ -530,7 +530,7 @@ class TrainingJob(QObject):
             loaded = self._loaded
             if self._resume:
                 if loaded is None:
-                    from core.runs import load_run_config
+                    from core.workflows.runs import load_run_config
 
                     data_config = load_run_config(self.run_dir / "config.yaml").data
                     loaded = self._load(data_config)

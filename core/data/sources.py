@@ -141,7 +141,7 @@ def load_data(config: DataConfig, progress: ProgressFn | None = None, cancel: Ca
 def _as_images_if_single_slice(dataset: MultimodalBaseDataset) -> MultimodalBaseDataset:
     """A cohort of single-slice files (X, Y, 1) becomes 2D images (C, X, Y) for the 2D networks.
 
-    Exports put the slice axis back (:func:`core.impute.impute_run`), so files keep their geometry.
+    Exports put the slice axis back (:func:`core.workflows.impute.impute_run`), so files keep their geometry.
     """
     if not isinstance(dataset, MultimodalBaseDataset):
         return dataset

@@ -2,8 +2,8 @@
 
 Launch::
 
-    torchrun --nproc_per_node=N -m core.cli train CONFIG.yaml        # one machine, N processes
-    torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=N -m core.cli train CONFIG.yaml
+    torchrun --nproc_per_node=N -m core.workflows.cli train CONFIG.yaml        # one machine, N processes
+    torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=N -m core.workflows.cli train CONFIG.yaml
 
 ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; :func:`init_distributed`
 reads them and starts the process group (NCCL when the processes use CUDA GPUs, gloo on CPU). With

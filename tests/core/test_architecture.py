@@ -80,6 +80,12 @@ def test_core_never_imports_the_workbench_even_lazily():
     assert offenders == []
 
 
+def test_only_the_workflows_import_the_workflows():
+    offenders = [f"{m} -> {t}" for m, targets in _graph("core").items() if not _within(m, "core.workflows")
+                 for t in targets if _within(t, "core.workflows")]
+    assert offenders == [], "core.workflows is the top of core: the layers below it never import it"
+
+
 def test_data_and_nn_import_nothing_above_them():
     allowed = ("core.data", "core.nn", *BOTTOM)
     offenders = [f"{m} -> {t}" for m, targets in _graph("core/data", "core/nn").items() for t in targets

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from core.cli import main
+from core.workflows.cli import main
 
 #: The monitoring extra is optional; without it the run trains without its TensorBoard mirror.
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboardX") is not None
@@ -131,20 +131,20 @@ def test_missing_data_source_is_reported(tmp_path, capsys):
 
 
 def test_module_entry_point_lists_models():
-    result = subprocess.run([sys.executable, "-m", "core.cli", "models"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "core.workflows.cli", "models"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for name in ("MVAE", "JMVAE", "JNF", "Nexus", "MHVAE"):
         assert name in result.stdout
 
 
 def test_help_imports_neither_torch_nor_scikit_learn():
-    """``mmvae --help`` printed after 2.8 s (torch, scikit-learn through core.evaluate); a command's heavy
+    """``mmvae --help`` printed after 2.8 s (torch, scikit-learn through core.workflows.evaluate); a command's heavy
     arguments are added only when it runs (benchmarks/cli_import_time.py measures the seconds)."""
-    code = ("import json, sys\nfrom core.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as done:\n"
+    code = ("import json, sys\nfrom core.workflows.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as done:\n"
             "    assert done.code == 0\nprint(json.dumps(sorted(m for m in ('torch', 'sklearn', 'scipy') if m in sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "evaluate" in result.stdout and json.loads(result.stdout.strip().splitlines()[-1]) == []
-    evaluate_help = subprocess.run([sys.executable, "-m", "core.cli", "evaluate", "--help"], capture_output=True,
+    evaluate_help = subprocess.run([sys.executable, "-m", "core.workflows.cli", "evaluate", "--help"], capture_output=True,
                                    text=True, timeout=120)
     assert evaluate_help.returncode == 0 and "--sections" in evaluate_help.stdout  # its own arguments are there

@@ -7,7 +7,7 @@ import torch
 
 from core.data import IncompleteDataset
 from core.models import available
-from core.runs import build_model, load_run_config
+from core.workflows.runs import build_model, load_run_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "configs").glob("*.yaml"))
 

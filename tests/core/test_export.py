@@ -18,9 +18,9 @@ from core.data.loading import load_cohort_dataset
 from core.data.preprocessing.config import PreprocessingConfig
 from core.data.preprocessing.source_space import to_source_space
 from core.data.writers import write_volume
-from core.export import ExportError, Provenance, export_cohort, sidecar_path, write_synthesized
-from core.impute import FieldOfView
 from core.progress import Cancelled, CancelToken, ProgressReporter
+from core.workflows.export import ExportError, Provenance, export_cohort, sidecar_path, write_synthesized
+from core.workflows.impute import FieldOfView
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 

@@ -25,8 +25,8 @@ from fault_training import (
     trainer_config,
 )
 
-from core.runs import run_owner
 from core.training import Callback, Trainer, latest_checkpoint
+from core.workflows.runs import run_owner
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_a_read_only_run_folder_is_refused_in_one_line(tmp_path, reference):
 def test_a_checkpoint_a_kill_caught_swapped_aside_is_put_back_when_a_writer_starts(tmp_path, reference):
     """replace_directory moves an existing checkpoint aside, then the new one in: a kill between the two
     renames leaves only ``.<name>.old``, which the next writer restores (and drops when both exist)."""
-    from core.runs import run_lock
+    from core.workflows.runs import run_lock
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)

@@ -4,9 +4,9 @@ import torch
 
 from core.data import IncompleteDataset
 from core.data.dataset import batches_of
-from core.impute import FieldsOfView, impute_subjects, predict_with_uncertainty
 from core.models import MVAE, MVAEConfig
 from core.progress import Cancelled, CancelToken
+from core.workflows.impute import FieldsOfView, impute_subjects, predict_with_uncertainty
 
 DIMS = {"T1": (1, 6, 6, 6), "T2": (1, 6, 6, 6), "US": (1, 6, 6, 6)}
 

@@ -13,7 +13,7 @@ import torch
 from core.data.demo import DemoSpec, make_demo_dataset
 from core.models import MVAE, MVAEConfig, save_bundle
 from core.progress import Cancelled
-from core.projection import (
+from core.workflows.projection import (
     JOINT,
     ProjectionError,
     available_methods,

@@ -11,9 +11,9 @@ import yaml
 from bad_inputs import CASES, HEALTHY, digest, unmet, write_bad_cohort
 
 from core.atomic import UnsafePathError, check_safe_name, ensure_inside, load_tensors
-from core.cli import main
 from core.data.quality import check_cohort
 from core.data.sources import DataConfig, load_data
+from core.workflows.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_a_valid_cache_still_opens(good_cache):
 
 def test_config_errors_come_all_at_once_with_their_paths(tmp_path, capsys):
     from core.models.config import ConfigError
-    from core.runs import parse_run_config
+    from core.workflows.runs import parse_run_config
 
     values = {"data": {"source": "demo", "splt": 1, "preprocessing": {"target_shap": [8, 8, 8]}},
               "model": {"name": "MVAE", "latent_dimm": 3, "warmpu": 2}, "training": {"epochs": 3, "batch_size": -1},
@@ -268,7 +268,7 @@ def test_two_writers_kill_minus_9_and_resume(trained_run, tmp_path, capsys):
     import sys
     import time
 
-    from core.runs import read_run_summary, run_owner
+    from core.workflows.runs import read_run_summary, run_owner
 
     _, cohort = trained_run
     config = {"name": "busy", "data": {"source": str(cohort), "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0}},
@@ -276,7 +276,7 @@ def test_two_writers_kill_minus_9_and_resume(trained_run, tmp_path, capsys):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "core.cli", "train", str(tmp_path / "run.yaml"), "--out", str(run),
+    first = subprocess.Popen([sys.executable, "-m", "core.workflows.cli", "train", str(tmp_path / "run.yaml"), "--out", str(run),
                               "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -307,7 +307,7 @@ def test_two_writers_kill_minus_9_and_resume(trained_run, tmp_path, capsys):
 def test_impute_into_a_folder_another_writer_holds_is_refused_naming_it(trained_run, tmp_path, capsys):
     import os
 
-    from core.runs import run_lock
+    from core.workflows.runs import run_lock
 
     root, cohort = trained_run
     out = tmp_path / "synth"

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.cli import main
 from core.display import colorize
-from core.report import png_bytes, svg_line_chart, write_report
-from core.runs import parse_run_config, train_run
+from core.workflows.cli import main
+from core.workflows.report import png_bytes, svg_line_chart, write_report
+from core.workflows.runs import parse_run_config, train_run
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from core.cli import main
 from core.data.sources import DataConfig, load_data
 from core.models import MVAE, MVAEConfig, load, save_bundle
 from core.models.config import ConfigError
-from core.sharing import SharingError, export_shared_model
-from core.synthesis import SynthesisContext, modality_verdicts
+from core.workflows.cli import main
+from core.workflows.sharing import SharingError, export_shared_model
+from core.workflows.synthesis import SynthesisContext, modality_verdicts
 
 DEMO = {"n_subjects": 10, "shape": [16, 16, 16], "seed": 3, "template": "procedural"}
 

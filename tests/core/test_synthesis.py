@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import core.synthesis as synthesis_module
+import core.workflows.synthesis as synthesis_module
 from core.data.sources import DataConfig, load_data
 from core.metrics import imputation_metrics, mse, psnr, ssim
 from core.models import MVAE, MVAEConfig, save_bundle
 from core.progress import Cancelled
-from core.synthesis import (
+from core.workflows.synthesis import (
     METRIC_COLUMNS,
     SynthesisContext,
     SynthesisError,

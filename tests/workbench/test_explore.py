@@ -14,8 +14,8 @@ from PySide6.QtGui import QColor
 
 from core.data.sources import load_data
 from core.display import PALETTE
-from core.projection import JOINT, missingness_patterns
-from core.runs import load_run_config, parse_run_config, train_run
+from core.workflows.projection import JOINT, missingness_patterns
+from core.workflows.runs import load_run_config, parse_run_config, train_run
 
 TIMEOUT = 120_000
 TINY = {"n_subjects": 16, "shape": [16, 16, 16], "seed": 0}

@@ -13,7 +13,7 @@ import core.models.registry as registry
 from core.config import config_to_dict
 from core.models import MVAE
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig
-from core.runs import load_run_config, run_config_to_dict
+from core.workflows.runs import load_run_config, run_config_to_dict
 from workbench.resources import load_presets
 
 TIMEOUT = 60_000

@@ -20,8 +20,8 @@ from PySide6.QtWidgets import QMessageBox
 
 import workbench.pages.synthesize as synthesize_module
 from core.metrics import mse, psnr, ssim
-from core.runs import parse_run_config, train_run
-from core.synthesis import METRIC_COLUMNS, PASS_FRACTION
+from core.workflows.runs import parse_run_config, train_run
+from core.workflows.synthesis import METRIC_COLUMNS, PASS_FRACTION
 from workbench.pages.synthesize import UNCERTAINTY_UNITS
 from workbench.widgets.ortho_viewer import OrthoViewer, Panel
 

@@ -15,8 +15,8 @@ from PySide6.QtWidgets import QCheckBox
 
 import workbench.pages.train as train_module
 import workbench.workers as workers_module
-from core.runs import load_run_config, run_config_to_dict
 from core.training import latest_checkpoint
+from core.workflows.runs import load_run_config, run_config_to_dict
 from workbench.workers import TrainingJob
 
 TIMEOUT = 120_000

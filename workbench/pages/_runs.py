@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QComboBox, QWidget
 from core.config import config_to_dict
 from core.data.demo import spec_to_dict
 from core.data.sources import LoadedData, load_data, resolved_preprocessing
-from core.runs import RunSummary, list_runs, load_run_config
+from core.workflows.runs import RunSummary, list_runs, load_run_config
 from workbench.messages import MessageArea
 from workbench.state import WorkbenchState, source_label
 from workbench.workers import TaskState

@@ -1,6 +1,6 @@
 """The Explore page: where the cohort's subjects sit in a trained model's latent space.
 
-The projection (:func:`core.projection.project_run`: PCA by default, t-SNE, UMAP when installed) is
+The projection (:func:`core.workflows.projection.project_run`: PCA by default, t-SNE, UMAP when installed) is
 computed in a background worker and cached in the run folder, so reopening it is instant. Points are
 coloured by missingness pattern, split or any participants.tsv column; the small plots show the same
 subjects encoded from each modality alone, on the same axes, to see whether the modalities agree. A
@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.data.sources import LoadedData
-from core.projection import METHOD_LABELS, METHODS, Projection, available_methods, project_run
+from core.workflows.projection import METHOD_LABELS, METHODS, Projection, available_methods, project_run
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import ProgressRow, page_header
 from workbench.pages._runs import RunPicker, load_run_data_task, run_selection, show_cohort_note

@@ -33,8 +33,8 @@ from core.config import ConfigError, ConfigProblem, config_schema, config_to_dic
 from core.models import available, get_model_class
 from core.presets import SYNTHESIS_PRESET, recommended_start
 from core.run_config import DATA_FILLED_KEYS, RunConfig
-from core.runs import list_runs, load_run_config, parse_run_config, run_config_to_dict
 from core.training import TrainerConfig
+from core.workflows.runs import list_runs, load_run_config, parse_run_config, run_config_to_dict
 from workbench.messages import MessageArea
 from workbench.pages._common import Card, page_header
 from workbench.resources import Preset, load_presets

@@ -1,7 +1,7 @@
 """The Synthesize page: fill in the modality a subject lacks, see how sure the model is, take it to a viewer.
 
 Pick a run and a subject, tick which of the subject's modalities to condition on and how many posterior
-samples to draw; every other modality is generated in a background worker (:mod:`core.synthesis`): the
+samples to draw; every other modality is generated in a background worker (:mod:`core.workflows.synthesis`): the
 mean of the N decodings and their voxel-wise standard deviation as the uncertainty map. Linked
 orthogonal views show real (where it exists), synthesized, difference and uncertainty side by side with
 one crosshair and one window/level, and optionally an overlay of synthesized over real (blend or
@@ -13,11 +13,12 @@ table scores the synthesis and the mean image of the training subjects (MSE, PSN
 "Leave one out" hides a modality the subject has, synthesizes it from the others and shows the error:
 the user's way to judge whether the model can be trusted. Beside it, one **verdict** per modality in plain
 words, from a leave-one-out pass over every held-out subject against the training subjects' mean image
-(:func:`core.synthesis.modality_verdicts`, computed in the background when a run opens and cached in the
+(:func:`core.workflows.synthesis.modality_verdicts`, computed in the background when a run opens and cached in the
 run). Exporting a modality whose verdict is not a pass (failed, or not checked) asks for confirmation
 first, for one volume as for a batch; the verdict goes into every sidecar and NIfTI description.
 Synthesized modalities with observation masks (ultrasound) are shown and exported inside a field of view
-only (:mod:`core.impute`); the uncertainty map has a colour bar in normalised intensity units. Exports (NIfTI on the subject's original grid
+only (:mod:`core.workflows.impute`); the uncertainty map has a colour bar in normalised intensity units.
+Exports (NIfTI on the subject's original grid
 with a provenance sidecar, optionally the uncertainty map), the batch export of every missing modality,
 the per-subject metrics CSV and the HTML run report all run in the background with progress and Cancel;
 a cancelled batch leaves no file behind.
@@ -50,7 +51,8 @@ from PySide6.QtWidgets import (
 )
 
 from core.data.sources import LoadedData
-from core.synthesis import (
+from core.training.trainer import select_device
+from core.workflows.synthesis import (
     PASS_FRACTION,
     SubjectSynthesis,
     SynthesisContext,
@@ -64,7 +66,6 @@ from core.synthesis import (
     unchecked_verdicts,
     write_metrics_csv,
 )
-from core.training.trainer import select_device
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, ProgressRow, page_header
 from workbench.pages._runs import RunPicker, load_run_data_task, run_selection, show_cohort_note
@@ -138,7 +139,7 @@ def metrics_csv_task(ctx: SynthesisContext, path: str, state: TaskState) -> Path
 
 
 def report_task(ctx: SynthesisContext, loaded: LoadedData, path: str, state: TaskState) -> Path:
-    from core.report import write_report
+    from core.workflows.report import write_report
 
     state.set_status("Writing the run report (curves, projection, metrics, synthesis panels)")
     return write_report(ctx.run_dir, path, loaded=loaded, model=ctx.model, progress=state.progress, cancel=state.is_cancelled)

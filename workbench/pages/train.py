@@ -1,6 +1,6 @@
 """The Train page: start, pause, stop or cancel a run in the background, watch it learn, resume it.
 
-Training runs in a :class:`~workbench.workers.TrainingJob` (a QThread around ``core.runs.train_run``);
+Training runs in a :class:`~workbench.workers.TrainingJob` (a QThread around ``core.workflows.runs.train_run``);
 this page only reacts to its queued signals. Control buttons set flags the trainer reads between steps,
 so every click returns at once and a step is never cut in half.
 """
@@ -34,7 +34,6 @@ from PySide6.QtWidgets import (
 )
 
 from core.config import ConfigError, config_to_dict
-from core.runs import RunSummary, default_run_dir, list_runs, load_run_config
 from core.training import (
     BatchProgress,
     EpochRecord,
@@ -43,6 +42,7 @@ from core.training import (
     format_seconds,
     read_metrics_csv,
 )
+from core.workflows.runs import RunSummary, default_run_dir, list_runs, load_run_config
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, badge, page_header
 from workbench.state import WorkbenchState

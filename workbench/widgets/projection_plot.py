@@ -1,4 +1,4 @@
-"""Scatter plots of a latent projection (:class:`core.projection.Projection`): the subjects encoded from all
+"""Scatter plots of a latent projection (:class:`core.workflows.projection.Projection`): the subjects encoded from all
 their modalities in a large plot, and encoded from each modality alone in small plots beside it, all on
 the same (linked) axes, so where the modalities agree a subject sits in the same place in every plot.
 
@@ -17,7 +17,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from core.display import PALETTE
-from core.projection import JOINT, Projection
+from core.workflows.projection import JOINT, Projection
 from workbench.resources import plot_colors
 
 __all__ = ["ProjectionPlot", "point_colours"]

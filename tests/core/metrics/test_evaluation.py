@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from core import evaluate
 from core.data import IncompleteDataset, MultimodalBaseDataset, split_by_subject
 from core.metrics import (
     EvaluationConfig,
@@ -27,6 +26,7 @@ from core.metrics import (
 from core.models import MVAE, MVAEConfig, build_model
 from core.progress import Cancelled, CancelToken, ProgressReporter
 from core.training import Trainer, TrainerConfig
+from core.workflows import evaluate
 
 SIZE = 8
 CENTRES = torch.tensor([[2.0, 2.0], [2.0, 5.0], [5.0, 3.5]])

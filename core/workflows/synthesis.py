@@ -16,7 +16,7 @@ learned nothing about that subject that a population average does not know.
 
 **Field of view.** Every synthesized volume and its uncertainty map are background (0) outside a field of
 view: the subject's own observation mask of that modality, else the most common one of the run's training
-subjects (:class:`core.impute.FieldsOfView`); exports say which in their sidecar.
+subjects (:class:`core.workflows.impute.FieldsOfView`); exports say which in their sidecar.
 
 **Verdict.** :func:`modality_verdicts` gives one plain-words verdict per modality from a leave-one-out pass
 over *every* held-out subject that has it (the run's test subjects, or its validation subjects when no test
@@ -28,7 +28,7 @@ verdict is cached in the run folder (``synthesis_verdicts.json``, valid while th
 unchanged) and written into every export's sidecar and NIfTI description.
 
 Everything here is in model space (the preprocessed grid); :func:`export_volume` and
-:func:`export_missing` map volumes back onto the subject's source grid through :mod:`core.export`.
+:func:`export_missing` map volumes back onto the subject's source grid through :mod:`core.workflows.export`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,13 @@ import numpy as np
 import torch
 
 from core.data.dataset import IncompleteDataset, MultimodalBaseDataset, batches_of, spatial_dims
-from core.impute import (
+from core.metrics.baselines import MeanImputer
+from core.metrics.errors import mse, psnr
+from core.metrics.imputation import data_ranges
+from core.metrics.ssim import ssim
+from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
+from core.seeding import seeded
+from core.workflows.impute import (
     FieldOfView,
     FieldsOfView,
     Imputation,
@@ -56,12 +62,6 @@ from core.impute import (
     predict_with_uncertainty,
     to_grid,
 )
-from core.metrics.baselines import MeanImputer
-from core.metrics.errors import mse, psnr
-from core.metrics.imputation import data_ranges
-from core.metrics.ssim import ssim
-from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
-from core.seeding import seeded
 
 __all__ = [
     "SynthesisError",
@@ -501,7 +501,7 @@ def unchecked_verdicts(modalities: Sequence[str], reason: str) -> dict[str, Verd
 def impute_missing(ctx: SynthesisContext, subjects: Sequence[str] | None = None, n_samples: int = 1, seed: int = 0,
                    batch_size: int = 4, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Imputation:
     """Every missing modality of ``subjects`` (default: every subject that lacks one), each generated from all the
-    modalities the subject has and masked to its field of view (:func:`core.impute.impute_subjects`)."""
+    modalities the subject has and masked to its field of view (:func:`core.workflows.impute.impute_subjects`)."""
     chosen = [s for s in (subjects if subjects is not None else ctx.dataset.ids) if ctx.observed(s)]
     with seeded(seed, ctx.model.device):
         return impute_subjects(ctx.model, ctx.dataset, n_samples, subjects=chosen, batch_size=batch_size,
@@ -509,7 +509,7 @@ def impute_missing(ctx: SynthesisContext, subjects: Sequence[str] | None = None,
 
 
 def _provenance(ctx: SynthesisContext, conditioning: Sequence[str] | None, n_samples: int, extra: Mapping[str, Any] | None = None) -> Any:
-    from core.export import Provenance
+    from core.workflows.export import Provenance
 
     return Provenance(model=ctx.model.name, run=str(Path(ctx.run_dir).resolve()) if ctx.run_dir else None,
                       conditioning_modalities=list(conditioning) if conditioning is not None else None,
@@ -520,8 +520,8 @@ def export_volume(ctx: SynthesisContext, synthesis: SubjectSynthesis, modality: 
                   uncertainty: bool = False, overwrite: bool = False, verdicts: Mapping[str, Verdict] | None = None) -> Any:
     """Write one synthesized modality of ``synthesis`` as NIfTI on the subject's source grid, with its sidecar
     (and ``<name>_std.nii.gz`` with ``uncertainty``), its field of view and its verdict (``verdicts``, default
-    :func:`modality_verdicts`); returns the :class:`core.export.ExportResult`."""
-    from core.export import ExportError, write_synthesized
+    :func:`modality_verdicts`); returns the :class:`core.workflows.export.ExportResult`."""
+    from core.workflows.export import ExportError, write_synthesized
 
     if ctx.records is None or synthesis.subject not in ctx.records:
         raise ExportError(f"No preprocessing record for subject {synthesis.subject}; the source geometry is unknown.")
@@ -543,9 +543,9 @@ def export_missing(ctx: SynthesisContext, out_dir: str | os.PathLike, n_samples:
                    progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                    verdicts: Mapping[str, Verdict] | None = None) -> list[Any]:
     """Synthesize every missing modality of every subject (or ``subjects``) and export them all into
-    ``out_dir`` (:func:`core.export.export_cohort`: staged, so a cancelled or failed batch leaves nothing),
+    ``out_dir`` (:func:`core.workflows.export.export_cohort`: staged, so a cancelled or failed batch leaves nothing),
     each inside its field of view and with its modality's verdict (``verdicts``, default :func:`modality_verdicts`)."""
-    from core.export import export_cohort
+    from core.workflows.export import export_cohort
 
     if ctx.records is None:
         raise SynthesisError("The cohort's preprocessing records are needed to export on the source grids.")

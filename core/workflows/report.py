@@ -1,10 +1,10 @@
 """``mmvae report RUN [DATA] --out report.html``: one self-contained HTML page about a trained run.
 
 The page holds the run's summary and configuration, its training curves, the latent projection of its
-cohort (:mod:`core.projection`), leave-one-out imputation metrics on its held-out subjects beside the mean
-image (:func:`core.synthesis.leave_one_out_table`, scored with :mod:`core.metrics`), and a few
+cohort (:mod:`core.workflows.projection`), leave-one-out imputation metrics on its held-out subjects beside the mean
+image (:func:`core.workflows.synthesis.leave_one_out_table`, scored with :mod:`core.metrics`), and a few
 leave-one-out synthesis panels (middle slices of the real volume, the synthesis, their difference and
-the uncertainty map, with the subject's metrics; :mod:`core.synthesis`).
+the uncertainty map, with the subject's metrics; :mod:`core.workflows.synthesis`).
 
 It depends on nothing beyond ``core``: curves and scatter plots are inline SVG written here, slices are
 PNG images encoded here with :mod:`zlib` and embedded as ``data:`` URIs, so the file can be mailed or
@@ -269,7 +269,7 @@ def _colour_list(projection: Any, column: str) -> tuple[list[str], list[tuple[st
 
 def projection_html(projection: Any, colour_by: str = "missingness") -> str:
     """The joint projection and one per modality (shared axes), coloured by ``colour_by``, with the agreement table."""
-    from core.projection import JOINT
+    from core.workflows.projection import JOINT
 
     colours, legend = _colour_list(projection, colour_by)
     all_xy = np.concatenate([v for v in projection.views.values()])
@@ -331,7 +331,7 @@ def _choose_panels(ctx: Any, n_panels: int) -> list[tuple[str, str]]:
 
 
 def _metrics_html(ctx: Any, progress: ProgressFn | None, cancel: CancelFn | None) -> str:
-    from core.synthesis import PASS_FRACTION, leave_one_out_table, verdicts_from_rows
+    from core.workflows.synthesis import PASS_FRACTION, leave_one_out_table, verdicts_from_rows
 
     held_out = [s for s in ctx.dataset.ids if ctx.split.get(s) in ("validation", "test")]
     subjects, part = (held_out, "held-out (validation and test)") if held_out else (list(ctx.dataset.ids), "")
@@ -364,7 +364,7 @@ def _metrics_html(ctx: Any, progress: ProgressFn | None, cancel: CancelFn | None
 
 
 def _verdicts_html(verdicts: dict[str, Any], pass_fraction: float) -> str:
-    """One plain-words verdict per modality (:func:`core.synthesis.verdicts_from_rows`), as the Synthesize page shows."""
+    """One plain-words verdict per modality (:func:`core.workflows.synthesis.verdicts_from_rows`), as the Synthesize page shows."""
     items = "".join(
         f"<li><b>{html.escape(m)}</b>: <span class='{'ok' if v.passed else 'bad'}'>{html.escape(v.text)}</span></li>"
         for m, v in verdicts.items())
@@ -406,11 +406,11 @@ def build_report(
     """The HTML report of ``run_dir`` (see the module docstring) as a string.
 
     ``loaded`` is the run's prepared data (default: loaded from its ``config.yaml``); ``projection`` a
-    :class:`core.projection.Projection` to reuse (default: computed, or read from the run's cache).
+    :class:`core.workflows.projection.Projection` to reuse (default: computed, or read from the run's cache).
     """
-    from core.projection import project_run
-    from core.runs import load_run_config, read_run_summary
-    from core.synthesis import SynthesisContext, leave_one_out
+    from core.workflows.projection import project_run
+    from core.workflows.runs import load_run_config, read_run_summary
+    from core.workflows.synthesis import SynthesisContext, leave_one_out
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -493,7 +493,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike, data: str |
         raise ValueError(f"The report is HTML: --out must end in .html, got '{out.name}'.")
     if data is not None and kwargs.get("loaded") is None:
         from core.data.sources import load_data
-        from core.runs import load_run_config
+        from core.workflows.runs import load_run_config
 
         config = load_run_config(Path(run_dir) / "config.yaml").data
         kwargs["loaded"] = load_data(config.for_another_cohort(data), cancel=kwargs.get("cancel"))

@@ -85,9 +85,9 @@ def _distributed(run: object) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from core.runs import default_run_dir, load_run_config, load_run_data, train_run
     from core.training import TrainingControl
     from core.training.distributed import broadcast_object
+    from core.workflows.runs import default_run_dir, load_run_config, load_run_data, train_run
 
     config = load_run_config(args.config)
     if args.epochs is not None:
@@ -110,8 +110,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from core.runs import resume_run
     from core.training import TrainingControl
+    from core.workflows.runs import resume_run
 
     def run(context: object) -> int:
         control = TrainingControl()
@@ -122,8 +122,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_impute(args: argparse.Namespace) -> int:
-    from core.impute import impute_run
     from core.progress import ProgressReporter
+    from core.workflows.impute import impute_run
 
     written = impute_run(
         args.run,
@@ -149,7 +149,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_share(args: argparse.Namespace) -> int:
-    from core.sharing import export_shared_model
+    from core.workflows.sharing import export_shared_model
 
     folder = export_shared_model(args.run, args.out)
     print(f"wrote the shared model to {folder} (model card: {folder / 'README.md'}); upload that folder to a model hub")
@@ -254,14 +254,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a run's imputation, coherence, likelihood and latents")
     if wanted("evaluate"):
-        from core import evaluate as evaluation
+        from core.workflows import evaluate as evaluation
 
         evaluation.add_arguments(evaluate)
         evaluate.set_defaults(func=evaluation.run_from_args)
 
     report = commands.add_parser("report", help="write a run's HTML report (curves, latent space, synthesis, metrics)")
     if wanted("report"):
-        from core import report as reporting
+        from core.workflows import report as reporting
 
         reporting.add_arguments(report)
         report.set_defaults(func=reporting.run_from_args)

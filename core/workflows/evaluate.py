@@ -52,7 +52,7 @@ def _load_dataset(run_dir: Path, data_source: Any, progress: ProgressFn | None, 
 
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
-        from core.runs import load_run_config
+        from core.workflows.runs import load_run_config
 
         data_config = load_run_config(config_path).data
         if data_source is not None:
@@ -263,7 +263,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m core.evaluate RUN [DATA] --out FILE
+if __name__ == "__main__":  # python -m core.workflows.evaluate RUN [DATA] --out FILE
     import sys
 
     _parser = argparse.ArgumentParser(prog="mmvae evaluate", description=__doc__.splitlines()[0])

@@ -20,11 +20,11 @@ overlays the chosen source file exactly, in ITK-SNAP, 3D Slicer, FSL or nibabel:
   ``SYNTHETIC``; a JSON sidecar (``<name>.json``) with ``"synthetic": true``, the model, run, conditioning
   modalities, number of samples, date, software version, source reference and intensity handling. An
   uncertainty map (voxel-wise std over the samples) can be written beside the mean (``<name>_std.nii.gz``).
-* **field of view** (``field_of_view=``, :class:`core.impute.FieldOfView`): the volume and its uncertainty
+* **field of view** (``field_of_view=``, :class:`core.workflows.impute.FieldOfView`): the volume and its uncertainty
   map are 0 outside it (in the written units), and the sidecar's ``"field_of_view"`` says which one it was
   (``"subject"``, ``"cohort majority of N subjects"``, or the whole grid without one).
 * **verdict** (``verdict=``): whether the model beats the training subjects' mean image on held-out
-  subjects (:class:`core.synthesis.Verdict` as a dict) goes into the sidecar and, short, into ``descrip``.
+  subjects (:class:`core.workflows.synthesis.Verdict` as a dict) goes into the sidecar and, short, into ``descrip``.
 
 Writes are atomic (temporary name, then rename). :func:`export_cohort` stages a whole batch in a hidden
 folder and moves it into place only when every file is written, so a cancelled or failed batch leaves
@@ -56,7 +56,7 @@ from core.data.writers import write_nifti
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
 
 if TYPE_CHECKING:
-    from core.impute import FieldOfView
+    from core.workflows.impute import FieldOfView
 
 __all__ = ["ExportError", "Provenance", "ExportResult", "write_synthesized", "export_cohort", "sidecar_path", "uncertainty_path"]
 

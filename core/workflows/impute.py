@@ -32,8 +32,8 @@ from core.data.dataset import batches_of
 from core.data.sources import load_data
 from core.models.base import MultimodalVAE, load_bundle
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
-from core.runs import RunConfig, load_run_config, run_lock
 from core.training.trainer import select_device
+from core.workflows.runs import RunConfig, load_run_config, run_lock
 
 __all__ = ["Imputation", "FieldOfView", "FieldsOfView", "own_field_of_view", "predict_with_uncertainty", "impute_subjects", "to_grid",
            "impute_run"]
@@ -230,8 +230,8 @@ def impute_run(
     """Fill every subject's missing modalities in ``data`` with a run's final model; write NIfTI + sidecars.
 
     ``data`` is prepared exactly as the run's training data was (same preprocessing settings), and each
-    volume is written on that subject's original grid (see :mod:`core.export`). ``out_dir`` is held with the
-    run folders' exclusive lock (:func:`core.runs.run_lock`), so a second writer is refused, naming the first.
+    volume is written on that subject's original grid (see :mod:`core.workflows.export`). ``out_dir`` is held with the
+    run folders' exclusive lock (:func:`core.workflows.runs.run_lock`), so a second writer is refused, naming the first.
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir / "config.yaml")
@@ -243,7 +243,7 @@ def impute_run(
 def _impute_into(run_dir: Path, config: RunConfig, model: MultimodalVAE, data: str | os.PathLike,
                  out_dir: str | os.PathLike, n_samples: int, uncertainty: bool, progress: ProgressFn | None,
                  cancel: CancelFn | None) -> list[Any]:
-    from core.export import Provenance, export_cohort
+    from core.workflows.export import Provenance, export_cohort
 
     # The run pinned its preprocessing (grid, modalities, normalisation) when it trained: reuse it, so a
     # modality the new cohort lacks entirely is kept as all-missing and gets imputed.
@@ -252,8 +252,8 @@ def _impute_into(run_dir: Path, config: RunConfig, model: MultimodalVAE, data: s
     if lacking:
         raise ValueError(f"The run's model needs modalities {lacking}, which {data} does not have.")
     # The fields of view of the run's training subjects where they are in ``data`` (else of all its subjects),
-    # and the run's cached verdict (core.synthesis) where it is current.
-    from core.synthesis import stored_verdicts, unchecked_verdicts
+    # and the run's cached verdict (core.workflows.synthesis) where it is current.
+    from core.workflows.synthesis import stored_verdicts, unchecked_verdicts
 
     split = run_dir / "split.json"
     train = json.loads(split.read_text(encoding="utf-8")).get("train", []) if split.is_file() else []

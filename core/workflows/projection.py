@@ -28,7 +28,7 @@ Results are cached per run in ``<run>/projections/<key>.npz`` (arrays, ``allow_p
 and the data, so a resumed run or another cohort gets a new projection.
 
 Example:
-    >>> from core.projection import project_cohort              # doctest: +SKIP
+    >>> from core.workflows.projection import project_cohort              # doctest: +SKIP
     >>> p = project_cohort(model, dataset, method="pca")        # doctest: +SKIP
     >>> p.views["joint"].shape, p.caption()                     # doctest: +SKIP
     ((40, 2), 'showing 40 of 40 subjects')
@@ -545,7 +545,7 @@ def project_run(
     run_dir = Path(run_dir)
     if loaded is None:
         from core.data.sources import load_data
-        from core.runs import load_run_config
+        from core.workflows.runs import load_run_config
 
         loaded = load_data(load_run_config(run_dir / "config.yaml").data, progress=progress, cancel=cancel)
     dataset = getattr(loaded, "dataset", loaded)

@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 from core.models.base import BUNDLE_CONFIG, BUNDLE_WEIGHTS, check_bundle_compatible, read_bundle_config
-from core.synthesis import VERDICT_CACHE as VERDICTS
-from core.synthesis import stored_verdicts
+from core.workflows.synthesis import VERDICT_CACHE as VERDICTS
+from core.workflows.synthesis import stored_verdicts
 
 __all__ = ["SharingError", "MODEL_CARD", "export_shared_model", "model_card"]
 
