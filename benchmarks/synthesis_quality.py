@@ -73,7 +73,7 @@ from benchmarks._unet import predict_unet, train_unet  # noqa: E402
 from core.data import DatasetOutput, IncompleteDataset, MultimodalBaseDataset, split_by_subject  # noqa: E402
 from core.data.demo import DemoCohort, DemoSpec, MissingSpec, make_demo_cohort  # noqa: E402
 from core.metrics import MeanImputer, VoxelRegressionImputer, outside_fov_fraction, synthesis_scores  # noqa: E402
-from core.models import CVAE, available, build_model, get_model_class  # noqa: E402
+from core.models import available, build_model, get_model_class  # noqa: E402
 from core.presets import SYNTHESIS_PRESET, load_presets  # noqa: E402
 from core.training import Callback, Trainer, TrainerConfig, select_device  # noqa: E402
 from core.workflows.impute import FieldsOfView, predict_with_uncertainty  # noqa: E402
@@ -238,12 +238,9 @@ def complete_subjects(dataset: IncompleteDataset) -> IncompleteDataset:
 
 
 def unserved_reason(model: Any, task: str) -> str | None:
-    """Why ``model`` cannot synthesize the task's target from its conditioning (None when it can): a CVAE
-    generates only its main modality, and only from its own conditioning modalities."""
+    """Why ``model`` cannot synthesize the task's target from its conditioning (None when it can)."""
     cond, target = TASKS[task]
-    if isinstance(model, CVAE) and (target != model.main_modality or not set(model.conditioning_modalities) <= set(cond)):
-        return f"a CVAE generates only {model.main_modality} from {'+'.join(model.conditioning_modalities)}"
-    return None
+    return model.cannot_generate(list(cond), [target])
 
 
 def run_model(name: str, settings: Settings, data: Data) -> tuple[dict[str, Any], Any]:

@@ -16,6 +16,7 @@ a second Ctrl-C cancels at once, keeping the last checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -123,7 +124,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_impute(args: argparse.Namespace) -> int:
     from core.progress import ProgressReporter
-    from core.workflows.impute import impute_run
+    from core.workflows.impute import NOT_GENERATED_FILE, impute_run
 
     written = impute_run(
         args.run,
@@ -135,6 +136,11 @@ def _cmd_impute(args: argparse.Namespace) -> int:
         progress=ProgressReporter(description="imputing", bar=not args.quiet),
     )
     print(f"wrote {len(written)} synthesized volumes to {args.out}")
+    skipped = Path(args.out) / NOT_GENERATED_FILE
+    if skipped.is_file():
+        reasons = json.loads(skipped.read_text(encoding="utf-8"))
+        first = next(iter(next(iter(reasons.values())).values()))
+        print(f"not generated: {sum(len(v) for v in reasons.values())} volumes of {len(reasons)} subjects ({first}); see {skipped}")
     return EXIT_OK
 
 

@@ -82,5 +82,5 @@ def test_a_model_that_cannot_serve_a_task_is_reported_as_not_served(tmp_path):
                 "--out", str(out)])
     cvae = json.loads(out.read_text(encoding="utf-8"))["methods"]["CVAE"]
     assert "error" not in cvae
-    assert cvae["tasks"]["T2<-T1"] == {"not_served": "a CVAE generates only US from T1+T2+FLAIR"}
+    assert cvae["tasks"]["T2<-T1"] == {"not_served": "A CVAE generates only 'US'; it has no decoder for ['T2']."}
     assert cvae["tasks"]["US<-T1+T2+FLAIR"]["metrics"]["ssim"]["n"] > 0

@@ -148,3 +148,31 @@ def test_help_imports_neither_torch_nor_scikit_learn():
     evaluate_help = subprocess.run([sys.executable, "-m", "core.workflows.cli", "evaluate", "--help"], capture_output=True,
                                    text=True, timeout=120)
     assert evaluate_help.returncode == 0 and "--sections" in evaluate_help.stdout  # its own arguments are there
+
+
+def test_impute_with_a_cvae_makes_what_it_can_and_says_what_it_cannot(workspace, capsys, tmp_path):
+    import csv
+
+    root, cohort, config_path = workspace
+    complete = tmp_path / "complete"  # a CVAE trains on subjects that have all its modalities
+    assert main(["demo-data", str(complete), "--n", "6", "--shape", "16", "16", "16", "--seed", "2", "--missing", "none"]) == 0
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config["data"]["source"] = str(complete)
+    config["model"] = {"name": "CVAE", "latent_dim": 4}  # generates US from T1+T2+FLAIR, nothing else
+    config["training"]["num_epochs"] = 1
+    cvae_config = tmp_path / "cvae.yaml"
+    cvae_config.write_text(yaml.safe_dump(config))
+    run, out = tmp_path / "run", tmp_path / "synth"
+    assert main(["train", str(cvae_config), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["impute", str(run), str(cohort), "--out", str(out), "--quiet"]) == 0
+    present = {(r["subject"], r["modality"]) for r in csv.DictReader(open(cohort / "manifest.csv", encoding="utf-8"))}
+    subjects = sorted({s for s, _ in present})
+    missing = {(s, m) for s in subjects for m in ("T1", "T2", "FLAIR", "US") if (s, m) not in present}
+    servable = {(s, "US") for s in subjects if (s, "US") in missing and all((s, m) in present for m in ("T1", "T2", "FLAIR"))}
+    written = {tuple(p.name.split("_")[:2]) for p in out.glob("*_synth.nii.gz")}
+    assert written == servable and servable
+    reasons = json.loads((out / "not_generated.json").read_text(encoding="utf-8"))
+    assert {(s, m) for s, volumes in reasons.items() for m in volumes} == missing - servable
+    assert all("CVAE" in why for volumes in reasons.values() for why in volumes.values())
+    assert f"not generated: {len(missing - servable)} volumes" in capsys.readouterr().out
