@@ -1,4 +1,6 @@
-"""What the Explore and Synthesize pages share: the chosen run, the run's prepared data, and "open this subject".
+"""What the Explore and Synthesize pages share: the chosen run, the run's prepared data, "open this subject", and
+the run picker, which lists the runs folder in a background task (every run's YAML and status are read there,
+never on the UI thread).
 
 Pages never call each other: both find one :class:`RunSelection` hanging off the window's
 :class:`~workbench.state.WorkbenchState` (:func:`run_selection`) and talk through its signals. The
@@ -24,17 +26,24 @@ from core.data.sources import LoadedData, load_data, resolved_preprocessing
 from core.workflows.runs import RunSummary, list_runs, load_run_config
 from workbench.messages import MessageArea
 from workbench.state import WorkbenchState, source_label
-from workbench.workers import TaskState
+from workbench.workers import TaskError, TaskRunner, TaskState
 
-__all__ = ["RunSelection", "run_selection", "RunPicker", "runs_with_model", "load_run_data_task", "other_cohort_note",
-           "show_cohort_note"]
+__all__ = ["RunSelection", "run_selection", "RunPicker", "runs_with_model", "list_runs_task", "load_run_data_task",
+           "other_cohort_note", "show_cohort_note"]
 
 _NAME = "mmvae-run-selection"
+_PICKER_TIP = "A trained run (runs folder; a run appears once it has a final model)"
 
 
 def runs_with_model(root: Path) -> list[RunSummary]:
     """Runs under ``root`` that have a final model, newest first."""
     return [s for s in list_runs(root) if (s.path / "final_model" / "model_config.json").is_file()]
+
+
+def list_runs_task(root: str, state: TaskState) -> list[RunSummary]:
+    """The runs under ``root`` that have a final model (worker thread: it reads every run's configuration)."""
+    state.set_status(f"Listing the runs in {root}")
+    return runs_with_model(Path(root))
 
 
 def _data_key(values: dict[str, Any]) -> str:
@@ -155,29 +164,81 @@ def load_run_data_task(run_dir: str, state: TaskState) -> LoadedData:
 
 
 class RunPicker(QComboBox):
-    """The runs that have a final model, newest first; the item data is the run folder."""
+    """The runs that have a final model, newest first; the item data is the run folder.
+
+    :meth:`refresh` lists the folder in a background task (:class:`~workbench.workers.TaskRunner`, so a newer
+    refresh discards an older one's result) and fills the box when the list arrives, then emits ``runs_listed``.
+    The run shown stays selected; a run asked for before it is listed (``refresh(keep=...)``, :meth:`select`) is
+    selected once it is (:attr:`waiting` until then). Filling the box emits no ``currentIndexChanged``.
+    """
+
+    runs_listed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(18)
-        self.setToolTip("A trained run (runs folder; a run appears once it has a final model)")
+        self.setToolTip(_PICKER_TIP)
         self.root: Path | None = None
+        self.error: TaskError | None = None
+        self._wanted: Path | None = None  # a run to select once listed
+        self.runner = TaskRunner(self, "runs")
+        self.runner.done.connect(self._listed)
+        self.runner.failed.connect(self._list_failed)
+        self.activated.connect(self._user_chose)
+
+    @property
+    def waiting(self) -> bool:
+        """A run was asked for that the box does not list yet: it is selected when the listing in progress ends."""
+        return self._wanted is not None
+
+    @property
+    def is_listing(self) -> bool:
+        return self.runner.is_running
 
     def refresh(self, root: Path, keep: Path | None = None) -> None:
-        """Re-list ``root``; keeps ``keep`` (or the current run) selected when it is still there."""
+        """Re-list ``root`` in the background; keeps ``keep`` (or the current run) selected when it is still there."""
         self.root = Path(root)
-        keep = keep or self.current_run()
+        if keep is not None and Path(keep) != self.current_run():
+            index = self.findData(str(keep))
+            if index >= 0:
+                self.blockSignals(True)
+                self.setCurrentIndex(index)
+                self.blockSignals(False)
+                self._wanted = None
+            else:
+                self._wanted = Path(keep)
+        self.runner.start(list_runs_task, str(self.root))
+
+    @Slot(object)
+    def _listed(self, summaries: list[RunSummary]) -> None:
+        target = self._wanted or self.current_run()
+        self._wanted = None
+        self.error = None
+        self.setToolTip(_PICKER_TIP)
         self.blockSignals(True)
         self.clear()
-        for s in runs_with_model(self.root):
+        for s in summaries:
             self.addItem(f"{s.path.name}  ·  {s.model}  ·  {s.status}", str(s.path))
             self.setItemData(self.count() - 1, f"{s.path}\n{s.epochs_completed}/{s.num_epochs} epochs", 3)
         if self.count() == 0:
             self.addItem("no trained run yet: train one on the Train page", "")
-        index = self.findData(str(keep)) if keep else -1
+        index = self.findData(str(target)) if target else -1
         self.setCurrentIndex(index if index >= 0 else 0)
         self.blockSignals(False)
+        self.runs_listed.emit()
+
+    @Slot(object)
+    def _list_failed(self, error: TaskError) -> None:
+        """The folder could not be listed (a share gone away): keep what is shown, say why in the tooltip."""
+        self._wanted = None
+        self.error = error
+        self.setToolTip(f"The runs folder {self.root} could not be listed: {error.message}")
+        self.runs_listed.emit()
+
+    @Slot(int)
+    def _user_chose(self, index: int) -> None:
+        self._wanted = None  # the user's pick wins over a run asked for earlier
 
     def current_run(self) -> Path | None:
         data = self.currentData()
@@ -185,6 +246,14 @@ class RunPicker(QComboBox):
 
     @Slot(str)
     def select(self, path: str) -> None:
+        """Select ``path``; a run not listed yet is selected when the listing in progress ends."""
         index = self.findData(path)
-        if index >= 0 and index != self.currentIndex():
+        if index < 0:
+            self._wanted = Path(path) if path else None
+            return
+        self._wanted = None
+        if index != self.currentIndex():
             self.setCurrentIndex(index)
+
+    def shutdown(self) -> bool:
+        return self.runner.shutdown()

@@ -79,6 +79,7 @@ class ExplorePage(QWidget):
         row.addWidget(QLabel("Run"))
         self.run_picker = RunPicker()
         self.run_picker.currentIndexChanged.connect(self._run_chosen)
+        self.run_picker.runs_listed.connect(self._runs_listed)
         row.addWidget(self.run_picker, 1)
         row.addWidget(QLabel("Projection"))
         self.method = QComboBox()
@@ -158,10 +159,24 @@ class ExplorePage(QWidget):
 
     @Slot()
     def refresh_runs(self) -> None:
+        """List the runs folder again, in the background (:meth:`_runs_listed` follows)."""
         keep = self.selection.run_dir or self.run_picker.current_run()
         self.run_picker.refresh(self.runs_root(), keep)
-        if self.selection.run_dir is None and self.run_picker.current_run() is not None:
-            self.selection.set_run(self.run_picker.current_run())
+
+    @Slot()
+    def _runs_listed(self) -> None:
+        current = self.run_picker.current_run()
+        if self.selection.run_dir is None and current is not None:
+            self.selection.set_run(current)  # computes through _selection_changed when shown
+        elif self.isVisible():
+            self._compute_if_needed()
+        self._show_cohort_note()
+
+    def _compute_if_needed(self) -> None:
+        """Compute when the shown projection is not the wanted one and no task is computing that one already."""
+        key = self._wanted_key()
+        if key is not None and key != self._shown_key and not (self.runner.is_running and key == self._pending_key):
+            self.compute()
 
     def current_run(self) -> Path | None:
         return self.run_picker.current_run()
@@ -173,7 +188,8 @@ class ExplorePage(QWidget):
     @Slot(str)
     def _selection_changed(self, path: str) -> None:
         if path and self.run_picker.findData(path) < 0:
-            self.run_picker.refresh(self.runs_root(), Path(path))
+            self.run_picker.refresh(self.runs_root(), Path(path))  # computed once listed (_runs_listed)
+            return
         self.run_picker.select(path)
         if self.isVisible():
             self.compute()
@@ -181,7 +197,7 @@ class ExplorePage(QWidget):
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         self.refresh_runs()
-        if self._wanted_key() != self._shown_key and not self.runner.is_running:
+        if not self.run_picker.waiting and self._wanted_key() != self._shown_key and not self.runner.is_running:
             self.compute()
 
     # ------------------------------------------------------------------ compute
@@ -282,5 +298,5 @@ class ExplorePage(QWidget):
                 go(index)
 
     def shutdown(self) -> bool:
-        return self.runner.shutdown()
+        return all([self.runner.shutdown(), self.run_picker.shutdown()])
 

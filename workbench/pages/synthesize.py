@@ -192,6 +192,7 @@ class SynthesizePage(QWidget):
         row.addWidget(QLabel("Run"))
         self.run_picker = RunPicker()
         self.run_picker.currentIndexChanged.connect(self._run_chosen)
+        self.run_picker.runs_listed.connect(self._runs_listed)
         row.addWidget(self.run_picker, 1)
         row.addWidget(QLabel("Subject"))
         self.subject_box = QComboBox()
@@ -380,10 +381,18 @@ class SynthesizePage(QWidget):
     # ------------------------------------------------------------------ runs
     @Slot()
     def refresh_runs(self) -> None:
+        """List the runs folder again, in the background (:meth:`_runs_listed` follows)."""
         keep = self.selection.run_dir or self.run_picker.current_run()
         self.run_picker.refresh(self.settings.runs_root(), keep)
-        if self.selection.run_dir is None and self.run_picker.current_run() is not None:
-            self.selection.set_run(self.run_picker.current_run())
+
+    @Slot()
+    def _runs_listed(self) -> None:
+        current = self.run_picker.current_run()
+        if self.selection.run_dir is None and current is not None:
+            self.selection.set_run(current)  # opened through _selection_changed when wanted
+        elif current != self._context_run and (self.isVisible() or self._pending_subject or self._context_run is not None):
+            self.open_run()
+        self._show_cohort_note()
 
     @Slot(int)
     def _run_chosen(self, index: int) -> None:
@@ -392,7 +401,8 @@ class SynthesizePage(QWidget):
     @Slot(str)
     def _selection_changed(self, path: str) -> None:
         if path and self.run_picker.findData(path) < 0:
-            self.run_picker.refresh(self.settings.runs_root(), Path(path))
+            self.run_picker.refresh(self.settings.runs_root(), Path(path))  # opened once listed (_runs_listed)
+            return
         self.run_picker.select(path)
         if self.isVisible() or self._pending_subject or self._context_run is not None:
             self.open_run()
@@ -400,7 +410,7 @@ class SynthesizePage(QWidget):
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         self.refresh_runs()
-        if self.run_picker.current_run() != self._context_run:
+        if not self.run_picker.waiting and self.run_picker.current_run() != self._context_run:
             self.open_run()
 
     def open_run(self) -> None:
@@ -513,7 +523,7 @@ class SynthesizePage(QWidget):
         self._pending_subject = subject
         if self.context is not None and self._context_run == self.run_picker.current_run():
             self._apply_pending_subject()
-        elif not self.runner.is_running:
+        elif not self.runner.is_running and not self.run_picker.waiting:  # else opened once listed
             self.open_run()
 
     def _apply_pending_subject(self) -> None:
@@ -943,5 +953,6 @@ class SynthesizePage(QWidget):
         self._update_buttons()
 
     def shutdown(self) -> bool:
-        return all([self.runner.shutdown(), self.batch_runner.shutdown(), self.verdict_runner.shutdown()])
+        return all([self.runner.shutdown(), self.batch_runner.shutdown(), self.verdict_runner.shutdown(),
+                    self.run_picker.shutdown()])
 

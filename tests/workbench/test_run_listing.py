@@ -1,0 +1,93 @@
+"""The Explore and Synthesize pages list the runs folder in a background task: the UI thread never reads a run's
+files to list them, a newer listing wins over an older one still running, and the run the user chose stays chosen."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtWidgets import QApplication
+
+import workbench.pages._runs as runs_module
+from core.workflows.runs import parse_run_config, train_run
+
+TIMEOUT = 60_000
+TINY = {"n_subjects": 16, "shape": [16, 16, 16], "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained headless for one epoch on the tiny demo cohort."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMVAE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mmvae-cache"))
+        config = parse_run_config({"name": "tiny", "data": {"source": "demo", "demo": TINY},
+                                   "model": {"name": "MVAE", "latent_dim": 4},
+                                   "training": {"num_epochs": 1, "batch_size": 4}})
+        run = tmp_path_factory.mktemp("runs") / "tiny-mvae"
+        assert train_run(config, run).status == "completed"
+    return run
+
+
+def test_runs_are_listed_off_the_ui_thread(make_window: Any, qtbot: Any, trained_run: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    on_ui_thread: list[bool] = []
+    original = runs_module.list_runs
+
+    def recording(root: Any) -> Any:
+        on_ui_thread.append(threading.current_thread() is threading.main_thread())
+        return original(root)
+
+    monkeypatch.setattr(runs_module, "list_runs", recording)
+    window = make_window(runs_root=trained_run.parent)
+    explore, synth = window.explore_page, window.synthesize_page
+    # The window is up before any run is listed; the runs arrive by signal.
+    qtbot.waitUntil(lambda: explore.run_picker.current_run() == trained_run and synth.run_picker.current_run() == trained_run,
+                    timeout=TIMEOUT)
+    assert explore.selection.run_dir == trained_run
+    # Showing a page lists the folder again, in the background too.
+    before = len(on_ui_thread)
+    window.go_to_page(3)
+    qtbot.waitUntil(lambda: len(on_ui_thread) > before and not explore.run_picker.is_listing, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not explore.runner.is_running, timeout=TIMEOUT)
+    assert on_ui_thread and not any(on_ui_thread), on_ui_thread
+    assert explore.run_picker.current_run() == trained_run
+
+
+def test_a_newer_listing_wins_and_the_chosen_run_stays(make_window: Any, qtbot: Any, trained_run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "runs"
+    for name in ("run-a", "run-b"):
+        shutil.copytree(trained_run, root / name)
+    window = make_window(runs_root=root)
+    picker = window.explore_page.run_picker
+    qtbot.waitUntil(lambda: picker.count() == 2 and not picker.is_listing, timeout=TIMEOUT)
+    other = 1 - picker.currentIndex()
+    picker.setCurrentIndex(other)
+    chosen = picker.current_run()
+    assert window.explore_page.selection.run_dir == chosen
+    # A slow listing (a share that answers late) is overtaken by a newer one; its late, stale answer (no runs at
+    # all) is dropped.
+    original = runs_module.list_runs
+    slow_started, release = threading.Event(), threading.Event()
+
+    def slow_then_fast(folder: Any) -> Any:
+        if not slow_started.is_set():
+            slow_started.set()
+            release.wait(30)
+            return []
+        return original(folder)
+
+    monkeypatch.setattr(runs_module, "list_runs", slow_then_fast)
+    picker.refresh(root)
+    qtbot.waitUntil(slow_started.is_set, timeout=TIMEOUT)
+    picker.refresh(root)
+    with qtbot.waitSignal(picker.runs_listed, timeout=TIMEOUT):
+        pass
+    release.set()
+    qtbot.waitUntil(lambda: not picker.runner._threads, timeout=TIMEOUT)
+    QApplication.processEvents()
+    assert picker.count() == 2 and picker.current_run() == chosen
+    assert not picker.is_listing
