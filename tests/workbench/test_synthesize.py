@@ -357,6 +357,109 @@ def test_the_page_fits_1280_and_shows_only_the_chosen_subject(make_window: Any, 
     assert first not in page.result_label.text() and not page.export_button.isEnabled()
 
 
+def _plane_sizes(viewer: OrthoViewer) -> dict[tuple[str, str], tuple[float, float]]:
+    """(column, plane) -> the view's width and height in pixels, for every view drawn."""
+    sizes = {}
+    for panel, views in zip(viewer.panels, viewer.views, strict=True):
+        for plane, view in views.items():
+            rect = view.box.sceneBoundingRect()
+            sizes[(panel.title, plane)] = (rect.width(), rect.height())
+    return sizes
+
+
+def _settle(window: Any, width: int, height: int) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    window.resize(width, height)
+    for _ in range(5):  # the window, then the page's layouts, then the views' graphics layout
+        QApplication.processEvents()
+    assert (window.width(), window.height()) == (width, height)
+
+
+def test_at_1280_by_800_each_plane_gets_200_px_and_more_at_1920(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+    """The linked planes get the window: two volumes, each a row of its three planes, at least 200 px on their
+    shorter side at 1280x800 (leave one out: real and synthesized; a missing modality: synthesized and uncertainty,
+    with its colour bar), larger at 1920x1080. The user's choice of columns is kept; every value stays readable."""
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
+    _settle(window, 1280, 800)
+    ctx = page.context
+    subject = next(s for s in page.subjects() if len(ctx.observed(s)) >= 2)
+    assert page.select_subject(subject)
+    page.set_hidden(ctx.observed(subject)[-1])
+    _generate(page, qtbot, page.loo_button)
+    _settle(window, 1280, 800)
+    viewer = page.viewer
+    assert viewer.shown_titles() == ["real", "synthesized"] and viewer.arrangement == "rows"
+    sizes = _plane_sizes(viewer)
+    assert len(sizes) == 6 and min(min(size) for size in sizes.values()) >= 200, sizes
+    # The readout is one line and still has every column's value, shown or not, with the units note.
+    assert viewer.readout.height() <= viewer.readout.fontMetrics().height() + 6
+    assert "difference" in viewer.readout.text() and "uncertainty" in viewer.readout.text()
+    assert viewer.readout.toolTip() == viewer.readout.text()
+    assert not viewer.controls_row.isVisible() and viewer.controls_toggle.isVisible()  # folded away, one click back
+    # A missing modality: its synthesis and the uncertainty map, the colour bar beside the planes.
+    assert page.select_subject(_subject_lacking(page))
+    _generate(page, qtbot, page.generate_button)
+    _settle(window, 1280, 800)
+    assert viewer.shown_titles() == ["synthesized", "uncertainty"]
+    sizes = _plane_sizes(viewer)
+    assert len(sizes) == 6 and min(min(size) for size in sizes.values()) >= 200, sizes
+    bar = viewer.colour_bars[3]
+    assert bar.isVisible() and bar.axis.labelText == UNCERTAINTY_UNITS
+    # Larger window, larger planes.
+    _settle(window, 1920, 1080)
+    larger = _plane_sizes(viewer)
+    assert min(min(size) for size in larger.values()) >= 1.4 * min(min(size) for size in sizes.values()), larger
+    # The user ticks all four: a grid (one column per volume), and that choice holds for the next synthesis.
+    _settle(window, 1280, 800)
+    for title in ("real", "difference"):
+        qtbot.mouseClick(viewer.column_boxes[title], Qt.MouseButton.LeftButton)
+    assert viewer.shown_titles() == ["real", "synthesized", "difference", "uncertainty"] and viewer.arrangement == "grid"
+    assert all(views for views in viewer.views)
+    _generate(page, qtbot, page.generate_button)
+    assert viewer.shown_titles() == ["real", "synthesized", "difference", "uncertainty"]
+    # The last ticked column cannot be unticked: something is always shown.
+    for title in ("real", "synthesized", "difference", "uncertainty"):
+        qtbot.mouseClick(viewer.column_boxes[title], Qt.MouseButton.LeftButton)
+    assert viewer.shown_titles() == ["uncertainty"] and viewer.column_boxes["uncertainty"].isChecked()
+
+
+def test_metric_headers_and_values_read_whole_at_1280(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+    """No header or value of the metrics table is cut, even with the side panel dragged as narrow as it goes; a
+    modality without a real volume says so in one cell across the metric columns."""
+    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+    qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
+    _settle(window, 1280, 800)
+    ctx = page.context
+    subject = next(s for s in page.subjects() if len(ctx.observed(s)) >= 2)
+    assert page.select_subject(subject)
+    page.set_hidden(ctx.observed(subject)[-1])
+    _generate(page, qtbot, page.loo_button)
+    page.splitter.setSizes([10_000, 0])  # the viewer as wide as it can be
+    _settle(window, 1280, 800)
+    table = page.metrics_table
+    header = table.horizontalHeader()
+    assert table.rowCount() == 3
+    padding = 2 * 6  # the style sheet's header padding on each side
+    for c in range(table.columnCount()):
+        text = table.horizontalHeaderItem(c).text()
+        needed = max(header.sectionSizeHint(c), header.fontMetrics().horizontalAdvance(text) + padding)
+        assert header.sectionSize(c) >= needed, (text, header.sectionSize(c), needed)
+        for r in range(table.rowCount()):
+            value = table.item(r, c).text()
+            assert header.sectionSize(c) >= table.fontMetrics().horizontalAdvance(value) + 4, (value, header.sectionSize(c))
+    widths = [header.sectionSize(c) for c in range(table.columnCount())]
+    assert sum(widths) <= table.viewport().width() + 1, (widths, table.viewport().width())  # nothing cut at the right
+    assert not table.horizontalScrollBar().isVisible()
+    # Synthesize a missing modality: "no real volume" spans the metric columns and does not widen Metric.
+    assert page.select_subject(_subject_lacking(page))
+    _generate(page, qtbot, page.generate_button)
+    row = next(r for r in range(table.rowCount()) if table.item(r, 1).text() == "no real volume")
+    assert table.columnSpan(row, 1) == table.columnCount() - 1
+    assert header.sectionSize(1) < table.fontMetrics().horizontalAdvance("no real volume")
+
+
 def test_synthesis_failures_read_in_plain_words_on_this_page(
         make_window: Any, qtbot: Any, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

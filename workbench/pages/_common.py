@@ -13,18 +13,23 @@ from workbench.widgets.elided_label import ElidedLabel
 __all__ = ["page_header", "Card", "ProgressRow", "badge"]
 
 
-def page_header(title: str, hint: str) -> QWidget:
+def page_header(title: str, hint: str, compact: bool = False) -> QWidget:
+    """The page's title over its hint; ``compact``: the hint on the title's line, elided (in full in its tooltip), for
+    a page whose content needs the height (Synthesize's viewer)."""
     widget = QWidget()
-    layout = QVBoxLayout(widget)
+    layout: QHBoxLayout | QVBoxLayout = QHBoxLayout(widget) if compact else QVBoxLayout(widget)
     layout.setContentsMargins(0, 0, 0, 4)
-    layout.setSpacing(2)
+    layout.setSpacing(12 if compact else 2)
     heading = QLabel(title)
     heading.setObjectName("PageTitle")
     layout.addWidget(heading)
-    text = QLabel(hint)
+    text = ElidedLabel(hint, Qt.TextElideMode.ElideRight) if compact else QLabel(hint)
     text.setObjectName("PageHint")
-    text.setWordWrap(True)
-    layout.addWidget(text)
+    if compact:
+        layout.addWidget(text, 1, Qt.AlignmentFlag.AlignVCenter)
+    else:
+        text.setWordWrap(True)
+        layout.addWidget(text)
     return widget
 
 

@@ -30,20 +30,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QUrl, Signal, Slot
+from PySide6.QtCore import QEvent, QSize, Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QDesktopServices, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
+    QFrame,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QMessageBox,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QSplitter,
+    QStyle,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -154,6 +159,13 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+class _MetricsTable(QTableWidget):
+    """A table that asks for no more height than its minimum (the side panel gives it what is left)."""
+
+    def sizeHint(self) -> QSize:
+        return QSize(super().sizeHint().width(), self.minimumHeight())
+
+
 class SynthesizePage(QWidget):
     """Synthesis, leave-one-out checks and exports for one run (module docstring)."""
 
@@ -179,11 +191,12 @@ class SynthesizePage(QWidget):
         self._batch_what = ""
 
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(16, 12, 16, 12)
+        layout.setContentsMargins(10, 10, 10, 10)
         layout.addWidget(page_header(
             "Synthesize", "Generate the modalities a subject lacks from those it has, with a voxel-wise uncertainty map "
             "(spread over the posterior samples). 'Leave one out' hides a modality the subject has and synthesizes it "
-            "back, to show how far the model can be trusted. Exports overlay the subject's original files exactly."))
+            "back, to show how far the model can be trusted. Exports overlay the subject's original files exactly.",
+            compact=True))
         self.messages = MessageArea()
         layout.addWidget(self.messages)
 
@@ -247,6 +260,7 @@ class SynthesizePage(QWidget):
 
         # -- viewer
         viewer_card = Card("")
+        viewer_card.layout().setContentsMargins(6, 6, 6, 6)  # the planes get the pixels
         head = QHBoxLayout()
         self.result_label = ElidedLabel("Nothing generated yet.", Qt.TextElideMode.ElideRight)
         self.result_label.setObjectName("CardTitle")
@@ -258,37 +272,50 @@ class SynthesizePage(QWidget):
         self.modality_box.currentIndexChanged.connect(self._show_modality)
         head.addWidget(self.modality_box)
         viewer_card.body.addLayout(head)
+        # The views get the height: the crosshair and window boxes fold away, the checks sit in the side panel.
+        self.viewer = OrthoViewer(controls_expanded=False)
+        self.viewer.units_note = DISPLAYED_UNITS_NOTE
+        self.viewer.shown_changed.connect(self._columns_chosen)
+        self._chosen_columns: list[str] | None = None  # the user's choice of columns (None: the page's default)
+        viewer_card.body.addWidget(self.viewer, 1)
+
+        # -- the model's check, metrics and exports
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        verdict_card = Card("Against the average brain")
         self.verdict_label = QLabel("Open a run to check its model.")
         self.verdict_label.setWordWrap(True)
         self.verdict_label.setTextFormat(Qt.TextFormat.RichText)
         self.verdict_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.verdict_label.setToolTip(_VERDICT_RULE_TEXT)
         self.verdict_label.setObjectName("PageHint")
-        viewer_card.body.addWidget(self.verdict_label)
-        self.verdict_progress = ProgressRow()
+        verdict_card.body.addWidget(self.verdict_label)
+        self.verdict_progress = ProgressRow(stacked=True)
         self.verdict_progress.cancel_requested.connect(self.verdict_runner.cancel)
-        viewer_card.body.addWidget(self.verdict_progress)
-        self.viewer = OrthoViewer()
-        self.viewer.units_note = DISPLAYED_UNITS_NOTE
-        viewer_card.body.addWidget(self.viewer, 1)
-
-        # -- metrics and exports
-        side = QWidget()
-        side_layout = QVBoxLayout(side)
-        side_layout.setContentsMargins(0, 0, 0, 0)
+        verdict_card.body.addWidget(self.verdict_progress)
+        side_layout.addWidget(verdict_card)
         metrics_card = Card("Against the real volume")
-        self.metrics_table = QTableWidget(0, len(METRIC_HEADERS))
+        self.metrics_table = _MetricsTable(0, len(METRIC_HEADERS))
         self.metrics_table.setHorizontalHeaderLabels(METRIC_HEADERS)
         self.metrics_table.verticalHeader().setVisible(False)
         self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.metrics_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.metrics_table.horizontalHeaderItem(3).setToolTip("The voxel-wise mean image of the run's training subjects")
         self.metrics_table.horizontalHeaderItem(4).setToolTip("Is the synthesis closer to the real volume than the mean image?")
+        # Every header and value reads whole: columns sized to their contents, the last one takes what is left, and the
+        # table never gets narrower than its widest plausible row (so the side panel keeps that width).
         header = self.metrics_table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(len(METRIC_HEADERS) - 1, QHeaderView.ResizeMode.Stretch)
         self.metrics_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # Every row shows (the side panel scrolls in a short window, the table never does, so no scroll bar takes
+        # width from its columns); it takes what height the side panel has left.
+        self.metrics_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        policy = self.metrics_table.sizePolicy()
+        policy.setVerticalPolicy(QSizePolicy.Policy.Expanding)
+        self.metrics_table.setSizePolicy(policy)
+        self._fit_metrics_height()
         self.metrics_table.setToolTip("Over the observed voxels of the real volume. PSNR and SSIM use the modality's "
                                       "intensity range over the run's training subjects; the mean image is the voxel-wise "
                                       "mean of the training subjects (the baseline a model must beat).")
@@ -320,13 +347,11 @@ class SynthesizePage(QWidget):
                                       "synthesis panels (also: mmvae report RUN --out report.html)")
         self.report_button.clicked.connect(lambda: self.write_report())
         export_card.body.addWidget(self.with_uncertainty)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.export_button)
-        buttons.addWidget(self.export_all_button)
-        export_card.body.addLayout(buttons)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.csv_button)
-        buttons.addWidget(self.report_button)
+        # A grid of buttons that keeps the side panel no wider than the metrics table (the viewer gets the rest).
+        buttons = QGridLayout()
+        buttons.setSpacing(6)
+        for i, button in enumerate((self.export_button, self.export_all_button, self.csv_button, self.report_button)):
+            buttons.addWidget(button, i // 2, i % 2)
         export_card.body.addLayout(buttons)
         self.external_button = QPushButton("Open in external viewer")
         self.external_button.setToolTip("Open the last exported volume in the desktop's default application for NIfTI "
@@ -345,14 +370,24 @@ class SynthesizePage(QWidget):
         export_card.body.addWidget(self.export_label)
         side_layout.addWidget(metrics_card, 1)
         side_layout.addWidget(export_card)
+        # A short window scrolls the side panel rather than squeezing its cards.
+        self.side = side
+        self.side_scroll = QScrollArea()
+        self.side_scroll.setWidget(side)
+        self.side_scroll.setWidgetResizable(True)
+        self.side_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
-        splitter = QSplitter()
-        splitter.addWidget(viewer_card)
-        splitter.addWidget(side)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 1)
-        splitter.setSizes([780, 440])
-        layout.addWidget(splitter, 1)
+        # The viewer takes every pixel the side panel does not need (drag the handle for a wider panel).
+        self.splitter = QSplitter()
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setHandleWidth(4)
+        self.splitter.addWidget(viewer_card)
+        self.splitter.addWidget(self.side_scroll)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 0)
+        self.splitter.setSizes([10_000, 1])
+        layout.addWidget(self.splitter, 1)
 
         self.runner.progress.connect(self.progress.set_progress)
         self.runner.status.connect(self.progress.set_status)
@@ -407,8 +442,14 @@ class SynthesizePage(QWidget):
         if self.isVisible() or self._pending_subject or self._context_run is not None:
             self.open_run()
 
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.StyleChange, QEvent.Type.FontChange):
+            self._fit_metrics_table()
+
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
+        self._fit_metrics_table()
         self.refresh_runs()
         if not self.run_picker.waiting and self.run_picker.current_run() != self._context_run:
             self.open_run()
@@ -697,6 +738,7 @@ class SynthesizePage(QWidget):
         self.viewer.clear(hint)
         self.modality_box.clear()
         self.metrics_table.setRowCount(0)
+        self._fit_metrics_height()
         self.metrics_note.setText("")
         if self.context is not None:
             self._show_run_title()
@@ -746,8 +788,15 @@ class SynthesizePage(QWidget):
                   units=INTENSITY_UNITS),
             Panel("uncertainty", item.std, "uncertainty", std_note, units=UNCERTAINTY_UNITS),
         ]
-        self.viewer.set_panels(panels)
+        # Two columns at most by default, so that each plane gets room: the real volume and the synthesis where the
+        # real one exists (leave one out), else the synthesis and its uncertainty; the user's ticks win once made.
+        default = ["real", "synthesized"] if item.real is not None else ["synthesized", "uncertainty"]
+        self.viewer.set_panels(panels, shown=self._chosen_columns or default)
         self._render_verdicts()
+
+    @Slot(list)
+    def _columns_chosen(self, titles: list[str]) -> None:
+        self._chosen_columns = list(titles) or None
 
     def shown_modality(self) -> str | None:
         return self.modality_box.currentData()
@@ -757,8 +806,30 @@ class SynthesizePage(QWidget):
         if index >= 0:
             self.modality_box.setCurrentIndex(index)
 
+    def _fit_metrics_table(self) -> None:
+        """Keep the table (and so the side panel) at least as wide as its widest plausible row: a long modality name,
+        PSNR, four-digit values, under headers that read whole (a wider value widens it when shown). Measured once
+        styled (on show, on a theme change)."""
+        table = self.metrics_table
+        header = table.horizontalHeader()
+        metrics = table.fontMetrics()
+        padding = 2 * (table.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, table) + 1)  # as the delegate
+        samples = ["FLAIR", _METRICS[1][1], "0.01234", "0.01234", "yes"]
+        width = sum(max(header.sectionSizeHint(c), metrics.horizontalAdvance(samples[c]) + padding, table.sizeHintForColumn(c))
+                    for c in range(table.columnCount()))
+        table.setMinimumWidth(width + 2 * table.frameWidth())
+        # The side panel's scroll area: the panel's width and room for its scroll bar (never a horizontal one).
+        self.side_scroll.setMinimumWidth(self.side.minimumSizeHint().width() + self.side_scroll.verticalScrollBar().sizeHint().width())
+
+    def _fit_metrics_height(self) -> None:
+        """Room for every row (at least a leave-one-out's three) under the header."""
+        table = self.metrics_table
+        rows = max(3, table.rowCount()) * table.verticalHeader().defaultSectionSize()
+        table.setMinimumHeight(table.horizontalHeader().sizeHint().height() + rows + 2 * table.frameWidth() + 2)
+
     def _fill_metrics(self, result: SubjectSynthesis) -> None:
         table = self.metrics_table
+        table.clearSpans()
         rows: list[list[str]] = []
         verdicts: list[bool | None] = []
         notes = []
@@ -785,6 +856,10 @@ class SynthesizePage(QWidget):
                                     if better else "The mean image of the training subjects is closer to the real volume "
                                     "than the synthesis: the model knows less about this subject than a population average")
                 table.setItem(r, col, cell)
+            if cells[1] == "no real volume":  # one cell across the metric columns: it never widens the Metric column
+                table.setSpan(r, 1, 1, len(METRIC_HEADERS) - 1)
+        self._fit_metrics_table()
+        self._fit_metrics_height()
         if result.hidden:
             notes.insert(0, f"{result.hidden} was hidden from the model: its rows are the leave-one-out error.")
         self.metrics_note.setText(" ".join(notes))

@@ -14,7 +14,11 @@ Compare Volumes:
 * **an overlay** of the second intensity column over the first (synthesized over real) in an extra column:
   a blend with a slider for the top volume's weight, or a checkerboard with a slider for the tile size;
 * **the value under the crosshair** of every column, with its units (``Panel.units``, and the viewer's
-  ``units_note`` saying which space is displayed).
+  ``units_note`` saying which space is displayed), on one line (all of it in its tooltip);
+* **which columns to show**: a check box per column. Two columns or fewer are laid out one row per volume with
+  its three planes side by side (3D Slicer's compare view), so the planes get the width and at most two rows
+  share the height; more columns are a grid, one column per volume and one row per plane. Every column's value
+  stays in the readout, shown or not. The crosshair and window boxes fold away (``controls_expanded``).
 
 A single volume (the Data page's viewer) shows its three planes side by side under its title.
 
@@ -31,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPointF, Qt, Signal, Slot
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QFont, QFontMetrics, QKeyEvent
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
@@ -40,12 +45,15 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSlider,
     QSpinBox,
+    QToolBar,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from core.display import COLORMAPS, display_window
 from workbench.resources import plot_colors
+from workbench.widgets.elided_label import ElidedLabel
 
 __all__ = ["OrthoViewer", "Panel", "as_spatial", "KINDS"]
 
@@ -133,30 +141,38 @@ class _View:
 class OrthoViewer(QWidget):
     """Columns of linked orthogonal views with a shared crosshair and window/level (module docstring).
 
-    Signals: ``position_changed(x, y, z)``, ``levels_changed(low, high)``.
+    Signals: ``position_changed(x, y, z)``, ``levels_changed(low, high)``, ``shown_changed(titles)`` (the user
+    ticked a column on or off).
+
+    ``controls_expanded``: whether the crosshair and window/level boxes start unfolded.
     """
 
     position_changed = Signal(int, int, int)
     levels_changed = Signal(float, float)
+    shown_changed = Signal(list)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, controls_expanded: bool = True) -> None:
         super().__init__(parent)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.panels: list[Panel] = []
         self.arrays: list[np.ndarray | None] = []
-        self.views: list[dict[str, _View]] = []
+        self.views: list[dict[str, _View]] = []  # per panel; empty for a column not shown
         self.shape: tuple[int, ...] = ()
         self.position: list[int] = [0, 0, 0]
         self.levels: tuple[float, float] = (0.0, 1.0)
         self._other_levels: dict[int, tuple[float, float]] = {}
-        self._titles: list[pg.LabelItem] = []
+        self._titles: list[pg.LabelItem | None] = []
         self.colour_bars: dict[int, pg.ColorBarItem] = {}
         self._given: list[Panel] = []  # the caller's panels, without the overlay column
+        #: The titles of the columns to show (None: all of them).
+        self.shown: set[str] | None = None
+        self._built: tuple[object, ...] | None = None  # what the views were built for
         #: Which space the values are in, after the readout (e.g. that exports are in other units).
         self.units_note = ""
 
-        # -- controls
-        controls = QHBoxLayout()
+        # -- crosshair and window/level (a row that folds away)
+        self.controls_row = QWidget()
+        controls = QHBoxLayout(self.controls_row)
         controls.setContentsMargins(0, 0, 0, 0)
         self.coords: list[QSpinBox] = []
         for axis in "XYZ":
@@ -190,7 +206,23 @@ class OrthoViewer(QWidget):
         self.auto_button.clicked.connect(self.auto_levels)
         controls.addWidget(self.auto_button)
         controls.addStretch(1)
-        # -- overlay of the second intensity column over the first (its own row: the first row stays narrow)
+        # -- one tool bar: which columns, the overlay (what does not fit goes behind its >> button instead of setting
+        # the window's minimum width, as in the loss plot)
+        self.bar = QToolBar()
+        self.bar.setObjectName("PlotControls")
+        self.bar.setMovable(False)
+        self.bar.setFloatable(False)
+        self.columns_row = QWidget()
+        self.columns_layout = QHBoxLayout(self.columns_row)
+        self.columns_layout.setContentsMargins(0, 0, 0, 0)
+        self.columns_layout.setSpacing(6)
+        self.columns_row.setToolTip("Which volumes to show. Two or fewer: one row each, its three planes side by side "
+                                    "(the largest views); more: one column each. Every value stays in the readout; the "
+                                    "overlay column shows while an overlay is chosen.")
+        self.column_boxes: dict[str, QCheckBox] = {}
+        self._columns_action = self.bar.addWidget(self.columns_row)
+        self.bar.addSeparator()
+        # The overlay of the second intensity column over the first.
         self.compare_row = QWidget()
         compare = QHBoxLayout(self.compare_row)
         compare.setContentsMargins(0, 0, 0, 0)
@@ -204,23 +236,35 @@ class OrthoViewer(QWidget):
         self.compare_slider = QSlider(Qt.Orientation.Horizontal)
         self.compare_slider.setRange(0, 100)
         self.compare_slider.setValue(50)
-        self.compare_slider.setMaximumWidth(220)
+        self.compare_slider.setMinimumWidth(60)
+        self.compare_slider.setMaximumWidth(160)
         self.compare_slider.valueChanged.connect(self._compare_slider_moved)
         compare.addWidget(self.compare_slider, 1)
         self.compare_label = QLabel("")
         compare.addWidget(self.compare_label)
-        compare.addStretch(1)
+        self._compare_action = self.bar.addWidget(self.compare_row)
+        self.controls_toggle = QToolButton()
+        self.controls_toggle.setObjectName("AdvancedToggle")
+        self.controls_toggle.setCheckable(True)
+        self.controls_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.controls_toggle.setText("Window/level")
+        self.controls_toggle.setToolTip("The window/level and the crosshair's voxel as numbers, and Auto (a right-drag in a "
+                                        "view changes the window, a click moves the crosshair)")
+        self.controls_toggle.toggled.connect(self.set_controls_visible)
         self._blend, self._tile = 50, 8
         self._compare_changed()
-        self.compare_row.setVisible(False)
-        self.readout = QLabel("")
+        self._show_bar(columns=False, compare=False)
+        self.readout = ElidedLabel("", Qt.TextElideMode.ElideRight)
         self.readout.setObjectName("PageHint")
-        self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.readout.setWordWrap(True)
+        bottom = QHBoxLayout()
+        bottom.setContentsMargins(0, 0, 0, 0)
+        bottom.addWidget(self.controls_toggle)
+        bottom.addWidget(self.readout, 1)
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setMinimumSize(240, 200)
         self.graphics.ci.layout.setSpacing(2)
+        self.graphics.ci.layout.setContentsMargins(0, 0, 0, 0)  # the views get every pixel
         self.message = QLabel("")
         self.message.setObjectName("PageHint")
         self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -228,13 +272,31 @@ class OrthoViewer(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
-        layout.addLayout(controls)
-        layout.addWidget(self.compare_row)
+        layout.addWidget(self.bar)
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.message, 1)
-        layout.addWidget(self.readout)
+        layout.addWidget(self.controls_row)
+        layout.addLayout(bottom)
+        self.set_controls_visible(controls_expanded)
         self.apply_plot_theme()
         self.show_message("Nothing to show yet.")
+
+    def _show_bar(self, columns: bool | None = None, compare: bool | None = None) -> None:
+        """Show or hide the tool bar's column boxes and overlay controls (the bar itself when it has neither)."""
+        if columns is not None:
+            self._columns_action.setVisible(columns)
+        if compare is not None:
+            self._compare_action.setVisible(compare)
+        self.bar.setVisible(self._columns_action.isVisible() or self._compare_action.isVisible())
+
+    @Slot(bool)
+    def set_controls_visible(self, visible: bool) -> None:
+        """Unfold (or fold away) the crosshair and window/level boxes."""
+        self.controls_row.setVisible(visible)
+        self.controls_toggle.blockSignals(True)
+        self.controls_toggle.setChecked(visible)
+        self.controls_toggle.blockSignals(False)
+        self.controls_toggle.setArrowType(Qt.ArrowType.DownArrow if visible else Qt.ArrowType.RightArrow)
 
     # ------------------------------------------------------------------ content
     @property
@@ -254,16 +316,23 @@ class OrthoViewer(QWidget):
         shown = [i for i, p in enumerate(panels) if p.kind == "intensity" and p.array is not None]
         return (shown[0], shown[1]) if len(shown) >= 2 else None
 
-    def set_panels(self, panels: Sequence[Panel], keep_position: bool = True, levels: tuple[float, float] | None = None) -> None:
+    def set_panels(self, panels: Sequence[Panel], keep_position: bool = True, levels: tuple[float, float] | None = None,
+                   shown: Sequence[str] | None = None) -> None:
         """Show ``panels`` side by side (arrays of one shape; None arrays show their note), and the overlay
-        column when an overlay is chosen and there are two intensity volumes."""
+        column when an overlay is chosen and there are two intensity volumes.
+
+        ``shown``: the titles of the columns to show (the check boxes follow; the overlay column is shown while an
+        overlay is chosen); None keeps the current choice (all columns at first)."""
         self._given = [p for p in panels if p.kind != "overlay"]
         pair = self._overlay_pair(self._given)
-        self.compare_row.setVisible(pair is not None)
+        self._show_bar(compare=pair is not None)
         panels = list(self._given)
         if pair is not None and self.compare_mode is not None:
             top, base = panels[pair[1]].title, panels[pair[0]].title
             panels.append(Panel("overlay", panels[pair[0]].array, "overlay", f"{top} over {base}", panels[pair[0]].units))
+        if shown is not None:
+            self.shown = set(shown)
+        self._fill_column_boxes(self._given)
         arrays = [as_spatial(p.array) for p in panels]
         shapes = {a.shape for a in arrays if a is not None}
         if len(shapes) > 1:
@@ -273,12 +342,13 @@ class OrthoViewer(QWidget):
             return
         shape = shapes.pop()
         new_shape = shape != self.shape
-        titles = [(p.title, p.kind, p.units) for p in panels]
-        rebuilt = new_shape or titles != [(p.title, p.kind, p.units) for p in self.panels] or not self.views
+        built = (shape, tuple((p.title, p.kind, p.units) for p in panels), tuple(self._shown_indices(panels)))
+        rebuilt = built != self._built or not self.views
         if rebuilt:
             self.panels = list(panels)
             self.shape = shape
             self._build()
+            self._built = built
         self.panels, self.arrays = list(panels), arrays
         if new_shape or not keep_position:
             self.position = [s // 2 for s in shape] + ([0] if len(shape) == 2 else [])
@@ -299,9 +369,13 @@ class OrthoViewer(QWidget):
         for i, bar in self.colour_bars.items():
             bar.setVisible(i in self._other_levels)
             bar.setLevels(self._other_levels.get(i, (0.0, 1.0)))
+        rows = self.arrangement == "rows"
         for i, panel in enumerate(self.panels):
-            note = f"<br><span style='font-size:8pt'>{panel.note}</span>" if panel.note else ""
-            self._titles[i].setText(f"<b>{panel.title}</b>{note}", color=plot_colors()["foreground"])
+            title = self._titles[i]
+            if title is None:
+                continue
+            note = f"{'  ·  ' if rows else '<br>'}<span style='font-size:8pt'>{panel.note}</span>" if panel.note else ""
+            title.setText(f"<b>{panel.title}</b>{note}", color=plot_colors()["foreground"])
         if levels is not None:
             self.set_levels(*levels)
         else:
@@ -311,44 +385,120 @@ class OrthoViewer(QWidget):
         if rebuilt or not keep_position:
             self.reset_views()
 
+    def _shown_indices(self, panels: Sequence[Panel]) -> list[int]:
+        """The columns to draw: those ticked (all when nothing is chosen, or when nothing chosen is there), and the
+        overlay column whenever an overlay is chosen."""
+        chosen = [i for i, p in enumerate(panels) if p.kind != "overlay" and (self.shown is None or p.title in self.shown)]
+        if not chosen:
+            chosen = [i for i, p in enumerate(panels) if p.kind != "overlay"]
+        return chosen + [i for i, p in enumerate(panels) if p.kind == "overlay"]
+
+    @property
+    def arrangement(self) -> str:
+        """``"rows"``: one row per shown volume, its planes side by side (two volumes or fewer, 3D); ``"grid"``: one
+        column per volume, one row per plane."""
+        return "rows" if not self.is_2d and len(self._shown_indices(self.panels)) <= 2 else "grid"
+
     def _build(self) -> None:
         self.graphics.clear()
-        self.views, self._titles, self.colour_bars = [], [], {}
+        self.views = [{} for _ in self.panels]
+        self._titles = [None] * len(self.panels)
+        self.colour_bars = {}
         fg = plot_colors()["foreground"]
-        # One volume: its three planes side by side under its title (a viewer's three views), not in a tall column.
-        single = len(self.panels) == 1 and not self.is_2d
-        span = len(self.planes) if single else 1
-        for col, panel in enumerate(self.panels):
-            self._titles.append(self.graphics.addLabel(f"<b>{panel.title}</b>", row=0, col=col + 1, colspan=span, color=fg))
-        for row, plane in enumerate(self.planes):
-            if single:
-                self.graphics.addLabel(plane, row=1, col=row + 1, color=fg, size="8pt")
+        shown = self._shown_indices(self.panels)
+        rows = self.arrangement == "rows"
+        span = len(self.planes) if rows else 1
+        # Rows: each volume's title above its three planes (a viewer's three views), the plane names above the first
+        # row and a colour bar at the row's end. Grid: titles on top, plane names down the left, colour bars below.
+        for k, col in enumerate(shown):
+            row, column = (2 * k + 1 if k else 0, 1) if rows else (0, k + 1)
+            self._titles[col] = self.graphics.addLabel(f"<b>{self.panels[col].title}</b>", row=row, col=column, colspan=span,
+                                                       color=fg)
+        for r, plane in enumerate(self.planes):
+            if rows:
+                self.graphics.addLabel(plane, row=1, col=r + 1, color=fg, size="8pt")
             elif not self.is_2d:
-                self.graphics.addLabel(plane, row=row + 1, col=0, angle=-90, color=fg, size="8pt")
-        for col, panel in enumerate(self.panels):
+                self.graphics.addLabel(plane, row=r + 1, col=0, angle=-90, color=fg, size="8pt")
+        for k, col in enumerate(shown):
+            panel = self.panels[col]
             views = {}
-            for row, plane in enumerate(self.planes):
-                view = _View(self, self.graphics.ci, *((2, row + 1) if single else (row + 1, col + 1)), plane)
+            for r, plane in enumerate(self.planes):
+                view = _View(self, self.graphics.ci, *((2 * k + 2, r + 1) if rows else (r + 1, k + 1)), plane)
                 cmap = _CMAPS.get(panel.kind)
                 if cmap:
                     view.image.setColorMap(_colormap(cmap))
                 view.box.sigRangeChangedManually.connect(lambda *_, p=plane, c=col: self._sync_plane(p, c))
                 views[plane] = view
-            self.views.append(views)
+            self.views[col] = views
             if panel.kind in _CMAPS:
                 bar = pg.ColorBarItem(values=(0.0, 1.0), width=10, colorMap=_colormap(_CMAPS[panel.kind]),
-                                      label=panel.units or None, interactive=False, orientation="horizontal",
-                                      colorMapMenu=False)
+                                      label=None if rows else panel.units or None, interactive=False,
+                                      orientation="vertical" if rows else "horizontal", colorMapMenu=False)
                 bar.axis.enableAutoSIPrefix(False)  # the label is the units, never "(x0.001)"
-                self.graphics.addItem(bar, row=3 if single else len(self.planes) + 1, col=col + 1, colspan=span)
+                if rows:  # beside the row, as narrow as its values allow (the width is the planes'), units outside
+                    font = QFont()
+                    font.setPointSizeF(max(6.0, font.pointSizeF() - 1))
+                    metrics = QFontMetrics(font)
+                    bar.axis.setStyle(tickFont=font, tickTextOffset=2, tickLength=4)
+                    if panel.units:
+                        bar.axis.setLabel(panel.units, **{"font-size": f"{font.pointSizeF():g}pt"})
+                    bar.axis.setWidth(metrics.horizontalAdvance("-0.05") + 8 + (metrics.height() + 2 if panel.units else 0))
+                    self.graphics.addItem(bar, row=2 * k + 2, col=len(self.planes) + 1)
+                else:
+                    self.graphics.addItem(bar, row=len(self.planes) + 1, col=k + 1)
                 self.colour_bars[col] = bar
+
+    def _fill_column_boxes(self, panels: Sequence[Panel]) -> None:
+        """One check box per column the caller gave, ticked when it is shown (none for a single volume; the overlay
+        column follows the overlay choice)."""
+        titles = [p.title for p in panels]
+        if list(self.column_boxes) != titles:
+            for box in self.column_boxes.values():
+                self.columns_layout.removeWidget(box)
+                box.deleteLater()
+            self.column_boxes = {}
+            for panel in panels:
+                box = QCheckBox(panel.title)
+                box.setToolTip(f"Show the {panel.title} volume" + (f" ({panel.note})" if panel.note else ""))
+                box.toggled.connect(self._column_toggled)
+                self.columns_layout.addWidget(box)
+                self.column_boxes[panel.title] = box
+        shown = set(self._shown_indices(panels))
+        for i, box in enumerate(self.column_boxes.values()):
+            box.blockSignals(True)
+            box.setChecked(i in shown)
+            box.blockSignals(False)
+        self._show_bar(columns=len(panels) > 1)
+
+    @Slot()
+    def _column_toggled(self) -> None:
+        chosen = [t for t, box in self.column_boxes.items() if box.isChecked()]
+        if not chosen:  # at least one column: the last one stays
+            sender = self.sender()
+            if isinstance(sender, QCheckBox):
+                sender.blockSignals(True)
+                sender.setChecked(True)
+                sender.blockSignals(False)
+            return
+        self.set_shown(chosen)
+        self.shown_changed.emit(chosen)
+
+    def set_shown(self, titles: Sequence[str]) -> None:
+        """Show only the columns ``titles`` (every value stays in the readout)."""
+        self.shown = set(titles)
+        if self._given:
+            self.set_panels(self._given, levels=self.levels)
+
+    def shown_titles(self) -> list[str]:
+        """The titles of the columns drawn, in order."""
+        return [self.panels[i].title for i in self._shown_indices(self.panels)] if self.panels else []
 
     def _sync_plane(self, plane: str, source: int) -> None:
         """Zoom and pan of one view apply to that plane in every column (the same data range, unlike pyqtgraph's
         links, which align side-by-side views in screen space)."""
         x_range, y_range = self.views[source][plane].box.viewRange()
         for col, views in enumerate(self.views):
-            if col != source:
+            if col != source and plane in views:
                 views[plane].box.setRange(xRange=x_range, yRange=y_range, padding=0)
 
     def reset_views(self) -> None:
@@ -375,6 +525,8 @@ class OrthoViewer(QWidget):
         self.panels, self.arrays, self.shape = [], [], ()
         self.graphics.clear()
         self.views, self._titles, self.colour_bars = [], [], {}
+        self._built = None
+        self._show_bar(columns=False, compare=False)
         self.show_message(message)
 
     # ------------------------------------------------------------------ slices and crosshair
@@ -505,7 +657,8 @@ class OrthoViewer(QWidget):
             self.compare_slider.setValue(self._blend)
             self.compare_slider.setToolTip("Weight of the synthesized volume in the blend (0 %: real only, 100 %: synthesized only)")
         self.compare_slider.blockSignals(False)
-        self.compare_slider.setEnabled(mode is not None)
+        self.compare_slider.setVisible(mode is not None)
+        self.compare_label.setVisible(mode is not None)
         self._show_compare_value()
         if self._given:
             self.set_panels(self._given, levels=self.levels)
@@ -576,7 +729,7 @@ class OrthoViewer(QWidget):
     def apply_plot_theme(self) -> None:
         self.graphics.setBackground(plot_colors()["background"])
         if self.panels and self.arrays:
-            self._build()
+            self._built = None
             self.set_panels(self.panels, levels=self.levels)
 
     def changeEvent(self, event: QEvent) -> None:
