@@ -40,6 +40,8 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QGraphicsRectItem,
+    QGraphicsSimpleTextItem,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -124,10 +126,27 @@ class _SliceBox(pg.ViewBox):
 class _View:
     """One plane of one column: view box, image and crosshair lines."""
 
-    def __init__(self, viewer: OrthoViewer, layout: pg.GraphicsLayout, row: int, col: int, plane: str) -> None:
+    def __init__(self, viewer: OrthoViewer, layout: pg.GraphicsLayout, row: int, col: int, plane: str,
+                 label: bool = False) -> None:
         self.plane = plane
         self.box = _SliceBox(viewer, plane)
         layout.addItem(self.box, row=row, col=col)
+        self.label: QGraphicsSimpleTextItem | None = None
+        if label:  # the plane's name in the view's corner (as in ITK-SNAP), not in a row or column of its own:
+            # light text on a dark translucent tag, readable over the image and over the background
+            font = QFont()
+            font.setPointSizeF(max(6.0, font.pointSizeF() - 1))
+            backdrop = QGraphicsRectItem(self.box)
+            self.label = QGraphicsSimpleTextItem(plane, backdrop)
+            self.label.setFont(font)
+            self.label.setBrush(pg.mkColor(235, 235, 235))
+            self.label.setPos(3, 0)
+            text = self.label.boundingRect()
+            backdrop.setRect(0, 0, text.width() + 6, text.height())
+            backdrop.setBrush(pg.mkColor(0, 0, 0, 150))
+            backdrop.setPen(pg.mkPen(None))
+            backdrop.setPos(1, 1)
+            backdrop.setZValue(20)
         self.image = pg.ImageItem(axisOrder="col-major")
         self.box.addItem(self.image)
         pen = pg.mkPen((255, 196, 0, 170), width=1)
@@ -408,22 +427,18 @@ class OrthoViewer(QWidget):
         shown = self._shown_indices(self.panels)
         rows = self.arrangement == "rows"
         span = len(self.planes) if rows else 1
-        # Rows: each volume's title above its three planes (a viewer's three views), the plane names above the first
-        # row and a colour bar at the row's end. Grid: titles on top, plane names down the left, colour bars below.
+        # Rows: each volume's title above its three planes (a viewer's three views) and a colour bar at the row's end.
+        # Grid: titles on top, colour bars below. The first row's (column's) views name their plane in a corner.
         for k, col in enumerate(shown):
             row, column = (2 * k + 1 if k else 0, 1) if rows else (0, k + 1)
             self._titles[col] = self.graphics.addLabel(f"<b>{self.panels[col].title}</b>", row=row, col=column, colspan=span,
                                                        color=fg)
-        for r, plane in enumerate(self.planes):
-            if rows:
-                self.graphics.addLabel(plane, row=1, col=r + 1, color=fg, size="8pt")
-            elif not self.is_2d:
-                self.graphics.addLabel(plane, row=r + 1, col=0, angle=-90, color=fg, size="8pt")
         for k, col in enumerate(shown):
             panel = self.panels[col]
             views = {}
             for r, plane in enumerate(self.planes):
-                view = _View(self, self.graphics.ci, *((2 * k + 2, r + 1) if rows else (r + 1, k + 1)), plane)
+                view = _View(self, self.graphics.ci, *((2 * k + 2, r + 1) if rows else (r + 1, k + 1)), plane,
+                             label=k == 0 and not self.is_2d)
                 cmap = _CMAPS.get(panel.kind)
                 if cmap:
                     view.image.setColorMap(_colormap(cmap))
