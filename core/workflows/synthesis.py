@@ -235,6 +235,7 @@ class SubjectSynthesis:
     n_samples: int
     results: dict[str, ModalitySynthesis]
     hidden: str | None = None  # the modality hidden in a leave-one-out check
+    not_generated: dict[str, str] = field(default_factory=dict)  # modality -> why the model cannot make it
 
 
 def compare(real: np.ndarray | torch.Tensor, predicted: np.ndarray | torch.Tensor, data_range: float,
@@ -264,6 +265,10 @@ def synthesize_subject(ctx: SynthesisContext, subject: str, conditioning: Sequen
     targets = [m for m in ctx.modalities if m not in conditioning]
     if not targets:
         raise SynthesisError("Every modality is a conditioning modality; leave at least one out to generate it.")
+    not_generated = {m: reason for m in targets if (reason := ctx.model.cannot_generate(conditioning, [m]))}
+    targets = [m for m in targets if m not in not_generated]
+    if not targets:
+        raise SynthesisError(" ".join(dict.fromkeys(not_generated.values())))
     batch = ctx.sample(subject)
     with seeded(seed, ctx.model.device):
         predicted = predict_with_uncertainty(ctx.model, batch, conditioning, targets, n_samples)
@@ -281,7 +286,7 @@ def synthesize_subject(ctx: SynthesisContext, subject: str, conditioning: Sequen
             if item.mean_image is not None:
                 item.baseline = compare(item.real, item.mean_image, ctx.ranges[m], item.observed)
         results[m] = item
-    return SubjectSynthesis(subject, conditioning, n_samples, results, hidden)
+    return SubjectSynthesis(subject, conditioning, n_samples, results, hidden, not_generated)
 
 
 def leave_one_out(ctx: SynthesisContext, subject: str, modality: str, n_samples: int = 1, seed: int = 0) -> SubjectSynthesis:

@@ -15,7 +15,7 @@ import torch
 import core.workflows.synthesis as synthesis_module
 from core.data.sources import DataConfig, load_data
 from core.metrics import imputation_metrics, mse, psnr, ssim
-from core.models import MVAE, MVAEConfig, save_bundle
+from core.models import CVAE, MVAE, CVAEConfig, MVAEConfig, save_bundle
 from core.progress import Cancelled
 from core.workflows.synthesis import (
     METRIC_COLUMNS,
@@ -257,3 +257,18 @@ def test_synthesized_ultrasound_is_background_outside_its_field_of_view(context:
     assert fovs == {cohort.source}
     assert all(json.loads(r.sidecar.read_text(encoding="utf-8"))["field_of_view"].startswith("whole grid")
                for r in written if r.modality != "US")
+
+
+def test_a_model_tied_to_fixed_modalities_makes_what_it_can_and_says_why_not_the_rest(context: SynthesisContext) -> None:
+    dataset = context.dataset
+    torch.manual_seed(0)
+    cvae = CVAE(CVAEConfig(n_modalities=len(dataset.modalities), latent_dim=4, input_dims=dataset.input_dims,
+                           main_modality="T2", conditioning_modalities=["T1"]))
+    ctx = SynthesisContext(cvae, dataset, context.train_ids, context.records, context.run_dir, context.split)
+    subject = next(s for s in dataset.ids if "T1" in ctx.observed(s) and len(ctx.observed(s)) >= 2)
+    result = synthesize_subject(ctx, subject, ["T1"])
+    assert set(result.results) == {"T2"}
+    assert set(result.not_generated) == set(ctx.modalities) - {"T1", "T2"}
+    assert all("only 'T2'" in why for why in result.not_generated.values())
+    with pytest.raises(SynthesisError, match="lacks \\['T1'\\]"):
+        synthesize_subject(ctx, subject, [m for m in ctx.observed(subject) if m != "T1"])

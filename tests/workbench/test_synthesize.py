@@ -682,3 +682,20 @@ def test_open_in_external_viewer_hands_the_export_to_the_desktop(
     FakeDesktop.answer = False
     assert page.open_in_external_viewer() is False
     assert any("No application is set to open" in t and out.name in t for t in page.messages.texts())
+
+
+def test_a_cvae_run_generates_its_main_modality_and_says_which_it_cannot(make_window: Any, qtbot: Any, tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMVAE_CACHE_DIR", str(tmp_path / "mmvae-cache"))
+        config = parse_run_config({"name": "tiny-cvae", "data": {"source": "demo", "demo": {**TINY, "missing": "none"}},
+                                   "model": {"name": "CVAE", "latent_dim": 4, "main_modality": "T2", "conditioning_modalities": ["T1"]},
+                                   "training": {"num_epochs": 1, "batch_size": 4}})
+        assert train_run(config, tmp_path / "runs" / "tiny-cvae").status == "completed"
+    _, page = _synthesize_page(make_window, qtbot, tmp_path / "runs")
+    page.set_conditioning(["T1"])
+    _generate(page, qtbot, page.generate_button)
+    assert set(page.result.results) == {"T2"}
+    others = [m for m in page.context.modalities if m not in ("T1", "T2")]
+    assert set(page.result.not_generated) == set(others)
+    assert f"not generated: {', '.join(others)}" in page.result_label.text()
+    assert "only 'T2'" in page.result_label.toolTip()

@@ -755,6 +755,8 @@ class SynthesizePage(QWidget):
         self.result = result
         what = (f"Leave one out: {result.hidden} hidden" if result.hidden else "Synthesized") + \
             f" · {result.subject} from {'+'.join(result.conditioning)} · N = {result.n_samples}"
+        if result.not_generated:  # the model cannot make these (a CVAE makes only its main modality)
+            what += f" · not generated: {', '.join(result.not_generated)} ({next(iter(result.not_generated.values()))})"
         self.result_label.setText(what)
         self.modality_box.blockSignals(True)
         self.modality_box.clear()
