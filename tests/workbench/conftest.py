@@ -119,6 +119,31 @@ def tiny_demo() -> dict[str, Any]:
     return dict(TINY_DEMO)
 
 
+def train_tiny_run(run: Path, cache: Path, model: dict[str, Any], demo: dict[str, Any] | None = None) -> Path:
+    """Train ``model`` headless for one epoch on the tiny demo cohort (or ``demo``) into ``run``."""
+    from core.workflows.runs import parse_run_config, train_run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMVAE_CACHE_DIR", str(cache))
+        config = parse_run_config({"name": run.name, "data": {"source": "demo", "demo": demo or TINY_DEMO},
+                                   "model": model, "training": {"num_epochs": 1, "batch_size": 4}})
+        assert train_run(config, run).status == "completed"
+    return run
+
+
+@pytest.fixture
+def train_tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """:func:`train_tiny_run`, with the session's demo cache."""
+    return lambda run, model, demo=None: train_tiny_run(run, tmp_path_factory.getbasetemp() / "mmvae-cache", model, demo)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MVAE run trained for one epoch on the tiny demo cohort (shared by a module's tests)."""
+    run = tmp_path_factory.mktemp("runs") / "tiny-mvae"
+    return train_tiny_run(run, tmp_path_factory.getbasetemp() / "mmvae-cache", {"name": "MVAE", "latent_dim": 4})
+
+
 @pytest.fixture
 def make_window(qtbot: Any, tmp_path: Path) -> Callable[..., Any]:
     """A factory for main windows with isolated settings, a temporary runs folder and the tiny demo."""

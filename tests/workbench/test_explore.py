@@ -8,30 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 
 from core.data.sources import load_data
 from core.display import PALETTE
 from core.workflows.projection import JOINT, missingness_patterns
-from core.workflows.runs import load_run_config, parse_run_config, train_run
+from core.workflows.runs import load_run_config
 
 TIMEOUT = 120_000
-TINY = {"n_subjects": 16, "shape": [16, 16, 16], "seed": 0}
 
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run trained headless for one epoch on the tiny demo cohort (shared by this module's tests)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMVAE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mmvae-cache"))
-        config = parse_run_config({"name": "tiny", "data": {"source": "demo", "demo": TINY},
-                                   "model": {"name": "MVAE", "latent_dim": 4},
-                                   "training": {"num_epochs": 1, "batch_size": 4}})
-        run = tmp_path_factory.mktemp("runs") / "tiny-mvae"
-        assert train_run(config, run).status == "completed"
-    return run
 
 
 def _explore(make_window: Any, qtbot: Any, run: Path) -> Any:

@@ -12,23 +12,9 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 import workbench.pages._runs as runs_module
-from core.workflows.runs import parse_run_config, train_run
 
 TIMEOUT = 60_000
-TINY = {"n_subjects": 16, "shape": [16, 16, 16], "seed": 0}
 
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run trained headless for one epoch on the tiny demo cohort."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMVAE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mmvae-cache"))
-        config = parse_run_config({"name": "tiny", "data": {"source": "demo", "demo": TINY},
-                                   "model": {"name": "MVAE", "latent_dim": 4},
-                                   "training": {"num_epochs": 1, "batch_size": 4}})
-        run = tmp_path_factory.mktemp("runs") / "tiny-mvae"
-        assert train_run(config, run).status == "completed"
-    return run
 
 
 def test_runs_are_listed_off_the_ui_thread(make_window: Any, qtbot: Any, trained_run: Path,

@@ -20,26 +20,12 @@ from PySide6.QtWidgets import QMessageBox
 
 import workbench.pages.synthesize as synthesize_module
 from core.metrics import mse, psnr, ssim
-from core.workflows.runs import parse_run_config, train_run
 from core.workflows.synthesis import METRIC_COLUMNS, PASS_FRACTION
 from workbench.pages.synthesize import UNCERTAINTY_UNITS
 from workbench.widgets.ortho_viewer import OrthoViewer, Panel
 
 TIMEOUT = 120_000
-TINY = {"n_subjects": 16, "shape": [16, 16, 16], "seed": 0}
 
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run trained headless for one epoch on the tiny demo cohort (shared by this module's tests)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMVAE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mmvae-cache"))
-        config = parse_run_config({"name": "tiny", "data": {"source": "demo", "demo": TINY},
-                                   "model": {"name": "MVAE", "latent_dim": 4},
-                                   "training": {"num_epochs": 1, "batch_size": 4}})
-        run = tmp_path_factory.mktemp("runs") / "tiny-mvae"
-        assert train_run(config, run).status == "completed"
-    return run
 
 
 def _synthesize_page(make_window: Any, qtbot: Any, runs_root: Path) -> tuple[Any, Any]:
@@ -494,10 +480,10 @@ def test_synthesis_failures_read_in_plain_words_on_this_page(
     assert not page.batch_progress.isVisible() and page.export_all_button.isEnabled()
 
 
-def test_a_run_trained_on_another_cohort_says_so(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+def test_a_run_trained_on_another_cohort_says_so(make_window: Any, qtbot: Any, trained_run: Path, tiny_demo: dict[str, Any]) -> None:
     from workbench.pages._runs import other_cohort_note
 
-    window = make_window(runs_root=trained_run.parent, demo_settings={**TINY, "n_subjects": 12})
+    window = make_window(runs_root=trained_run.parent, demo_settings={**tiny_demo, "n_subjects": 12})
     with qtbot.waitSignal(window.state.cohort_changed, timeout=TIMEOUT):
         window.data_page.open_demo()
     explore = window.explore_page
@@ -514,7 +500,7 @@ def test_a_run_trained_on_another_cohort_says_so(make_window: Any, qtbot: Any, t
     qtbot.waitUntil(lambda: page.context is not None and not page.runner.is_running, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
     # The same cohort as the run's: nothing to say.
-    window.state.demo_settings = dict(TINY)
+    window.state.demo_settings = dict(tiny_demo)
     assert other_cohort_note(window.state, trained_run) == ""
     window.state.cohort_changed.emit()
     assert not page.messages.has("cohort") and not explore.messages.has("cohort")
@@ -581,12 +567,9 @@ def test_two_dimensional_images_show_a_single_view(qtbot: Any) -> None:
     assert not viewer.coords[2].isEnabled()
 
 
-def test_a_run_on_two_dimensional_images(make_window: Any, qtbot: Any, tmp_path: Path) -> None:
+def test_a_run_on_two_dimensional_images(make_window: Any, qtbot: Any, tmp_path: Path, train_tiny: Any) -> None:
     """2D cohorts (one slice per subject) synthesize, show in a single view per column and export with the slice axis."""
-    config = parse_run_config({"name": "tiny2d", "data": {"source": "demo", "demo": {"n_subjects": 12, "shape": [24, 24], "seed": 1}},
-                               "model": {"name": "MVAE", "latent_dim": 4}, "training": {"num_epochs": 1, "batch_size": 4}})
-    run = tmp_path / "runs" / "tiny2d"
-    assert train_run(config, run).status == "completed"
+    run = train_tiny(tmp_path / "runs" / "tiny2d", {"name": "MVAE", "latent_dim": 4}, {"n_subjects": 12, "shape": [24, 24], "seed": 1})
     window, page = _synthesize_page(make_window, qtbot, run.parent)
     subject = _subject_lacking(page)
     assert page.select_subject(subject)
@@ -684,13 +667,10 @@ def test_open_in_external_viewer_hands_the_export_to_the_desktop(
     assert any("No application is set to open" in t and out.name in t for t in page.messages.texts())
 
 
-def test_a_cvae_run_generates_its_main_modality_and_says_which_it_cannot(make_window: Any, qtbot: Any, tmp_path: Path) -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMVAE_CACHE_DIR", str(tmp_path / "mmvae-cache"))
-        config = parse_run_config({"name": "tiny-cvae", "data": {"source": "demo", "demo": {**TINY, "missing": "none"}},
-                                   "model": {"name": "CVAE", "latent_dim": 4, "main_modality": "T2", "conditioning_modalities": ["T1"]},
-                                   "training": {"num_epochs": 1, "batch_size": 4}})
-        assert train_run(config, tmp_path / "runs" / "tiny-cvae").status == "completed"
+def test_a_cvae_run_generates_its_main_modality_and_says_which_it_cannot(make_window: Any, qtbot: Any, tmp_path: Path,
+                                                                         train_tiny: Any, tiny_demo: dict[str, Any]) -> None:
+    cvae = {"name": "CVAE", "latent_dim": 4, "main_modality": "T2", "conditioning_modalities": ["T1"]}
+    train_tiny(tmp_path / "runs" / "tiny-cvae", cvae, {**tiny_demo, "missing": "none"})  # a CVAE needs complete subjects
     _, page = _synthesize_page(make_window, qtbot, tmp_path / "runs")
     page.set_conditioning(["T1"])
     _generate(page, qtbot, page.generate_button)
