@@ -362,11 +362,9 @@ def _settle(window: Any, width: int, height: int) -> None:
     assert (window.width(), window.height()) == (width, height)
 
 
-def test_at_1280_by_800_each_plane_gets_200_px_and_more_at_1920(make_window: Any, qtbot: Any, trained_run: Path) -> None:
-    """The linked planes get the window: two volumes, each a row of its three planes, at least 200 px on their
-    shorter side at 1280x800 (leave one out: real and synthesized; a missing modality: synthesized and uncertainty,
-    with its colour bar), larger at 1920x1080. The user's choice of columns is kept; every value stays readable."""
-    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
+def _leave_one_out_at_1280(make_window: Any, qtbot: Any, runs_root: Path) -> tuple[Any, Any]:
+    """The Synthesize page in a 1280x800 window after a leave-one-out check of a subject with two modalities or more."""
+    window, page = _synthesize_page(make_window, qtbot, runs_root)
     qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
     _settle(window, 1280, 800)
     ctx = page.context
@@ -374,6 +372,14 @@ def test_at_1280_by_800_each_plane_gets_200_px_and_more_at_1920(make_window: Any
     assert page.select_subject(subject)
     page.set_hidden(ctx.observed(subject)[-1])
     _generate(page, qtbot, page.loo_button)
+    return window, page
+
+
+def test_at_1280_by_800_each_plane_gets_200_px_and_more_at_1920(make_window: Any, qtbot: Any, trained_run: Path) -> None:
+    """The linked planes get the window: two volumes, each a row of its three planes, at least 200 px on their
+    shorter side at 1280x800 (leave one out: real and synthesized; a missing modality: synthesized and uncertainty,
+    with its colour bar), larger at 1920x1080. The user's choice of columns is kept; every value stays readable."""
+    window, page = _leave_one_out_at_1280(make_window, qtbot, trained_run.parent)
     _settle(window, 1280, 800)
     viewer = page.viewer
     assert viewer.shown_titles() == ["real", "synthesized"] and viewer.arrangement == "rows"
@@ -414,14 +420,7 @@ def test_at_1280_by_800_each_plane_gets_200_px_and_more_at_1920(make_window: Any
 def test_metric_headers_and_values_read_whole_at_1280(make_window: Any, qtbot: Any, trained_run: Path) -> None:
     """No header or value of the metrics table is cut, even with the side panel dragged as narrow as it goes; a
     modality without a real volume says so in one cell across the metric columns."""
-    window, page = _synthesize_page(make_window, qtbot, trained_run.parent)
-    qtbot.waitUntil(lambda: not page.verdict_runner.is_running, timeout=TIMEOUT)
-    _settle(window, 1280, 800)
-    ctx = page.context
-    subject = next(s for s in page.subjects() if len(ctx.observed(s)) >= 2)
-    assert page.select_subject(subject)
-    page.set_hidden(ctx.observed(subject)[-1])
-    _generate(page, qtbot, page.loo_button)
+    window, page = _leave_one_out_at_1280(make_window, qtbot, trained_run.parent)
     page.splitter.setSizes([10_000, 0])  # the viewer as wide as it can be
     _settle(window, 1280, 800)
     table = page.metrics_table
