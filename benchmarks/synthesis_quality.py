@@ -97,6 +97,7 @@ MISSING = {
     ),
 }
 QUICK = {"n_subjects": 24, "shape": (16, 16, 16), "epochs": 1}
+TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainerConfig))
 DEFAULT_UNET_EPOCHS = 50  # when no model runs to take the budget from
 
 
@@ -113,6 +114,7 @@ class Settings:
     time_budget_s: float | None
     device: str
     unet_epochs: int
+    overrides: tuple[tuple[str, Any], ...] = ()  # (model or training parameter, value) on top of every preset: ablations
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,8 @@ def run_model(name: str, settings: Settings, data: Data) -> tuple[dict[str, Any]
     preset, params, training = model_preset(name)
     if settings.epochs is not None:
         training["num_epochs"] = settings.epochs
+    for key, value in settings.overrides:
+        (training if key in TRAINING_FIELDS else params)[key] = value
     training = {**training, "device": settings.device, "seed": settings.seed}
     train, validation = data.train, data.validation
     if not get_model_class(name).supports_incomplete_data:
@@ -594,7 +598,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the cohort cache and the finished methods for a later --resume (to split one run across processes)",
     )  # fmt: skip
     parser.add_argument("--unet-epochs", type=int, default=None, help="the U-Net's epochs (default: --epochs, else the longest preset's)")
+    parser.add_argument(
+        "--set", dest="overrides", metavar="KEY=VALUE", action="append", type=_override, default=[],
+        help="change one model or training parameter of every preset (VALUE is JSON), for an ablation: --set adversarial_weight=500",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE, e.g. free_bits=0.5")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -618,6 +636,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         time_budget_s=args.time_budget_s,
         device=args.device,
         unet_epochs=unet_epochs,
+        overrides=tuple(args.overrides),
     )
 
 
@@ -666,6 +685,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seed": settings.seed,
         },  # fmt: skip
         "budget": {"epochs_override": settings.epochs, "time_budget_s": settings.time_budget_s, "unet_epochs": settings.unet_epochs},
+        "overrides": dict(settings.overrides),
         "tasks": {
             t: {"conditioning": list(TASKS[t][0]), "target": TASKS[t][1], "region": "field of view" if TASKS[t][1] == "US" else "brain"}
             for t in settings.tasks
