@@ -259,6 +259,11 @@ class MultimodalVAE(nn.Module):
             {m: nn.Parameter(torch.zeros(()), requires_grad=mode == "learned") for m in scaled}
         )
 
+    @property
+    def decoders_frozen(self) -> bool:
+        """Whether this stage of training keeps the decoders fixed; an analytic scale then keeps its running value."""
+        return False
+
     def decoder_log_scale(self, modality: str) -> torch.Tensor | None:
         """The current log-scale of a calibrated decoder (None for a fixed scale)."""
         if self.decoder_log_scales is None or modality not in self.decoder_log_scales:
@@ -272,7 +277,7 @@ class MultimodalVAE(nn.Module):
         params: dict[str, Any] = cfg.decoder_params(modality)
         if self.decoder_log_scales is None or modality not in self.decoder_log_scales:
             return params
-        if cfg.decoder_scale == "analytic" and self.training:
+        if cfg.decoder_scale == "analytic" and self.training and not self.decoders_frozen:
             log_scale = analytic_log_scale(
                 cfg.decoder_distribution(modality),
                 batch.data[modality],

@@ -61,6 +61,11 @@ class JointThenUnimodalStages:
         """Whether the joint encoder and decoders are frozen (stage ``unimodal``)."""
         return self._active_stage == UNIMODAL_STAGE
 
+    @property
+    def decoders_frozen(self) -> bool:
+        """Stage ``unimodal`` keeps the decoders, and so their calibrated scales, as stage ``joint`` left them."""
+        return self.joint_frozen
+
     def _stage_modules(self, stage: TrainingStage) -> list[nn.Module]:
         if stage.name == JOINT_STAGE:
             return self.joint_modules()

@@ -166,14 +166,18 @@ def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two(make_batc
     assert any(k.startswith("joint_encoder.") for k in stage_1) and not any(k.startswith("flows.") for k in stage_1)
 
 
+@pytest.mark.parametrize("decoder_scale", ["learned", "analytic"])
 @pytest.mark.parametrize(("model_cls", "config_cls"), [(JNF, JNFConfig), (TELBO, TELBOConfig)])
-def test_a_learned_decoder_scale_trains_with_the_joint_vae_and_is_frozen_with_it(model_cls, config_cls, make_batch):
-    """JNF as TELBO: stage ``joint`` trains the learned scales, stage ``unimodal`` freezes them (the trainer's
-    optimizer takes the stage's parameters that require a gradient)."""
+def test_a_calibrated_decoder_scale_trains_with_the_joint_vae_and_is_frozen_with_it(model_cls, config_cls, decoder_scale,
+                                                                                  make_batch):
+    """JNF as TELBO: stage ``joint`` trains the scales (a learned one by gradient, an analytic one's running mean),
+    stage ``unimodal`` freezes them with the decoders (the trainer's optimizer takes the stage's parameters that
+    require a gradient; an analytic scale then keeps its running value)."""
     dims = {"a": (8,), "b": (8,)}
-    model = model_cls(config_cls(n_modalities=2, latent_dim=4, input_dims=dims, warmup=2, decoder_scale="learned"))
+    model = model_cls(config_cls(n_modalities=2, latent_dim=4, input_dims=dims, warmup=2, decoder_scale=decoder_scale))
     joint, unimodal = ({id(p) for p in model.parameters_for_stage(s)} for s in model.stages)
-    assert joint | unimodal == {id(p) for p in model.parameters()}
+    untrained = {id(p) for p in model.decoder_log_scales.parameters()} if decoder_scale == "analytic" else set()
+    assert joint | unimodal == {id(p) for p in model.parameters()} - untrained  # an analytic scale is no trained parameter
     data = make_batch(dims, 16)
     scales = {"start": torch.stack(list(model.decoder_log_scales.values())).detach().clone()}
     for stage in model.stages:
