@@ -167,6 +167,9 @@ class ScreenshotTour(QObject):
             self._later(self.train_done, 800)
 
     def train_done(self) -> None:
+        if self.window.train_page.is_listing_runs:  # the run just trained is listed in the background
+            self._later(self.train_done, 100)
+            return
         self._grab(2)
         self.step = "projecting the latent space"
         explore = self.window.explore_page

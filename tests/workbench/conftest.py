@@ -144,6 +144,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_run(run, tmp_path_factory.getbasetemp() / "mmvae-cache", {"name": "MVAE", "latent_dim": 4})
 
 
+def wait_for_runs_lists(window: Any, qtbot: Any) -> None:
+    """Wait until the Train and Model pages have read the runs folder (they read it in worker threads)."""
+    qtbot.waitUntil(lambda: not window.train_page.is_listing_runs and not window.model_page.previous_runner.is_running,
+                    timeout=10_000)
+
+
 @pytest.fixture
 def make_window(qtbot: Any, tmp_path: Path) -> Callable[..., Any]:
     """A factory for main windows with isolated settings, a temporary runs folder and the tiny demo."""
@@ -162,6 +168,7 @@ def make_window(qtbot: Any, tmp_path: Path) -> Callable[..., Any]:
         qtbot.addWidget(window)
         window.show()
         windows.append(window)
+        wait_for_runs_lists(window, qtbot)
         return window
 
     yield make

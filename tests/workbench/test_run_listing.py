@@ -1,4 +1,4 @@
-"""The Explore and Synthesize pages list the runs folder in a background task: the UI thread never reads a run's
+"""The Train, Model, Explore and Synthesize pages list the runs folder in a background task: the UI thread never reads a run's
 files to list them, a newer listing wins over an older one still running, and the run the user chose stays chosen."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 import workbench.pages._runs as runs_module
+import workbench.pages.model as model_module
+import workbench.pages.train as train_module
 
 TIMEOUT = 60_000
 
@@ -77,3 +79,43 @@ def test_a_newer_listing_wins_and_the_chosen_run_stays(make_window: Any, qtbot: 
     QApplication.processEvents()
     assert picker.count() == 2 and picker.current_run() == chosen
     assert not picker.is_listing
+
+
+def test_train_and_model_pages_read_the_runs_folder_off_the_ui_thread(make_window: Any, qtbot: Any, trained_run: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    readers: dict[str, list[bool]] = {"train": [], "model": []}
+    original = train_module.list_runs
+
+    def recording(page: str) -> Any:
+        def list_runs(root: Any) -> Any:
+            readers[page].append(threading.current_thread() is threading.main_thread())
+            return original(root)
+        return list_runs
+
+    monkeypatch.setattr(train_module, "list_runs", recording("train"))
+    monkeypatch.setattr(model_module, "list_runs", recording("model"))
+    window = make_window(runs_root=trained_run.parent)
+    train, model = window.train_page, window.model_page
+    assert [s.path for s in train.run_summaries()] == [trained_run]
+    model.select_model("MVAE")
+    assert model.previous_combo.currentData() == str(trained_run)  # from the runs already read: no wait
+    # F5 re-reads the folder in the background; the selected run stays selected after the table is refilled.
+    train.select_run(trained_run)
+    with qtbot.waitSignal(train.runs_listed, timeout=TIMEOUT):
+        window.act_refresh.trigger()
+    assert train.selected_run() is not None and train.selected_run().path == trained_run
+    assert train.runs_table.item(0, 1).text() == trained_run.name
+    assert readers["train"] and readers["model"] and not any(readers["train"] + readers["model"]), readers
+
+
+def test_a_run_selected_before_it_is_listed_is_selected_once_it_is(make_window: Any, qtbot: Any, trained_run: Path,
+                                                                   tmp_path: Path) -> None:
+    window = make_window(runs_root=tmp_path / "empty")
+    train = window.train_page
+    assert train.run_summaries() == []
+    copy = tmp_path / "empty" / trained_run.name
+    shutil.copytree(trained_run, copy)
+    train.refresh_runs()
+    train.select_run(copy)  # asked for while the listing runs: remembered, not dropped
+    qtbot.waitUntil(lambda: not train.is_listing_runs, timeout=TIMEOUT)
+    assert train.selected_run() is not None and train.selected_run().path == copy

@@ -37,6 +37,7 @@ def _configure(window: Any, qtbot: Any, cohort: Path, epochs: int = 2, batch_siz
 def _wait_idle(window: Any, qtbot: Any) -> None:
     train = window.train_page
     qtbot.waitUntil(lambda: train.job is None and train._phase == "idle", timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not train.is_listing_runs and not window.model_page.previous_runner.is_running, timeout=TIMEOUT)
 
 
 def _status(run_dir: Path) -> str:
@@ -103,7 +104,8 @@ def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
     show_box().click()
     train.loss_plot.flush()
     assert not any(k[0] == str(run_dir) for k in train.loss_plot.shown_curves())
-    train.refresh_runs()
+    with qtbot.waitSignal(train.runs_listed, timeout=TIMEOUT):
+        train.refresh_runs()
     assert not show_box().isChecked()
     show_box().click()
     train.loss_plot.flush()
@@ -114,7 +116,8 @@ def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
     assert run_config_to_dict(load_run_config(saved)) == gui
     # "Start from a previous run" offers it and copies its settings back.
     window.model_page.training_form.set_values({"num_epochs": 9})
-    window.model_page.refresh_previous_runs()
+    with qtbot.waitSignal(window.model_page.previous_runs_listed, timeout=TIMEOUT):
+        window.model_page.refresh_previous_runs()
     assert window.model_page.previous_combo.currentData() == str(run_dir)
     window.model_page.apply_selected_previous_run()
     assert window.model_page.training_form.values()["num_epochs"] == 2

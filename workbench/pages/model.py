@@ -34,12 +34,13 @@ from core.models import available, get_model_class
 from core.presets import SYNTHESIS_PRESET, recommended_start
 from core.run_config import DATA_FILLED_KEYS, RunConfig
 from core.training import TrainerConfig
-from core.workflows.runs import list_runs, load_run_config, parse_run_config, run_config_to_dict
+from core.workflows.runs import RunSummary, list_runs, load_run_config, parse_run_config, run_config_to_dict
 from workbench.messages import MessageArea
 from workbench.pages._common import Card, page_header
 from workbench.resources import Preset, load_presets
 from workbench.state import WorkbenchState
 from workbench.widgets.schema_form import NO_DEFAULT, SchemaForm
+from workbench.workers import TaskRunner, TaskState
 
 __all__ = ["ModelPage", "DATA_FILLED_KEYS", "run_yaml_text"]
 
@@ -47,6 +48,12 @@ __all__ = ["ModelPage", "DATA_FILLED_KEYS", "run_yaml_text"]
 HIDDEN_MODEL_KEYS = ("custom_architectures",)
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _NAME_TIP = "Name of the run; its folder is <name>-<date>-<time>. Letters, digits, '.', '_' and '-'."
+
+
+def list_all_runs_task(root: str, state: TaskState) -> list[RunSummary]:
+    """Every run under ``root``, newest first (worker thread: it reads each run's configuration)."""
+    state.set_status(f"Reading the runs in {root}")
+    return list_runs(Path(root))
 
 
 def run_yaml_text(config: RunConfig) -> str:
@@ -68,6 +75,7 @@ class ModelPage(QWidget):
     go_to_train = Signal()
     status_message = Signal(str)
     run_file_used = Signal(str)
+    previous_runs_listed = Signal()  # "Start from a previous run" was filled from a fresh read of the runs folder
 
     def __init__(self, state: WorkbenchState, runs_root: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -117,6 +125,10 @@ class ModelPage(QWidget):
         self.preset_combo.setToolTip("Ready-made settings for this model (resources/presets/<model>.yaml)")
         self.preset_button = QPushButton("Apply preset")
         self.preset_button.clicked.connect(self.apply_selected_preset)
+        self._previous_runs: list[RunSummary] = []
+        self.previous_runner = TaskRunner(self, "previous runs")
+        self.previous_runner.done.connect(self._previous_runs_read)
+        self.previous_runner.failed.connect(lambda _error: self.previous_runs_listed.emit())  # keep what was read
         self.previous_combo = QComboBox()
         self.previous_combo.setToolTip("Copy the model and training settings of an earlier run (the data stay as they are)")
         self.previous_button = QPushButton("Use its settings")
@@ -317,9 +329,22 @@ class ModelPage(QWidget):
         self.status_message.emit(f"Preset '{preset.name}' applied")
 
     def refresh_previous_runs(self) -> None:
+        """Offer the runs already read at once, and re-read the runs folder in a worker thread (a share can be slow)."""
+        self._fill_previous_runs()
+        self.previous_runner.start(list_all_runs_task, str(self.runs_root))
+
+    @Slot(object)
+    def _previous_runs_read(self, runs: list[RunSummary]) -> None:
+        self._previous_runs = runs
+        self._fill_previous_runs()
+        self.previous_runs_listed.emit()
+
+    def _fill_previous_runs(self) -> None:
+        """The runs of the chosen model among those read last; the chosen one stays chosen."""
         model = self.model_name()
+        chosen = self.previous_combo.currentData()
         self.previous_combo.clear()
-        runs = [r for r in list_runs(self.runs_root) if model is None or r.model == model]
+        runs = [r for r in self._previous_runs if model is None or r.model == model]
         for run in runs:
             best = f", best {run.best_validation_loss:.4g}" if run.best_validation_loss is not None else ""
             self.previous_combo.addItem(f"{run.path.name} ({run.status}{best})", str(run.path))
@@ -328,6 +353,8 @@ class ModelPage(QWidget):
         self.previous_button.setEnabled(has)
         if not has:
             self.previous_combo.addItem("(no earlier runs of this model)")
+        elif chosen and (index := self.previous_combo.findData(chosen)) >= 0:
+            self.previous_combo.setCurrentIndex(index)
 
     def set_runs_root(self, root: Path) -> None:
         self.runs_root = Path(root)

@@ -49,9 +49,9 @@ from workbench.state import WorkbenchState
 from workbench.widgets.elided_label import ElidedLabel
 from workbench.widgets.loss_plot import LossPlot, change_since_first
 from workbench.widgets.slice_preview import SliceGrid
-from workbench.workers import QUEUED, SynthesisPreview, TaskError, TrainingJob
+from workbench.workers import QUEUED, SynthesisPreview, TaskError, TaskRunner, TaskState, TrainingJob
 
-__all__ = ["TrainPage", "unique_run_dir", "run_duration"]
+__all__ = ["TrainPage", "unique_run_dir", "run_duration", "list_runs_with_durations"]
 
 RESUMABLE = ("stopped", "cancelled", "interrupted", "failed")
 STALE_SECONDS = 10.0
@@ -66,6 +66,12 @@ def unique_run_dir(root: Path, name: str) -> Path:
         candidate = base.with_name(f"{base.name}-{n}")
         n += 1
     return candidate
+
+
+def list_runs_with_durations(root: str, state: TaskState) -> list[tuple[RunSummary, float | None]]:
+    """Every run under ``root`` with its training seconds (worker thread: it reads each run's files)."""
+    state.set_status(f"Reading the runs in {root}")
+    return [(summary, run_duration(summary.path)) for summary in list_runs(Path(root))]
 
 
 def run_duration(run_dir: Path) -> float | None:
@@ -85,6 +91,7 @@ class TrainPage(QWidget):
     status_message = Signal(str)
     training_state_changed = Signal(str)  # idle | loading | running | paused | stopping | cancelling
     run_started = Signal(str)
+    runs_listed = Signal()  # the runs table was filled from a fresh read of the runs folder
 
     def __init__(self, state: WorkbenchState, runs_root: Path, preview_every: int = 1, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -99,7 +106,11 @@ class TrainPage(QWidget):
         self._last_update = 0.0
         self._epoch_started = 0.0
         self._summaries: list[RunSummary] = []
+        self._wanted_run: Path | None = None  # selected once the listing in progress shows it
         self._offered_recovery: set[str] = set()
+        self.runs_runner = TaskRunner(self, "runs")
+        self.runs_runner.done.connect(self._runs_read)
+        self.runs_runner.failed.connect(self._runs_unreadable)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
@@ -649,12 +660,26 @@ class TrainPage(QWidget):
 
     @Slot()
     def refresh_runs(self) -> None:
-        selected = self.selected_run()
-        self._summaries = list_runs(self.runs_root)
+        """Re-read the runs folder in a worker thread (a share can be slow); the table fills when it is read.
+
+        ``runs_listed`` is emitted then; a newer refresh discards an older one's result.
+        """
+        self.runs_runner.start(list_runs_with_durations, str(self.runs_root))
+
+    @property
+    def is_listing_runs(self) -> bool:
+        return self.runs_runner.is_running
+
+    @Slot(object)
+    def _runs_read(self, listing: list[tuple[RunSummary, float | None]]) -> None:
+        selected = self._wanted_run or (s.path if (s := self.selected_run()) is not None else None)
+        self._wanted_run = None
+        self.messages.clear("runs-folder")
+        self._summaries = [summary for summary, _ in listing]
         table = self.runs_table
         table.blockSignals(True)
-        table.setRowCount(len(self._summaries))
-        for row, s in enumerate(self._summaries):
+        table.setRowCount(len(listing))
+        for row, (s, duration) in enumerate(listing):
             show = QCheckBox()
             show.setChecked(self.loss_plot.is_run_visible(str(s.path)))
             show.setToolTip("Overlay this run's curves on the plot")
@@ -664,7 +689,6 @@ class TrainPage(QWidget):
             hl.setContentsMargins(6, 0, 0, 0)
             hl.addWidget(show)
             table.setCellWidget(row, 0, holder)
-            duration = run_duration(s.path)
             cells = [s.path.name, s.model, s.status, f"{s.epochs_completed}/{s.num_epochs}",
                      f"{s.best_validation_loss:.5g}" if s.best_validation_loss is not None else "—",
                      format_seconds(duration) if duration is not None else "—", s.updated[:19].replace("T", " ")]
@@ -674,11 +698,18 @@ class TrainPage(QWidget):
                 table.setItem(row, col, item)
         table.blockSignals(False)
         if selected is not None:
-            for row, s in enumerate(self._summaries):
-                if s.path == selected.path:
-                    table.selectRow(row)
+            self.select_run(selected)
         self._offer_recovery()
         self._update_buttons()
+        self.runs_listed.emit()
+
+    @Slot(object)
+    def _runs_unreadable(self, error: TaskError) -> None:
+        """The runs folder could not be read (a share gone away): keep the table, say why."""
+        self._wanted_run = None
+        self.messages.warning("runs-folder", f"The runs folder {self.runs_root} could not be read: {error.message}. "
+                              "The list shows what was read before; press Refresh (F5) to try again.")
+        self.runs_listed.emit()
 
     def run_summaries(self) -> list[RunSummary]:
         return list(self._summaries)
@@ -699,10 +730,14 @@ class TrainPage(QWidget):
         return self._summaries[rows[0].row()]
 
     def select_run(self, path: str | Path) -> None:
+        """Select a run in the table; one not listed yet is selected when the listing in progress ends."""
         for row, s in enumerate(self._summaries):
             if s.path == Path(path):
+                self._wanted_run = None
                 self.runs_table.selectRow(row)
                 return
+        if self.runs_runner.is_running:
+            self._wanted_run = Path(path)
 
     @Slot()
     def _selection_changed(self) -> None:
