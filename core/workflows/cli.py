@@ -124,7 +124,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_impute(args: argparse.Namespace) -> int:
     from core.progress import ProgressReporter
-    from core.workflows.impute import NOT_GENERATED_FILE, impute_run
+    from core.workflows.impute import NOT_GENERATED_FILE, first_not_generated_reason, impute_run
 
     written = impute_run(
         args.run,
@@ -139,8 +139,8 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     skipped = Path(args.out) / NOT_GENERATED_FILE
     if skipped.is_file():
         reasons = json.loads(skipped.read_text(encoding="utf-8"))
-        first = next(iter(next(iter(reasons.values())).values()))
-        print(f"not generated: {sum(len(v) for v in reasons.values())} volumes of {len(reasons)} subjects ({first}); see {skipped}")
+        print(f"not generated: {sum(len(v) for v in reasons.values())} volumes of {len(reasons)} subjects "
+              f"({first_not_generated_reason(reasons)}); see {skipped}")
     return EXIT_OK
 
 

@@ -37,9 +37,14 @@ from core.training.trainer import select_device
 from core.workflows.runs import RunConfig, load_run_config, run_lock
 
 __all__ = ["Imputation", "FieldOfView", "FieldsOfView", "own_field_of_view", "predict_with_uncertainty", "impute_subjects", "to_grid",
-           "impute_run", "NOT_GENERATED_FILE"]
+           "impute_run", "NOT_GENERATED_FILE", "first_not_generated_reason"]
 
 NOT_GENERATED_FILE = "not_generated.json"  # beside the exported volumes: subject -> modality -> why it is absent
+
+
+def first_not_generated_reason(not_generated: dict[str, dict[str, str]]) -> str:
+    """The reason given for the first volume of a ``not_generated`` map (one model gives one reason per modality)."""
+    return next(reason for reasons in not_generated.values() for reason in reasons.values())
 
 
 @dataclass(frozen=True)
@@ -275,8 +280,8 @@ def _impute_into(run_dir: Path, config: RunConfig, model: MultimodalVAE, data: s
                                  fields_of_view=fields_of_view)
     if imputation.not_generated:
         if not imputation.mean:
-            first = next(iter(next(iter(imputation.not_generated.values())).values()))
-            raise ValueError(f"The run's {model.name} cannot generate any missing volume of {data}: {first} "
+            raise ValueError(f"The run's {model.name} cannot generate any missing volume of {data}: "
+                             f"{first_not_generated_reason(imputation.not_generated)} "
                              "Train a joint model (MVAE, MoPoE, MHVAE, ...) to impute every modality.")
         atomic_write_json(Path(out_dir) / NOT_GENERATED_FILE, imputation.not_generated, sort_keys=True)
     else:
