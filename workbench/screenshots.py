@@ -11,8 +11,10 @@ the exit status is 0 when every step succeeded, 1 otherwise (the pages reached a
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +77,20 @@ def save_compact_png(window: MainWindow, path: Path, colours: int = 256) -> None
     out.copy().save(str(path), "PNG", 9)
 
 
+def tour_step(method: Callable[..., None]) -> Callable[..., None]:
+    """A step of the tour: an exception in it fails the tour at once, naming the step and the error, instead of
+    reaching the app's error reporter while the tour waits for its watchdog."""
+
+    @functools.wraps(method)
+    def step(self: ScreenshotTour, *args: object) -> None:
+        try:
+            method(self, *args)
+        except Exception as error:  # noqa: BLE001 - any failure of a step is the tour's failure, reported whole
+            self._fail(f"{type(error).__name__} while {self.step}: {error}\n{traceback.format_exc()}", stop=True)
+
+    return step
+
+
 class ScreenshotTour(QObject):
     """The scripted workflow (module docstring); steps chain through the pages' signals."""
 
@@ -92,7 +108,11 @@ class ScreenshotTour(QObject):
 
     # ------------------------------------------------------------------ helpers
     def _later(self, fn: Callable[[], None], ms: int = 300) -> None:
-        QTimer.singleShot(ms, self, fn)
+        QTimer.singleShot(ms, self, lambda: self._run(fn))
+
+    @tour_step
+    def _run(self, fn: Callable[[], None]) -> None:
+        fn()
 
     def _grab(self, index: int) -> None:
         self.window.go_to_page(index)
@@ -108,6 +128,7 @@ class ScreenshotTour(QObject):
             self.finish()
 
     # ------------------------------------------------------------------ steps
+    @tour_step
     def cohort_opened(self) -> None:
         w = self.window
         info = w.state.info
@@ -128,6 +149,7 @@ class ScreenshotTour(QObject):
         w.data_page.volume_runner.failed.connect(lambda *_: self._later(self.data_done))
         w.data_page.show_volume(info.subjects[row], info.modalities[col])
 
+    @tour_step
     def data_done(self) -> None:
         if self.step != "showing a volume on the Data page":
             return
@@ -141,6 +163,7 @@ class ScreenshotTour(QObject):
         page.validate()
         self._later(self.model_done)
 
+    @tour_step
     def model_done(self) -> None:
         self._grab(1)
         messages = self.window.model_page.messages
@@ -157,6 +180,7 @@ class ScreenshotTour(QObject):
         if not train.start():
             self._fail("the Train page refused to start", stop=True)
 
+    @tour_step
     def _training_state(self, phase: str) -> None:
         train = self.window.train_page
         if phase == "idle" and self.step == "training":
@@ -166,6 +190,7 @@ class ScreenshotTour(QObject):
                 return
             self._later(self.train_done, 800)
 
+    @tour_step
     def train_done(self) -> None:
         if self.window.train_page.is_listing_runs:  # the run just trained is listed in the background
             self._later(self.train_done, 100)
@@ -182,6 +207,7 @@ class ScreenshotTour(QObject):
         if not explore.runner.is_running and explore.projection is not None:
             self._later(self.explore_done, 500)
 
+    @tour_step
     def explore_done(self) -> None:
         if self.step != "projecting the latent space" or self.window.explore_page.runner.is_running:
             return
@@ -198,6 +224,7 @@ class ScreenshotTour(QObject):
         if not synth.runner.is_running and synth.context is not None:
             self._later(lambda: self._synth_task_done(None), 100)
 
+    @tour_step
     def _synth_task_done(self, result: object) -> None:
         synth = self.window.synthesize_page
         if self.step == "opening the run on the Synthesize page" and synth.context is not None:
@@ -224,6 +251,7 @@ class ScreenshotTour(QObject):
                 out, n = self.folder / f"export-{n}", n + 1
             synth.export_all_missing(str(out), overwrite=False, confirmed=True)  # the tour confirms the export gate
 
+    @tour_step
     def synth_done(self) -> None:
         self._grab(4)
         self.step = "done"

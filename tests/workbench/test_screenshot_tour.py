@@ -1,5 +1,5 @@
 """The screenshot tour's run is configured consistently: the README pictures show no warning to correct, while the
-Model page still warns about a warm-up longer than the run."""
+Model page still warns about a warm-up longer than the run; and a step that raises fails the tour at once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from workbench.screenshots import tour_config
+from workbench.main_window import PAGES
+from workbench.screenshots import take_screenshots, tour_config
 
 
 @pytest.mark.parametrize("epochs", ["", "1", "8", "20"])
@@ -29,3 +30,22 @@ def test_the_tour_configures_a_run_the_model_page_does_not_warn_about(make_windo
     page.model_form.set_values({"warmup": training["num_epochs"] + 1}, reset_others=False)
     page.validate()
     assert page.messages.has("warmup")
+
+
+def test_an_exception_in_a_step_fails_the_tour_at_once(make_window: Any, tmp_path: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the app's error reporter and a ten-minute watchdog: the tour stops, names the step and the error,
+    and still saves every page as it is."""
+    window = make_window()
+    tour = take_screenshots(window, tmp_path / "shots", timeout_ms=600_000)
+
+    def broken(name: str) -> None:
+        raise RuntimeError(f"no such model {name}")
+
+    monkeypatch.setattr(window.model_page, "select_model", broken)
+    tour.step = "showing a volume on the Data page"
+    tour.data_done()  # its next move is configuring the model, which now raises
+    assert tour._finished
+    assert tour.failures and tour.failures[0].startswith("RuntimeError while configuring the model: no such model MVAE")
+    assert sorted(p.name for p in (tmp_path / "shots").glob("*.png")) == sorted(p.name for p in tour.saved)
+    assert len(tour.saved) == len(PAGES)
