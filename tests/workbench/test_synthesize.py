@@ -553,6 +553,23 @@ def test_orthogonal_views_share_crosshair_and_window(qtbot: Any) -> None:
     assert viewer.position[2] == min(z + 1, 9)
 
 
+def test_a_long_note_does_not_widen_its_grid_column(qtbot: Any) -> None:
+    viewer = OrthoViewer()
+    qtbot.addWidget(viewer)
+    viewer.resize(1000, 700)
+    viewer.show()
+    volume = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
+    long_note = "The subject has no real FLAIR: only the uncertainty map says how sure the model is, " * 2
+    viewer.set_panels([Panel("real", volume), Panel("synthesized", volume, note=long_note),
+                       Panel("difference", volume - 0.5, "difference"), Panel("uncertainty", volume, "uncertainty")])
+    assert viewer.arrangement == "grid"
+    qtbot.waitUntil(lambda: viewer.views[0]["axial"].box.sceneBoundingRect().width() > 50)
+    widths = [views["axial"].box.sceneBoundingRect().width() for views in viewer.views]
+    assert max(widths) - min(widths) <= 0.1 * max(widths), widths
+    title = viewer._titles[1]
+    assert title.toolTip() == long_note and "…" in title.text  # the note is elided, and whole in its tooltip
+
+
 def test_two_dimensional_images_show_a_single_view(qtbot: Any) -> None:
     viewer = OrthoViewer()
     qtbot.addWidget(viewer)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QPointF, Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QPointF, QSizeF, Qt, Signal, Slot
 from PySide6.QtGui import QFont, QFontMetrics, QKeyEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -71,6 +71,32 @@ def _colormap(name: str) -> pg.ColorMap:
     """A pyqtgraph colour map of the same colours the HTML report uses."""
     colours = COLORMAPS[name]
     return pg.ColorMap(np.linspace(0.0, 1.0, len(colours)), colours, name=name)
+
+
+#: The widest a note under a grid column's title is drawn (the whole note is the title's tooltip): pyqtgraph sizes
+#: a label to its text, so a long note would widen its column and squeeze the others.
+GRID_NOTE_WIDTH_PX = 140
+
+
+def _elided_note(note: str) -> str:
+    font = QFont()
+    font.setPointSizeF(8.0)
+    return QFontMetrics(font).elidedText(note, Qt.TextElideMode.ElideRight, GRID_NOTE_WIDTH_PX)
+
+
+class _ColumnTitle(pg.LabelItem):
+    """A title that asks for its height only: pyqtgraph sizes a label to its text, so a long title or note would
+    widen its column and squeeze the others (grid notes are elided to :data:`GRID_NOTE_WIDTH_PX`)."""
+
+    def updateMin(self) -> None:  # noqa: N802 - pyqtgraph's name
+        super().updateMin()
+        self.setMinimumWidth(0.0)
+
+    def sizeHint(self, which: Qt.SizeHint, constraint: QSizeF = QSizeF()) -> QSizeF:  # noqa: B008, N802 - Qt's signature
+        hint = super().sizeHint(which, constraint)
+        if which in (Qt.SizeHint.MinimumSize, Qt.SizeHint.PreferredSize):
+            return QSizeF(0.0, hint.height())
+        return hint
 
 
 def as_spatial(array: np.ndarray | None) -> np.ndarray | None:
@@ -393,8 +419,10 @@ class OrthoViewer(QWidget):
             title = self._titles[i]
             if title is None:
                 continue
-            note = f"{'  ·  ' if rows else '<br>'}<span style='font-size:8pt'>{panel.note}</span>" if panel.note else ""
+            shown_note = panel.note if rows else _elided_note(panel.note)  # a grid column is as wide as its title
+            note = f"{'  ·  ' if rows else '<br>'}<span style='font-size:8pt'>{shown_note}</span>" if panel.note else ""
             title.setText(f"<b>{panel.title}</b>{note}", color=plot_colors()["foreground"])
+            title.setToolTip(panel.note)
         if levels is not None:
             self.set_levels(*levels)
         else:
@@ -431,8 +459,11 @@ class OrthoViewer(QWidget):
         # Grid: titles on top, colour bars below. The first row's (column's) views name their plane in a corner.
         for k, col in enumerate(shown):
             row, column = (2 * k + 1 if k else 0, 1) if rows else (0, k + 1)
-            self._titles[col] = self.graphics.addLabel(f"<b>{self.panels[col].title}</b>", row=row, col=column, colspan=span,
-                                                       color=fg)
+            title = _ColumnTitle(f"<b>{self.panels[col].title}</b>", color=fg)
+            self.graphics.addItem(title, row=row, col=column, colspan=span)
+            self._titles[col] = title
+            if not rows:  # every volume's column as wide as the others
+                self.graphics.ci.layout.setColumnStretchFactor(column, 1)
         for k, col in enumerate(shown):
             panel = self.panels[col]
             views = {}
