@@ -101,6 +101,9 @@ class ScreenshotTour(QObject):
         self.saved: list[Path] = []
         self.step = "opening the cohort"
         self._finished = False
+        #: How the finished tour ends the application with its exit status (a test, inside pytest-qt's
+        #: application, records the status instead: QApplication.exit would end every later event loop).
+        self.exit_application: Callable[[int], None] = QApplication.exit
         self._watchdog = QTimer(self)
         self._watchdog.setSingleShot(True)
         self._watchdog.timeout.connect(lambda: self._fail(f"timed out while {self.step}", stop=True))
@@ -268,7 +271,7 @@ class ScreenshotTour(QObject):
                 self._grab(index)
         self.window.confirm_close = False  # a tour cut short must not wait on a question nobody answers
         self.window.close()
-        QApplication.exit(1 if self.failures else 0)
+        self.exit_application(1 if self.failures else 0)
 
 
 def take_screenshots(window: MainWindow, folder: Path, timeout_ms: int | None = None) -> ScreenshotTour:

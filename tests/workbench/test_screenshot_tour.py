@@ -38,6 +38,8 @@ def test_an_exception_in_a_step_fails_the_tour_at_once(make_window: Any, tmp_pat
     and still saves every page as it is."""
     window = make_window()
     tour = take_screenshots(window, tmp_path / "shots", timeout_ms=600_000)
+    exit_codes: list[int] = []
+    tour.exit_application = exit_codes.append
 
     def broken(name: str) -> None:
         raise RuntimeError(f"no such model {name}")
@@ -45,7 +47,7 @@ def test_an_exception_in_a_step_fails_the_tour_at_once(make_window: Any, tmp_pat
     monkeypatch.setattr(window.model_page, "select_model", broken)
     tour.step = "showing a volume on the Data page"
     tour.data_done()  # its next move is configuring the model, which now raises
-    assert tour._finished
+    assert tour._finished and exit_codes == [1]
     assert tour.failures and tour.failures[0].startswith("RuntimeError while configuring the model: no such model MVAE")
     assert sorted(p.name for p in (tmp_path / "shots").glob("*.png")) == sorted(p.name for p in tour.saved)
     assert len(tour.saved) == len(PAGES)
