@@ -50,7 +50,7 @@ from core.data.errors import ImageWriteError, Issue
 from core.data.formats import strip_image_suffix
 from core.data.preprocessing.normalization import NormalizationParams, otsu_threshold
 from core.data.preprocessing.records import CohortRecords, SubjectRecord
-from core.data.preprocessing.source_space import denormalize, to_source_space
+from core.data.preprocessing.source_space import denormalize, source_grid_problem, to_source_space
 from core.data.readers import read_header, read_volume
 from core.data.writers import write_nifti
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
@@ -192,13 +192,9 @@ def write_synthesized(
     if not path.name.lower().endswith((".nii.gz", ".nii")):
         raise ExportError(f"Export path {path} must end in .nii.gz or .nii.")
     reference = reference or record.reference_modality
-    if record.grid is None or reference is None:
-        raise ExportError(f"Subject {record.subject} was never preprocessed (no model grid); nothing to map back to.")
-    if reference not in record.modalities:
-        raise ExportError(
-            f"Subject {record.subject} has no {reference} source file whose grid could be used; "
-            f"choose reference from {sorted(record.modalities)}."
-        )
+    problem = source_grid_problem(record, reference)
+    if problem is not None:
+        raise ExportError(problem)
     sources = {Path(r.path).resolve() for r in record.modalities.values()}
     sources |= {Path(r.observation_mask_path).resolve() for r in record.modalities.values() if r.observation_mask_path}
     std_path = uncertainty_path(path) if uncertainty is not None else None

@@ -12,8 +12,6 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 import workbench.pages._runs as runs_module
-import workbench.pages.model as model_module
-import workbench.pages.train as train_module
 
 TIMEOUT = 60_000
 
@@ -83,17 +81,14 @@ def test_a_newer_listing_wins_and_the_chosen_run_stays(make_window: Any, qtbot: 
 
 def test_train_and_model_pages_read_the_runs_folder_off_the_ui_thread(make_window: Any, qtbot: Any, trained_run: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    readers: dict[str, list[bool]] = {"train": [], "model": []}
-    original = train_module.list_runs
+    on_ui_thread: list[bool] = []
+    original = runs_module.list_runs
 
-    def recording(page: str) -> Any:
-        def list_runs(root: Any) -> Any:
-            readers[page].append(threading.current_thread() is threading.main_thread())
-            return original(root)
-        return list_runs
+    def recording(root: Any) -> Any:
+        on_ui_thread.append(threading.current_thread() is threading.main_thread())
+        return original(root)
 
-    monkeypatch.setattr(train_module, "list_runs", recording("train"))
-    monkeypatch.setattr(model_module, "list_runs", recording("model"))
+    monkeypatch.setattr(runs_module, "list_runs", recording)
     window = make_window(runs_root=trained_run.parent)
     train, model = window.train_page, window.model_page
     assert [s.path for s in train.run_summaries()] == [trained_run]
@@ -101,11 +96,13 @@ def test_train_and_model_pages_read_the_runs_folder_off_the_ui_thread(make_windo
     assert model.previous_combo.currentData() == str(trained_run)  # from the runs already read: no wait
     # F5 re-reads the folder in the background; the selected run stays selected after the table is refilled.
     train.select_run(trained_run)
+    before = len(on_ui_thread)
     with qtbot.waitSignal(train.runs_listed, timeout=TIMEOUT):
         window.act_refresh.trigger()
+    assert len(on_ui_thread) > before
     assert train.selected_run() is not None and train.selected_run().path == trained_run
     assert train.runs_table.item(0, 1).text() == trained_run.name
-    assert readers["train"] and readers["model"] and not any(readers["train"] + readers["model"]), readers
+    assert on_ui_thread and not any(on_ui_thread), on_ui_thread
 
 
 def test_a_run_selected_before_it_is_listed_is_selected_once_it_is(make_window: Any, qtbot: Any, trained_run: Path,

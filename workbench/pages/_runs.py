@@ -23,6 +23,7 @@ from PySide6.QtWidgets import QComboBox, QWidget
 from core.config import config_to_dict
 from core.data.demo import spec_to_dict
 from core.data.sources import LoadedData, load_data, resolved_preprocessing
+from core.training import read_metrics_csv
 from core.workflows.runs import RunSummary, list_runs, load_run_config
 from workbench.messages import MessageArea
 from workbench.state import WorkbenchState, source_label
@@ -44,6 +45,29 @@ def list_runs_task(root: str, state: TaskState) -> list[RunSummary]:
     """The runs under ``root`` that have a final model (worker thread: it reads every run's configuration)."""
     state.set_status(f"Listing the runs in {root}")
     return runs_with_model(Path(root))
+
+
+def list_all_runs_task(root: str, state: TaskState) -> list[RunSummary]:
+    """Every run under ``root``, newest first (worker thread: it reads each run's configuration)."""
+    state.set_status(f"Reading the runs in {root}")
+    return list_runs(Path(root))
+
+
+def list_runs_with_durations(root: str, state: TaskState) -> list[tuple[RunSummary, float | None]]:
+    """Every run under ``root`` with its training seconds (worker thread: it reads each run's files)."""
+    state.set_status(f"Reading the runs in {root}")
+    return [(summary, run_duration(summary.path)) for summary in list_runs(Path(root))]
+
+
+def run_duration(run_dir: Path) -> float | None:
+    """Seconds spent training a run (sum of its epochs in ``metrics.csv``)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    try:
+        return float(sum(r.get("seconds", 0.0) for r in read_metrics_csv(path) if isinstance(r.get("seconds"), float)))
+    except (OSError, ValueError):
+        return None
 
 
 def _data_key(values: dict[str, Any]) -> str:

@@ -34,13 +34,14 @@ from core.models import available, get_model_class
 from core.presets import SYNTHESIS_PRESET, recommended_start
 from core.run_config import DATA_FILLED_KEYS, RunConfig
 from core.training import TrainerConfig
-from core.workflows.runs import RunSummary, list_runs, load_run_config, parse_run_config, run_config_to_dict
+from core.workflows.runs import RunSummary, load_run_config, parse_run_config, run_config_to_dict
 from workbench.messages import MessageArea
 from workbench.pages._common import Card, page_header
+from workbench.pages._runs import list_all_runs_task
 from workbench.resources import Preset, load_presets
 from workbench.state import WorkbenchState
 from workbench.widgets.schema_form import NO_DEFAULT, SchemaForm
-from workbench.workers import TaskRunner, TaskState
+from workbench.workers import TaskRunner
 
 __all__ = ["ModelPage", "DATA_FILLED_KEYS", "run_yaml_text"]
 
@@ -48,12 +49,6 @@ __all__ = ["ModelPage", "DATA_FILLED_KEYS", "run_yaml_text"]
 HIDDEN_MODEL_KEYS = ("custom_architectures",)
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _NAME_TIP = "Name of the run; its folder is <name>-<date>-<time>. Letters, digits, '.', '_' and '-'."
-
-
-def list_all_runs_task(root: str, state: TaskState) -> list[RunSummary]:
-    """Every run under ``root``, newest first (worker thread: it reads each run's configuration)."""
-    state.set_status(f"Reading the runs in {root}")
-    return list_runs(Path(root))
 
 
 def run_yaml_text(config: RunConfig) -> str:

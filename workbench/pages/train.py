@@ -40,18 +40,18 @@ from core.training import (
     TrainingResult,
     TrainingWarning,
     format_seconds,
-    read_metrics_csv,
 )
-from core.workflows.runs import RunSummary, default_run_dir, list_runs, load_run_config
+from core.workflows.runs import RunSummary, default_run_dir, load_run_config
 from workbench.messages import MessageArea, plain_task_error
 from workbench.pages._common import Card, badge, page_header
+from workbench.pages._runs import list_runs_with_durations
 from workbench.state import WorkbenchState
 from workbench.widgets.elided_label import ElidedLabel
 from workbench.widgets.loss_plot import LossPlot, change_since_first
 from workbench.widgets.slice_preview import SliceGrid
-from workbench.workers import QUEUED, SynthesisPreview, TaskError, TaskRunner, TaskState, TrainingJob
+from workbench.workers import QUEUED, SynthesisPreview, TaskError, TaskRunner, TrainingJob
 
-__all__ = ["TrainPage", "unique_run_dir", "run_duration", "list_runs_with_durations"]
+__all__ = ["TrainPage", "unique_run_dir"]
 
 RESUMABLE = ("stopped", "cancelled", "interrupted", "failed")
 STALE_SECONDS = 10.0
@@ -66,23 +66,6 @@ def unique_run_dir(root: Path, name: str) -> Path:
         candidate = base.with_name(f"{base.name}-{n}")
         n += 1
     return candidate
-
-
-def list_runs_with_durations(root: str, state: TaskState) -> list[tuple[RunSummary, float | None]]:
-    """Every run under ``root`` with its training seconds (worker thread: it reads each run's files)."""
-    state.set_status(f"Reading the runs in {root}")
-    return [(summary, run_duration(summary.path)) for summary in list_runs(Path(root))]
-
-
-def run_duration(run_dir: Path) -> float | None:
-    """Seconds spent training a run (sum of its epochs in ``metrics.csv``)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return None
-    try:
-        return float(sum(r.get("seconds", 0.0) for r in read_metrics_csv(path) if isinstance(r.get("seconds"), float)))
-    except (OSError, ValueError):
-        return None
 
 
 class TrainPage(QWidget):
