@@ -7,10 +7,9 @@ benchmark measured are the ones a user applies with one click. ``MMVAE_RESOURCES
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import yaml
+
+from core.resources import resources_dir
 
 __all__ = ["SYNTHESIS_PRESET", "Preset", "resources_dir", "load_presets", "synthesis_preset", "recommended_start"]
 
@@ -23,12 +22,6 @@ class Preset(dict):
     @property
     def name(self) -> str:
         return str(self.get("name", "?"))
-
-
-def resources_dir() -> Path:
-    """The folder holding ``styles/`` and ``presets/``."""
-    env = os.environ.get("MMVAE_RESOURCES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "resources"
 
 
 def load_presets(model_name: str) -> list[Preset]:

@@ -1,7 +1,7 @@
 """The demo cohort: an MR/ultrasound phantom built on the real ICBM152 brain template.
 
 No package ships paired MR + ultrasound volumes, so the demo data is synthesized from anatomy that
-*is* real: the ICBM152 2009a T1, grey- and white-matter maps shipped inside the nilearn wheel. Per
+*is* real: the ICBM152 2009a T1, grey- and white-matter maps, shipped in ``resources/templates``. Per
 subject (all factors stored as ground truth):
 
 1. **Anatomy**: the template warped by a random global affine (rotation ~4 degrees, scale ~4 %) and a
@@ -17,7 +17,7 @@ subject (all factors stored as ground truth):
 Every subject draws from its own seed (``SeedSequence(seed, spawn_key=(index,))``), so any subject can
 be regenerated alone and equals the same subject generated within its cohort. Intensities are in
 arbitrary units: MR roughly in [0, 1.2], ultrasound in [0, 1]. ``template="procedural"`` replaces the
-template by nested ellipsoids, for tests that must not depend on nilearn's files.
+template by nested ellipsoids, for tests that must not depend on the template's files.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import csv
 import difflib
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from core.data.dataset import DatasetError, IncompleteDataset, MultimodalBaseDat
 from core.data.missingness import ensure_one_observed
 from core.data.readers import read_volume
 from core.progress import CancelFn, ProgressFn, raise_if_cancelled, report_progress
+from core.resources import resources_dir
 
 __all__ = [
     "MODALITIES",
@@ -184,11 +184,8 @@ def spec_to_dict(spec: DemoSpec) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- template
 def template_path(kind: str) -> Path | None:
-    """Path of an ICBM152 2009a map (``t1``, ``gm``, ``wm``) inside the installed nilearn, or None."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+    """Path of an ICBM152 2009a map (``t1``, ``gm``, ``wm``) among the package's resources, or None."""
+    path = resources_dir() / "templates" / "icbm152_2009a" / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
     return path if path.is_file() else None
 
 
@@ -599,7 +596,7 @@ def write_demo_cohort(
         (staging / "dataset_description.json").write_text(
             json.dumps({"Name": "mmvae-workbench MR/US demo phantom", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
                         "GeneratedBy": [{"Name": "mmvae-workbench core.data.demo"}],
-                        "SourceDatasets": [{"Description": "ICBM152 2009a nonlinear symmetric template (via nilearn)"}],
+                        "SourceDatasets": [{"Description": "ICBM152 2009a nonlinear symmetric template"}],
                         "License": "Derived from the ICBM152 template; see README for its copyright notice."}, indent=2)
         )
         (staging / ".bidsignore").write_text("us/\n*_US*\n")

@@ -38,7 +38,7 @@ def test_no_pickle_loading_in_the_product():
 # ---------------------------------------------------------------------------------------------- import contract
 ROOT = Path(__file__).resolve().parents[2]
 #: core's bottom layer: shared by every other layer, importing nothing of core above it.
-BOTTOM = ("core.config", "core.progress", "core.atomic", "core.outputs", "core.seeding")
+BOTTOM = ("core.config", "core.progress", "core.atomic", "core.outputs", "core.seeding", "core.resources")
 #: Private modules used outside their package, each with why it is still so. Empty it, never grow it.
 PRIVATE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 

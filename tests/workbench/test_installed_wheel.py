@@ -29,6 +29,8 @@ from core.presets import load_presets, resources_dir
 for module in (core, workbench):
     assert Path(module.__file__).resolve().is_relative_to(venv), f"{module.__name__} from {module.__file__}"
 assert resources_dir().resolve().is_relative_to(venv), resources_dir()
+from core.data.demo import template_path
+assert all(template_path(k) is not None and template_path(k).resolve().is_relative_to(venv) for k in ("t1", "gm", "wm"))
 from PySide6.QtWidgets import QApplication
 app = QApplication(["mmvae-workbench"])
 from workbench.main_window import MainWindow
@@ -65,7 +67,9 @@ def test_the_installed_wheel_ships_its_resources_and_starts(tmp_path: Path) -> N
     wheel = next(dist.glob("mmvae_workbench-*.whl"))
     shipped = zipfile.ZipFile(wheel).namelist()
     for name in ("resources/styles/light.qss", "resources/styles/dark.qss", "resources/presets/MVAE.yaml",
-                 "resources/icons/check-light.svg"):
+                 "resources/icons/check-light.svg", "resources/templates/icbm152_2009a/NOTICE.txt",
+                 *(f"resources/templates/icbm152_2009a/mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+                   for kind in ("t1", "gm", "wm"))):
         assert name in shipped, name
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)

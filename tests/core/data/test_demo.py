@@ -25,7 +25,7 @@ def cohort():
     return make_demo_dataset(SMALL, normalize=False)
 
 
-def test_the_real_icbm_template_ships_with_nilearn():
+def test_the_real_icbm_template_ships_with_the_package():
     for kind in ("t1", "gm", "wm"):
         path = template_path(kind)
         assert path is not None and path.is_file()
