@@ -212,6 +212,40 @@ def test_subsets_without_an_observed_modality_are_skipped_per_sample(determinist
     assert torch.allclose(per_subset[("a", "b")][0], per_subset[("a",)][0])
 
 
+def test_pairs_with_the_same_experts_are_one_row_and_pairs_without_any_are_none():
+    # Subsets {a}, {b}, {a, b}; sample 0 observes a and b, sample 1 only a, sample 2 only b.
+    in_subset = torch.tensor([[True, False, True], [False, True, True]])  # (M, S)
+    masks = torch.tensor([[True, True, False], [True, False, True]])  # (M, B)
+    pairs = mhvae_module.ExpertSets.of(in_subset.unsqueeze(-1) & masks.unsqueeze(1))
+    rows = {(int(b), tuple(pairs.present[:, r].tolist())): float(pairs.multiplicity[r]) for r, b in enumerate(pairs.sample)}
+    assert rows == {
+        (0, (True, False)): 1.0, (0, (False, True)): 1.0, (0, (True, True)): 1.0,
+        (1, (True, False)): 2.0,  # {a} and {a, b} are both q(z | x_a) for sample 1; {b} holds nothing of it
+        (2, (False, True)): 2.0,
+    }
+    assert pairs.counted_per_sample.tolist() == [3.0, 2.0, 2.0]
+    joint = pairs.row_of(masks)  # each sample's row with all its observed modalities
+    assert [int(pairs.sample[r]) for r in joint] == [0, 1, 2]
+    assert [tuple(pairs.present[:, r].tolist()) for r in joint] == [(True, True), (True, False), (False, True)]
+
+
+def test_an_all_subset_evaluation_runs_each_distinct_posterior_once(make_model, make_batch, monkeypatch):
+    model = make_model()
+    model.eval()
+    batch = make_batch(n=6, missing={"a": [0, 3], "c": [1, 3]})
+    rows: list[int] = []
+    top_down = model.top_down
+
+    def counting(params, skips, present, **kwargs):
+        rows.append(present.shape[1])
+        return top_down(params, skips, present, **kwargs)
+
+    monkeypatch.setattr(model, "top_down", counting)
+    model(batch)
+    observed = [sum(bool(batch.masks[m][i]) for m in model.modalities) for i in range(6)]
+    assert rows == [sum(2 ** k - 1 for k in observed)] and rows[0] < len(all_subsets(model.modalities)) * 6
+
+
 def test_the_loss_is_a_batch_mean_and_empty_samples_add_nothing(deterministic_sampling, make_model, make_batch):
     model = make_model()
     batch = make_batch(n=4)
