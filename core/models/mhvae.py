@@ -639,9 +639,11 @@ class MHVAE(MultimodalVAE):
             terms[f"adversarial_g[{m}]"] = generator_loss.detach()
             terms[f"adversarial_d[{m}]"] = discriminator_loss.detach()
         if n_sub == 2 ** len(self.modalities) - 1:  # every subset ran: the joint one's row is each sample's observed set
-            joint = pairs.row_of(masks)
+            observed = torch.nonzero(masks.any(0)).flatten()
+            joint = pairs.row_of(masks[:, observed], observed)
             kl_joint = sum(k.sum(-1)[joint] for k in kls.values())
-            terms["neg_elbo[joint]"] = (-sum(r[joint] for r in recon.values()) + cfg.beta * kl_joint).mean().detach()
+            neg_elbo = -sum(r[joint] for r in recon.values()) + cfg.beta * kl_joint
+            terms["neg_elbo[joint]"] = neg_elbo.mean().detach() if len(observed) else torch.zeros(())
         return LossOutput(loss=loss, terms=terms, batch_size=B)
 
     # ------------------------------------------------------------------ likelihood
@@ -684,7 +686,8 @@ class ExpertSets(NamedTuple):
     present: torch.Tensor  # (M, R) bool: the experts of each row
     multiplicity: torch.Tensor  # (R,) float: how many of the step's subsets the row stands for
     counted_per_sample: torch.Tensor  # (B,) float: the counted subsets of each sample
-    codes: torch.Tensor  # (R,) long: each row's experts as a bit mask, sorted with the sample (code * B + sample)
+    codes: torch.Tensor  # (R,) long: each row's experts as a bit mask and its sample, code * B + sample, sorted
+    batch_size: int
 
     @classmethod
     def of(cls, present: torch.Tensor) -> ExpertSets:
@@ -703,14 +706,14 @@ class ExpertSets(NamedTuple):
             multiplicity=counts.to(torch.get_default_dtype()),
             counted_per_sample=(codes > 0).sum(0).to(torch.get_default_dtype()),
             codes=keys,
+            batch_size=B,
         )
 
-    def row_of(self, experts: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` the row of each sample whose experts are ``experts`` ``(M, B)`` (which must be a row)."""
-        M, B = experts.shape
+    def row_of(self, experts: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """The row of each of ``samples`` whose experts are ``experts`` ``(M, len(samples))`` (it must be a row)."""
+        M = experts.shape[0]
         bits = (2 ** torch.arange(M, device=experts.device)).view(M, 1)
-        keys = (experts.long() * bits).sum(0) * B + torch.arange(B, device=experts.device)
-        return torch.searchsorted(self.codes, keys)
+        return torch.searchsorted(self.codes, (experts.long() * bits).sum(0) * self.batch_size + samples)
 
 
 def _index_batch(batch: DatasetOutput, rows: torch.Tensor) -> DatasetOutput:

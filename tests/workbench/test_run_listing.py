@@ -17,16 +17,21 @@ TIMEOUT = 60_000
 
 
 
-def test_runs_are_listed_off_the_ui_thread(make_window: Any, qtbot: Any, trained_run: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    on_ui_thread: list[bool] = []
+@pytest.fixture
+def on_ui_thread(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For every listing of the runs folder, whether it ran on the UI thread."""
+    calls: list[bool] = []
     original = runs_module.list_runs
 
     def recording(root: Any) -> Any:
-        on_ui_thread.append(threading.current_thread() is threading.main_thread())
+        calls.append(threading.current_thread() is threading.main_thread())
         return original(root)
 
     monkeypatch.setattr(runs_module, "list_runs", recording)
+    return calls
+
+
+def test_runs_are_listed_off_the_ui_thread(make_window: Any, qtbot: Any, trained_run: Path, on_ui_thread: list[bool]) -> None:
     window = make_window(runs_root=trained_run.parent)
     explore, synth = window.explore_page, window.synthesize_page
     # The window is up before any run is listed; the runs arrive by signal.
@@ -80,15 +85,7 @@ def test_a_newer_listing_wins_and_the_chosen_run_stays(make_window: Any, qtbot: 
 
 
 def test_train_and_model_pages_read_the_runs_folder_off_the_ui_thread(make_window: Any, qtbot: Any, trained_run: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    on_ui_thread: list[bool] = []
-    original = runs_module.list_runs
-
-    def recording(root: Any) -> Any:
-        on_ui_thread.append(threading.current_thread() is threading.main_thread())
-        return original(root)
-
-    monkeypatch.setattr(runs_module, "list_runs", recording)
+                                                                       on_ui_thread: list[bool]) -> None:
     window = make_window(runs_root=trained_run.parent)
     train, model = window.train_page, window.model_page
     assert [s.path for s in train.run_summaries()] == [trained_run]

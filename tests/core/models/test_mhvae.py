@@ -224,7 +224,7 @@ def test_pairs_with_the_same_experts_are_one_row_and_pairs_without_any_are_none(
         (2, (False, True)): 2.0,
     }
     assert pairs.counted_per_sample.tolist() == [3.0, 2.0, 2.0]
-    joint = pairs.row_of(masks)  # each sample's row with all its observed modalities
+    joint = pairs.row_of(masks, torch.arange(3))  # each sample's row with all its observed modalities
     assert [int(pairs.sample[r]) for r in joint] == [0, 1, 2]
     assert [tuple(pairs.present[:, r].tolist()) for r in joint] == [(True, True), (True, False), (False, True)]
 
