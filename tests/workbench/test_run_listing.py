@@ -113,3 +113,25 @@ def test_a_run_selected_before_it_is_listed_is_selected_once_it_is(make_window: 
     train.select_run(copy)  # asked for while the listing runs: remembered, not dropped
     qtbot.waitUntil(lambda: not train.is_listing_runs, timeout=TIMEOUT)
     assert train.selected_run() is not None and train.selected_run().path == copy
+
+
+def test_closing_the_window_waits_for_a_listing_still_running(make_window: Any, qtbot: Any, trained_run: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A QThread destroyed while it runs aborts the process: closing waits for the Train and Model pages' listings."""
+    window = make_window(runs_root=trained_run.parent)
+    original = runs_module.list_runs
+    started: list[bool] = []
+
+    def slow(root: Any) -> Any:
+        started.append(True)
+        threading.Event().wait(1.0)  # a share that answers late; cancelling cannot interrupt it
+        return original(root)
+
+    monkeypatch.setattr(runs_module, "list_runs", slow)
+    window.train_page.refresh_runs()
+    window.model_page.refresh_previous_runs()
+    qtbot.waitUntil(lambda: len(started) >= 2, timeout=TIMEOUT)
+    runners = (window.train_page.runs_runner, window.model_page.previous_runner)
+    assert any(t.isRunning() for r in runners for t in r._threads)
+    window.close()
+    assert not any(t.isRunning() for r in runners for t in r._threads)

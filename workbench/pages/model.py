@@ -539,5 +539,6 @@ class ModelPage(QWidget):
                               + (f"<br>{blocker}" if blocker and not fits else ""))
 
     def shutdown(self) -> bool:
+        """Stop validating and wait for the listing of previous runs (a QThread destroyed while it runs aborts)."""
         self._validate_timer.stop()
-        return True
+        return self.previous_runner.shutdown()

@@ -782,9 +782,10 @@ class TrainPage(QWidget):
         return [self.job] if self.job is not None else []
 
     def shutdown(self, timeout_ms: int = 60_000) -> bool:
-        """Stop every run (stop-and-keep, so it can be resumed) and wait for the threads to end."""
+        """Stop every run (stop-and-keep, so it can be resumed) and wait for the threads to end, the runs
+        folder's listing included (a QThread destroyed while it runs aborts the process)."""
         self.heartbeat_timer.stop()
-        ok = True
+        ok = self.runs_runner.shutdown()
         for job in self.active_jobs():
             if not job.control.cancel_requested:
                 job.stop()
