@@ -693,8 +693,7 @@ class ExpertSets(NamedTuple):
     def of(cls, present: torch.Tensor) -> ExpertSets:
         """From ``present`` ``(M, S, B)``: modality m is an expert of subset s for sample b."""
         M, _, B = present.shape
-        bits = (2 ** torch.arange(M, device=present.device)).view(M, 1, 1)
-        codes = (present.long() * bits).sum(0)  # (S, B)
+        codes = _expert_codes(present)  # (S, B)
         samples = torch.arange(B, device=present.device).expand_as(codes)
         keys, counts = torch.unique(codes * B + samples, return_counts=True)  # sorted
         keep = keys >= B  # code 0: no expert
@@ -711,9 +710,13 @@ class ExpertSets(NamedTuple):
 
     def row_of(self, experts: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         """The row of each of ``samples`` whose experts are ``experts`` ``(M, len(samples))`` (it must be a row)."""
-        M = experts.shape[0]
-        bits = (2 ** torch.arange(M, device=experts.device)).view(M, 1)
-        return torch.searchsorted(self.codes, (experts.long() * bits).sum(0) * self.batch_size + samples)
+        return torch.searchsorted(self.codes, _expert_codes(experts) * self.batch_size + samples)
+
+
+def _expert_codes(present: torch.Tensor) -> torch.Tensor:
+    """``present`` ``(M, ...)`` bool as one bit mask per position: bit m set when modality m is an expert."""
+    bits = 2 ** torch.arange(present.shape[0], device=present.device)
+    return (present.long() * bits.view(-1, *([1] * (present.dim() - 1)))).sum(0)
 
 
 def _index_batch(batch: DatasetOutput, rows: torch.Tensor) -> DatasetOutput:
