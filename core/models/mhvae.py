@@ -686,7 +686,7 @@ class ExpertSets(NamedTuple):
     present: torch.Tensor  # (M, R) bool: the experts of each row
     multiplicity: torch.Tensor  # (R,) float: how many of the step's subsets the row stands for
     counted_per_sample: torch.Tensor  # (B,) float: the counted subsets of each sample
-    codes: torch.Tensor  # (R,) long: each row's experts as a bit mask and its sample, code * B + sample, sorted
+    keys: torch.Tensor  # (R,) long, sorted: each row's experts as a bit mask and its sample, code * B + sample
     batch_size: int
 
     @classmethod
@@ -704,13 +704,13 @@ class ExpertSets(NamedTuple):
             present=((row_codes.unsqueeze(0) >> torch.arange(M, device=present.device).unsqueeze(1)) & 1).bool(),
             multiplicity=counts.to(torch.get_default_dtype()),
             counted_per_sample=(codes > 0).sum(0).to(torch.get_default_dtype()),
-            codes=keys,
+            keys=keys,
             batch_size=B,
         )
 
     def row_of(self, experts: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         """The row of each of ``samples`` whose experts are ``experts`` ``(M, len(samples))`` (it must be a row)."""
-        return torch.searchsorted(self.codes, _expert_codes(experts) * self.batch_size + samples)
+        return torch.searchsorted(self.keys, _expert_codes(experts) * self.batch_size + samples)
 
 
 def _expert_codes(present: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """Checks on a run's health after every epoch, reported as warnings rather than silently ignored.
 
 Posterior collapse: a latent level whose KL per dimension stays near zero carries no information about
-the input, so cross-modal synthesis from it returns the average subject. Models report the mean KL
-per latent dimension of each level as ``kl_per_dim[<level>]`` terms; :class:`CollapseCheck` reads them
-from the validation metrics (the training ones without a validation set) once the KL warm-up is over.
+the input. When every level does, cross-modal synthesis returns the average subject. When other levels
+still carry the input (a hierarchy whose middle level goes unused), synthesis works and the warning says
+so, rather than alarming a user about output that is fine. Models report the mean KL per latent dimension
+of each level as ``kl_per_dim[<level>]`` terms; :class:`CollapseCheck` reads them from the validation
+metrics (the training ones without a validation set) once the KL warm-up is over.
 """
 
 from __future__ import annotations
@@ -53,25 +55,42 @@ class CollapseCheck:
         """Feed one epoch's metrics; returns the new warnings (each level is reported once)."""
         if epoch < self.first_epoch:
             return []
-        warnings = []
-        for level, kl in latent_kl_per_dimension(metrics).items():
+        levels = latent_kl_per_dimension(metrics)
+        for level, kl in levels.items():
             self.below[level] = self.below.get(level, 0) + 1 if kl < self.threshold else 0
+        active = [level for level, kl in levels.items() if kl >= self.threshold]
+        warnings = []
+        for level, kl in levels.items():
             if self.below[level] >= self.patience and level not in self.reported:
                 self.reported.add(level)
-                warnings.append(
-                    TrainingWarning(
-                        kind="posterior_collapse",
-                        epoch=epoch,
-                        message=(
-                            f"Latent '{level}' has collapsed to its prior (KL {kl:.2g} nats per dimension for "
-                            f"{self.below[level]} epochs): it no longer encodes the input, so synthesis through it "
-                            "returns the average subject. Try a calibrated decoder scale (decoder_scale), a longer "
-                            "KL warm-up (warmup) or free bits."
-                        ),
-                        details={"level": level, "kl_per_dimension": float(kl), "threshold": self.threshold},
-                    )
-                )
+                warnings.append(self._warning(epoch, level, kl, active))
         return warnings
+
+    def _warning(self, epoch: int, level: str, kl: float, active: list[str]) -> TrainingWarning:
+        """A collapse of the model (no level carries the input), or one unused level beside active ones."""
+        stays = f"(KL {kl:.2g} nats per dimension for {self.below[level]} epochs)"
+        details: dict[str, float | str] = {"level": level, "kl_per_dimension": float(kl), "threshold": self.threshold}
+        if active:
+            return TrainingWarning(
+                kind="unused_latent_level",
+                epoch=epoch,
+                message=(
+                    f"Latent level '{level}' is unused {stays}: its posterior is its prior (given the levels above), so it adds nothing. "
+                    f"{', '.join(active)} still carr{'ies' if len(active) == 1 else 'y'} the input, so synthesis is not "
+                    "the average subject; judge it by the Synthesize page's verdict."
+                ),
+                details={**details, "active_levels": ", ".join(active)},
+            )
+        return TrainingWarning(
+            kind="posterior_collapse",
+            epoch=epoch,
+            message=(
+                f"Latent '{level}' has collapsed to its prior {stays}: it no longer encodes the input, so synthesis "
+                "through it returns the average subject. Try a calibrated decoder scale (decoder_scale), a longer "
+                "KL warm-up (warmup) or free bits."
+            ),
+            details=details,
+        )
 
     def state_dict(self) -> dict[str, object]:
         return {"below": dict(self.below), "reported": sorted(self.reported)}

@@ -144,10 +144,22 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_run(run, tmp_path_factory.getbasetemp() / "mmvae-cache", {"name": "MVAE", "latent_dim": 4})
 
 
-def wait_for_runs_lists(window: Any, qtbot: Any) -> None:
+def wait_for_runs_lists(window: Any, qtbot: Any, timeout: int = 10_000) -> None:
     """Wait until the Train and Model pages have read the runs folder (they read it in worker threads)."""
     qtbot.waitUntil(lambda: not window.train_page.is_listing_runs and not window.model_page.previous_runner.is_running,
-                    timeout=10_000)
+                    timeout=timeout)
+
+
+@pytest.fixture
+def wait_idle(qtbot: Any) -> Callable[[Any], None]:
+    """Wait until a window's Train page has no job and shows idle, and the pages have re-read the runs folder."""
+
+    def wait(window: Any) -> None:
+        train = window.train_page
+        qtbot.waitUntil(lambda: train.job is None and train._phase == "idle", timeout=120_000)
+        wait_for_runs_lists(window, qtbot, timeout=120_000)
+
+    return wait
 
 
 @pytest.fixture

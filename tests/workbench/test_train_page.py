@@ -34,18 +34,12 @@ def _configure(window: Any, qtbot: Any, cohort: Path, epochs: int = 2, batch_siz
     window.go_to_page(2)
 
 
-def _wait_idle(window: Any, qtbot: Any) -> None:
-    train = window.train_page
-    qtbot.waitUntil(lambda: train.job is None and train._phase == "idle", timeout=TIMEOUT)
-    qtbot.waitUntil(lambda: not train.is_listing_runs and not window.model_page.previous_runner.is_running, timeout=TIMEOUT)
-
-
 def _status(run_dir: Path) -> str:
     return json.loads((run_dir / "status.json").read_text(encoding="utf-8"))["status"]
 
 
 def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
-        make_window: Any, qtbot: Any, manifest_cohort: Path, tmp_path: Path) -> None:
+        make_window: Any, qtbot: Any, wait_idle: Any, manifest_cohort: Path, tmp_path: Path) -> None:
     window = make_window()
     _configure(window, qtbot, manifest_cohort)
     train = window.train_page
@@ -67,7 +61,7 @@ def test_train_mvae_for_two_epochs_and_see_curves_run_folder_and_checkpoint(
     with qtbot.waitSignal(train.run_started, timeout=5000):
         qtbot.mouseClick(train.start_button, Qt.MouseButton.LeftButton)
     assert not train.start_button.isEnabled() and train.cancel_button.isEnabled()
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     timer.stop()
     assert not train.messages.has("failed"), train.messages.texts()
     run_dir = Path(train._run_id)
@@ -146,7 +140,7 @@ class _PausingJob(TrainingJob):
 
 
 def test_pause_resume_and_cancel_mid_epoch_leave_a_consistent_run(
-        make_window: Any, qtbot: Any, manifest_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_window: Any, qtbot: Any, wait_idle: Any, manifest_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train_module, "TrainingJob", _PausingJob)
     window = make_window()
     _configure(window, qtbot, manifest_cohort, epochs=2, batch_size=1)
@@ -168,7 +162,7 @@ def test_pause_resume_and_cancel_mid_epoch_leave_a_consistent_run(
     assert train._phase == "cancelling" and train.state_badge.text() == "cancelling…"
     assert not train.start_button.isEnabled() and not train.cancel_button.isEnabled()
     assert window.training_status.text() == "Cancelling…"
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     # Cancel discards a new run (Stop and keep is the way to keep one): folder, curves and list line are gone.
     assert not run_dir.exists()
     assert not train.loss_plot.has_run(str(run_dir))
@@ -177,7 +171,7 @@ def test_pause_resume_and_cancel_mid_epoch_leave_a_consistent_run(
     assert train.start_button.isEnabled() and train.overall_bar.maximum() > 0
 
 
-def test_cancel_while_preparing_the_data_waits_for_the_worker(make_window: Any, qtbot: Any, manifest_cohort: Path,
+def test_cancel_while_preparing_the_data_waits_for_the_worker(make_window: Any, qtbot: Any, wait_idle: Any, manifest_cohort: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
@@ -198,12 +192,12 @@ def test_cancel_while_preparing_the_data_waits_for_the_worker(make_window: Any, 
     train.cancel()
     assert train._phase == "cancelling" and train.overall_bar.maximum() > 0  # no busy animation after the click
     release.set()
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     assert "discarded" in train.messages.bar("result").message.text
     assert train.run_summaries() == []
 
 
-def test_stop_and_keep_then_resume(make_window: Any, qtbot: Any, manifest_cohort: Path,
+def test_stop_and_keep_then_resume(make_window: Any, qtbot: Any, wait_idle: Any, manifest_cohort: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_PausingJob, "pause_at_epochs", (1,))
     monkeypatch.setattr(train_module, "TrainingJob", _PausingJob)
@@ -215,7 +209,7 @@ def test_stop_and_keep_then_resume(make_window: Any, qtbot: Any, manifest_cohort
     run_dir = Path(train._run_id)
     train.stop_button.click()
     assert train._phase == "stopping"
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     assert _status(run_dir) == "stopped"
     assert train.messages.has("result") and "Resume" in train.messages.bar("result").message.text
     assert latest_checkpoint(run_dir) is not None  # the mid-epoch checkpoint
@@ -223,18 +217,18 @@ def test_stop_and_keep_then_resume(make_window: Any, qtbot: Any, manifest_cohort
     assert train.resume_run(run_dir)
     qtbot.waitUntil(lambda: train._phase == "paused", timeout=TIMEOUT)
     assert train.cancel()
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     assert run_dir.is_dir() and _status(run_dir) == "cancelled"
     assert "kept" in train.messages.bar("result").message.text
     monkeypatch.setattr(train_module, "TrainingJob", TrainingJob)
     assert train.resume_run(run_dir)
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     assert _status(run_dir) == "completed"
     assert train.loss_plot.epochs(str(run_dir)) == [1, 2]
 
 
 def test_an_exception_in_the_worker_shows_a_message_and_the_app_still_works(
-        make_window: Any, qtbot: Any, manifest_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_window: Any, qtbot: Any, wait_idle: Any, manifest_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     window = make_window()
     _configure(window, qtbot, manifest_cohort, epochs=1)
     train = window.train_page
@@ -244,7 +238,7 @@ def test_an_exception_in_the_worker_shows_a_message_and_the_app_still_works(
 
     monkeypatch.setattr(workers_module, "train_run", broken)
     train.start()
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     bar = train.messages.bar("failed")
     assert bar is not None and "the GPU caught fire" in bar.message.text
     assert "Traceback" in bar.message.details and "RuntimeError" in bar.message.details
@@ -252,7 +246,7 @@ def test_an_exception_in_the_worker_shows_a_message_and_the_app_still_works(
     # The application still works: the next run trains normally.
     monkeypatch.undo()
     train.start()
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     assert _status(Path(train._run_id)) == "completed"
     assert not train.messages.has("failed")
 
@@ -285,7 +279,7 @@ def test_complete_data_models_are_blocked_on_incomplete_cohorts(make_window: Any
 
 
 def test_an_interrupted_run_is_offered_for_recovery_and_resumes(
-        make_window: Any, qtbot: Any, manifest_cohort: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        make_window: Any, qtbot: Any, wait_idle: Any, manifest_cohort: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A run stopped in the middle of epoch 1, then made to look like the app died while it was running.
     monkeypatch.setattr(_PausingJob, "pause_at_epochs", (1,))
     monkeypatch.setattr(train_module, "TrainingJob", _PausingJob)
@@ -295,7 +289,7 @@ def test_an_interrupted_run_is_offered_for_recovery_and_resumes(
     qtbot.waitUntil(lambda: first.train_page._phase == "paused", timeout=TIMEOUT)
     run_dir = Path(first.train_page._run_id)
     first.train_page.stop()
-    _wait_idle(first, qtbot)
+    wait_idle(first)
     status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
     status.update(status="running", updated="2020-01-01T00:00:00+00:00")
     (run_dir / "status.json").write_text(json.dumps(status))
@@ -307,13 +301,13 @@ def test_an_interrupted_run_is_offered_for_recovery_and_resumes(
     assert train.messages.has(key)
     assert next(s for s in train.run_summaries() if s.path == run_dir).status == "interrupted"
     train.messages.bar(key).action_button.click()
-    _wait_idle(second, qtbot)
+    wait_idle(second)
     assert _status(run_dir) == "completed"
     assert train.loss_plot.epochs(str(run_dir)) == [1, 2]
 
 
 def test_a_run_that_collapses_to_its_prior_says_so_on_the_train_page_and_in_status(
-        make_window: Any, qtbot: Any, manifest_cohort: Path) -> None:
+        make_window: Any, qtbot: Any, wait_idle: Any, manifest_cohort: Path) -> None:
     window = make_window()
     _configure(window, qtbot, manifest_cohort, epochs=4)
     # A KL weight of 1000 with no warm-up: nothing is worth encoding, the latent collapses.
@@ -323,8 +317,22 @@ def test_a_run_that_collapses_to_its_prior_says_so_on_the_train_page_and_in_stat
     train = window.train_page
     with qtbot.waitSignal(train.run_started, timeout=5000):
         qtbot.mouseClick(train.start_button, Qt.MouseButton.LeftButton)
-    _wait_idle(window, qtbot)
+    wait_idle(window)
     assert train.messages.has("training-posterior_collapse"), train.messages.texts()
     assert any("collapsed to its prior" in text for text in train.messages.texts())
     status = json.loads((Path(train._run_id) / "status.json").read_text(encoding="utf-8"))
     assert [w["kind"] for w in status["warnings"]] == ["posterior_collapse"]
+
+
+def test_an_unused_latent_level_is_news_and_a_collapse_is_a_warning(make_window: Any) -> None:
+    from core.training.health import CollapseCheck
+
+    train = make_window().train_page
+    check = CollapseCheck(patience=1)
+    [unused] = check.update(1, {"kl_per_dim[z_1]": 0.4, "kl_per_dim[z_2]": 0.0})
+    [collapse] = check.update(2, {"kl_per_dim[z_1]": 0.0, "kl_per_dim[z_2]": 0.0})
+    train._on_warning(unused)
+    train._on_warning(collapse)
+    assert train.messages.bar("training-unused_latent_level").message.level == "info"
+    assert "z_1 still carries the input" in train.messages.bar("training-unused_latent_level").message.text
+    assert train.messages.bar("training-posterior_collapse").message.level == "warning"

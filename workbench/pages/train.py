@@ -490,8 +490,10 @@ class TrainPage(QWidget):
     @Slot(object)
     def _on_warning(self, warning: TrainingWarning) -> None:
         """A run-health warning (posterior collapse, divergence) while training goes on: say it here,
-        where the run is watched; it is also kept in the run's status.json."""
-        self.messages.warning(f"training-{warning.kind}", f"Epoch {warning.epoch}: {warning.message}")
+        where the run is watched; it is also kept in the run's status.json. An unused level beside active
+        ones harms nothing, so it is news, not a warning."""
+        say = self.messages.info if warning.kind == "unused_latent_level" else self.messages.warning
+        say(f"training-{warning.kind}", f"Epoch {warning.epoch}: {warning.message}")
 
     def _update_current_row(self, record: EpochRecord) -> None:
         """Keep the running run's line of the runs list current without re-reading every run folder."""
