@@ -18,7 +18,6 @@ backward is 2-6x faster there at the few channels these nets have at full resolu
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -46,10 +45,11 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d) if x.dim() == 5 else x
 
 
-# Per axis, how a 3-tap kernel on a nearest-neighbour x2 grid folds onto 2 taps of the coarse grid:
-# the fine voxel 2i takes taps (i-1, i) with weights (w[-1], w[0] + w[1]); the fine voxel 2i+1 takes
-# taps (i, i+1) with weights (w[-1] + w[0], w[1]). Indexed [phase, coarse tap, fine tap].
-_FOLD = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+# Per axis, which taps w[-1], w[0], w[1] of a 3-tap kernel on a nearest-neighbour x2 grid reach each of the
+# four taps of the equivalent stride-2 transposed convolution: the fine voxel 2i reads the coarse voxels
+# (i-1, i) with weights (w[-1], w[0] + w[1]); the fine voxel 2i+1 reads (i, i+1) with (w[-1] + w[0], w[1]).
+# Indexed [transposed tap, fine tap].
+_TRANSPOSED_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
 def _foldable(conv: nn.Module) -> bool:
@@ -63,39 +63,24 @@ def _foldable(conv: nn.Module) -> bool:
 def upsample_conv(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d, size: Sequence[int] | None = None) -> torch.Tensor:
     """``conv(nearest_resize(x, size))``, ``size`` defaulting to twice the grid.
 
-    For an exact doubling and a 3x3(x3) zero-padded convolution this is computed on the coarse grid
-    (sub-pixel form): each of the 2^d output phases is a 2x2(x2) convolution whose kernel sums the
-    original taps that land on the same coarse voxel. Same result up to float rounding, the same
-    parameters (checkpoints load unchanged), about 3.4x fewer multiply-adds in 3D and no upsampled
-    intermediate: the full-resolution decoder head runs about 6x faster on a CPU, forward and backward.
+    For an exact doubling and a 3x3(x3) zero-padded convolution this is one stride-2 transposed
+    convolution on the coarse grid whose 4-tap kernel sums the original taps that land on the same
+    coarse voxel. The kernel is tied to the 3x3 one, so this is still resize-convolution, not a free
+    transposed convolution (whose uneven overlaps paint a checkerboard). Same result up to float
+    rounding, the same parameters (checkpoints load unchanged), about 3.4x fewer multiply-adds in 3D and
+    no upsampled intermediate. oneDNN computes it in one pass with no scatter of phases: at 20^3 with 16
+    channels, forward and backward take a seventh of the time the phase-by-phase form took on a CPU.
     """
     grid = tuple(x.shape[2:])
     target = tuple(int(s) for s in size) if size is not None else tuple(2 * s for s in grid)
     if target != tuple(2 * s for s in grid) or not _foldable(conv):
         return conv(nn.functional.interpolate(x, size=target, mode="nearest"))
-    dims = len(grid)
-    fold = _FOLD.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    out_channels, in_channels = conv.weight.shape[:2]
-    if dims == 3:
-        kernel = torch.einsum("apk,bql,crm,oiklm->abcoipqr", fold, fold, fold, conv.weight)
-    else:
-        kernel = torch.einsum("apk,bql,oikl->aboipq", fold, fold, conv.weight)
-    kernel = kernel.reshape(out_channels * 2**dims, in_channels, *(2,) * dims)
-    bias = conv.bias.repeat(2**dims) if conv.bias is not None else None
-    # Padding 1 with a 2-tap kernel: coarse output j sees taps (j-1, j), so phase a reads j = i + a.
-    y = (nn.functional.conv3d if dims == 3 else nn.functional.conv2d)(x, kernel, bias, padding=1)
-    # Phase-major channels: one phase's O channels lie together in the channels-last layout.
-    y = y.unflatten(1, (*(2,) * dims, out_channels))  # (B, 2, .., 2, O, n_1 + 1, .., n_d + 1)
-    layout = torch.channels_last_3d if dims == 3 else torch.channels_last
-    out = torch.empty((x.shape[0], out_channels, *target), dtype=y.dtype, device=y.device, memory_format=layout)
-    fine = out.unflatten(2 + dims - 1, (grid[-1], 2))
-    for axis in range(dims - 2, -1, -1):
-        fine = fine.unflatten(2 + axis, (grid[axis], 2))  # (B, O, n_1, 2, .., n_d, 2), a view of out
-    for phase in itertools.product((0, 1), repeat=dims):
-        coarse = tuple(slice(a, a + n) for a, n in zip(phase, grid, strict=True))
-        every = (slice(None), slice(None))
-        fine[(*every, *(index for a in phase for index in (slice(None), a)))] = y[(slice(None), *phase, slice(None), *coarse)]
-    return out
+    taps = _TRANSPOSED_TAPS.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    if len(grid) == 3:
+        kernel = torch.einsum("ku,lv,mw,oiuvw->ioklm", taps, taps, taps, conv.weight)
+        return nn.functional.conv_transpose3d(x, kernel, conv.bias, stride=2, padding=1)
+    kernel = torch.einsum("ku,lv,oiuv->iokl", taps, taps, conv.weight)
+    return nn.functional.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
 
 
 class ResizeConv(nn.Module):

@@ -1,4 +1,4 @@
-"""The sub-pixel form of resize-convolution computes exactly what nearest-resize-then-convolve computes."""
+"""The coarse-grid (transposed-convolution) form of resize-convolution computes what nearest-resize-then-convolve computes."""
 
 from __future__ import annotations
 
