@@ -72,6 +72,11 @@ def _startup_screen() -> QSplashScreen:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv if argv is not None else sys.argv)[1:])
+    from workbench.system_libs import missing_libraries_message
+
+    if (problem := missing_libraries_message()) is not None:
+        print(problem, file=sys.stderr)
+        return 1
     from PySide6.QtWidgets import QApplication
 
     from workbench.settings import APPLICATION, ORGANIZATION, Settings

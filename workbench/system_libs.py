@@ -100,13 +100,32 @@ def main(argv: Sequence[str] | None = None, loads: Callable[[str], bool] = _load
                 return 0
             print(f"After installing, these libraries are still missing: {' '.join(still)}", file=sys.stderr)
         return 1
+    print(explanation(packages, is_root, has_apt), file=sys.stderr)
+    return 1
+
+
+def explanation(packages: Sequence[str], is_root: bool, has_apt: bool) -> str:
+    """What is missing and the exact command that installs it."""
     if has_apt:
         how = f"Install them with:\n\n    {' '.join(install_command(packages, as_root=is_root))}\n\nthen run `make run` again."
     else:
         how = "Install them with your system's package manager (the names above are Debian/Ubuntu's), then run again."
-    print(f"The workbench window needs system libraries that this machine lacks: {names}.\n{how}\n"
-          "(`make test` does not need them: it runs Qt with QT_QPA_PLATFORM=offscreen.)", file=sys.stderr)
-    return 1
+    return (f"The workbench window needs system libraries that this machine lacks: {' '.join(packages)}.\n{how}\n"
+            "(`make test` does not need them: it runs Qt with QT_QPA_PLATFORM=offscreen.)")
+
+
+def missing_libraries_message(loads: Callable[[str], bool] | None = None) -> str | None:
+    """The explanation when Qt's xcb plugin would fail for want of system libraries (None when it can load).
+
+    ``app.py`` asks before creating its QApplication: Qt itself aborts the process with a message that
+    names one library of several.
+    """
+    if not needs_xcb():
+        return None
+    packages = missing_packages(loads or _loads)
+    if not packages:
+        return None
+    return explanation(packages, os.geteuid() == 0, shutil.which("apt-get") is not None)
 
 
 if __name__ == "__main__":

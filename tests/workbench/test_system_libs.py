@@ -76,3 +76,26 @@ def test_a_failed_install_stops_make(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_offscreen_runs_skip_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
     assert main([], loads=lambda s: False, run=lambda cmd: 1, is_root=False, has_apt=True) == 0
+
+
+def test_app_py_explains_missing_libraries_before_qt_aborts(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import workbench.main as main_module
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.setattr(system_libs, "_loads", lambda soname: soname not in ABSENT)
+    monkeypatch.setattr(system_libs.shutil, "which", lambda name: "/usr/bin/apt-get")
+
+    def no_window() -> None:
+        raise AssertionError("the app went on to open its window")
+
+    monkeypatch.setattr(main_module, "_startup_screen", no_window)
+    assert main_module.main(["app.py", "--no-demo"]) == 1
+    err = capsys.readouterr().err
+    assert "libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1" in err and "apt-get install" in err
+
+
+def test_with_every_library_there_is_nothing_to_explain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    assert system_libs.missing_libraries_message(lambda soname: True) is None
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert system_libs.missing_libraries_message(lambda soname: False) is None
