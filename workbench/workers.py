@@ -36,6 +36,7 @@ from core.data.dataset import collate_multimodal
 from core.data.sources import LoadedData, load_data
 from core.progress import Cancelled, CancelToken
 from core.training import BatchProgress, Callback, EpochRecord, TrainingControl, TrainingResult
+from core.workflows.impute import FieldsOfView
 from core.workflows.runs import RunConfig, resume_run, train_run
 
 __all__ = [
@@ -340,13 +341,18 @@ def _volume(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def synthesis_preview(model: Any, sample: Any, epoch: int) -> SynthesisPreview:
+def synthesis_preview(model: Any, sample: Any, epoch: int,
+                      cohort_fields_of_view: Callable[[], FieldsOfView] | None = None) -> SynthesisPreview:
     """Cross-modal generation for one sample with ``model.predict`` (posterior means, RNG untouched).
 
     Each present modality is generated from the subject's other present modalities; a missing one from
-    all present modalities. The global torch RNG is forked so the training run stays reproducible.
+    all present modalities. The global torch RNG is forked so the training run stays reproducible. A
+    modality with a field of view (ultrasound) is shown only inside it, as synthesis writes it: the
+    subject's own, else the cohort's (``cohort_fields_of_view``, asked only then). Outside it the model
+    never saw data, and its output there would pass for an image.
     """
     batch = collate_multimodal([sample])
+    observed = batch.get("observation_masks") or {}
     present = [m for m in model.modalities if bool(batch["masks"][m][0])]
     rows: list[tuple[str, np.ndarray | None, np.ndarray | None, list[str]]] = []
     errors = []
@@ -359,7 +365,12 @@ def synthesis_preview(model: Any, sample: Any, epoch: int) -> SynthesisPreview:
                 continue
             try:
                 out = model.predict(batch, cond_mod=cond, gen_mod=m, return_mean=True)
-                rows.append((m, real, _volume(out[m][0]), cond))
+                generated = out[m][0].detach().float().cpu().numpy()
+                if m in observed:
+                    own = observed[m][0].cpu().numpy()
+                    rule = FieldsOfView({}) if own.any() or cohort_fields_of_view is None else cohort_fields_of_view()
+                    generated = rule.apply(m, generated, np.zeros_like(generated), own)[0]
+                rows.append((m, real, _volume(torch.from_numpy(generated)), cond))
             except Exception as error:  # a preview must never stop training
                 errors.append(f"{m}: {type(error).__name__}: {error}")
                 rows.append((m, real, None, cond))
@@ -399,10 +410,12 @@ class QtTrainingCallback(Callback):
         self.min_interval = min_interval
         self._last = 0.0
         self._preview_index: int | None = None
+        self._fields_of_view: FieldsOfView | None = None
 
     def on_train_start(self, trainer: Any) -> None:
         dataset = trainer.eval_dataset if trainer.eval_dataset is not None else trainer.train_dataset
         self._preview_dataset = dataset
+        self._training_dataset = trainer.train_dataset
         # The subject with the most modalities, so that every modality can be shown against the real one.
         masks = getattr(dataset, "masks", None)
         if masks:
@@ -424,10 +437,16 @@ class QtTrainingCallback(Callback):
         if self.preview_every and self._preview_index is not None and (record.epoch % self.preview_every == 0 or last):
             try:
                 sample = self._preview_dataset[self._preview_index]
-                preview = synthesis_preview(trainer.model, sample, record.epoch)
+                preview = synthesis_preview(trainer.model, sample, record.epoch, self._cohort_fields_of_view)
             except Exception as error:
                 preview = SynthesisPreview("?", record.epoch, [], f"{type(error).__name__}: {error}")
             self.signals.preview.emit(preview)
+
+    def _cohort_fields_of_view(self) -> FieldsOfView:
+        """The training subjects' majority fields of view, fitted once, the first time a preview needs them."""
+        if self._fields_of_view is None:
+            self._fields_of_view = FieldsOfView.fit(self._training_dataset)
+        return self._fields_of_view
 
     def on_checkpoint(self, trainer: Any, path: str) -> None:
         self.signals.checkpoint.emit(str(path))
