@@ -695,3 +695,19 @@ def test_a_cvae_run_generates_its_main_modality_and_says_which_it_cannot(make_wi
     assert set(page.result.not_generated) == set(others)
     assert f"not generated: {', '.join(others)}" in page.result_label.text()
     assert "only 'T2'" in page.result_label.toolTip()
+
+
+def test_grid_titles_start_on_one_line_whatever_their_number_of_lines(qtbot: Any) -> None:
+    viewer = OrthoViewer()
+    qtbot.addWidget(viewer)
+    viewer.resize(1000, 700)
+    viewer.show()
+    volume = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
+    viewer.set_panels([Panel("real", volume), Panel("synthesized", volume, note="from FLAIR+T1"),
+                       Panel("difference", volume - 0.5, "difference"), Panel("uncertainty", volume, "uncertainty")])
+    assert viewer.arrangement == "grid"
+    qtbot.waitUntil(lambda: viewer.views[0]["axial"].box.sceneBoundingRect().width() > 50)
+    tops = [title.item.sceneBoundingRect().top() for title in viewer._titles if title is not None]
+    heights = [title.item.sceneBoundingRect().height() for title in viewer._titles if title is not None]
+    assert max(heights) > 1.5 * min(heights), heights  # one title has two lines (its note), the others one
+    assert max(tops) - min(tops) <= 1.0, tops

@@ -86,7 +86,13 @@ def _elided_note(note: str) -> str:
 
 class _ColumnTitle(pg.LabelItem):
     """A title that asks for its height only: pyqtgraph sizes a label to its text, so a long title or note would
-    widen its column and squeeze the others (grid notes are elided to :data:`GRID_NOTE_WIDTH_PX`)."""
+    widen its column and squeeze the others (grid notes are elided to :data:`GRID_NOTE_WIDTH_PX`). Its text
+    starts at the top of the row, so a one-line title lines up with a neighbour's two lines (title and note)
+    instead of sitting half a line lower, centred."""
+
+    def resizeEvent(self, event: object) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self.item.moveBy(0.0, -self.itemRect().top())
 
     def updateMin(self) -> None:  # noqa: N802 - pyqtgraph's name
         super().updateMin()
