@@ -553,17 +553,23 @@ def test_orthogonal_views_share_crosshair_and_window(qtbot: Any) -> None:
     assert viewer.position[2] == min(z + 1, 9)
 
 
-def test_a_long_note_does_not_widen_its_grid_column(qtbot: Any) -> None:
+def _four_column_grid(qtbot: Any, note: str) -> OrthoViewer:
+    """A shown viewer with real, synthesized (with ``note``), difference and uncertainty columns, laid out."""
     viewer = OrthoViewer()
     qtbot.addWidget(viewer)
     viewer.resize(1000, 700)
     viewer.show()
     volume = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
-    long_note = "The subject has no real FLAIR: only the uncertainty map says how sure the model is, " * 2
-    viewer.set_panels([Panel("real", volume), Panel("synthesized", volume, note=long_note),
+    viewer.set_panels([Panel("real", volume), Panel("synthesized", volume, note=note),
                        Panel("difference", volume - 0.5, "difference"), Panel("uncertainty", volume, "uncertainty")])
     assert viewer.arrangement == "grid"
     qtbot.waitUntil(lambda: viewer.views[0]["axial"].box.sceneBoundingRect().width() > 50)
+    return viewer
+
+
+def test_a_long_note_does_not_widen_its_grid_column(qtbot: Any) -> None:
+    long_note = "The subject has no real FLAIR: only the uncertainty map says how sure the model is, " * 2
+    viewer = _four_column_grid(qtbot, long_note)
     widths = [views["axial"].box.sceneBoundingRect().width() for views in viewer.views]
     assert max(widths) - min(widths) <= 0.1 * max(widths), widths
     title = viewer._titles[1]
@@ -698,15 +704,7 @@ def test_a_cvae_run_generates_its_main_modality_and_says_which_it_cannot(make_wi
 
 
 def test_grid_titles_start_on_one_line_whatever_their_number_of_lines(qtbot: Any) -> None:
-    viewer = OrthoViewer()
-    qtbot.addWidget(viewer)
-    viewer.resize(1000, 700)
-    viewer.show()
-    volume = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
-    viewer.set_panels([Panel("real", volume), Panel("synthesized", volume, note="from FLAIR+T1"),
-                       Panel("difference", volume - 0.5, "difference"), Panel("uncertainty", volume, "uncertainty")])
-    assert viewer.arrangement == "grid"
-    qtbot.waitUntil(lambda: viewer.views[0]["axial"].box.sceneBoundingRect().width() > 50)
+    viewer = _four_column_grid(qtbot, "from FLAIR+T1")
     tops = [title.item.sceneBoundingRect().top() for title in viewer._titles if title is not None]
     heights = [title.item.sceneBoundingRect().height() for title in viewer._titles if title is not None]
     assert max(heights) > 1.5 * min(heights), heights  # one title has two lines (its note), the others one
