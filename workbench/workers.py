@@ -416,6 +416,7 @@ class QtTrainingCallback(Callback):
         dataset = trainer.eval_dataset if trainer.eval_dataset is not None else trainer.train_dataset
         self._preview_dataset = dataset
         self._training_dataset = trainer.train_dataset
+        self._fields_of_view = None  # fitted on this run's training subjects when a preview first needs it
         # The subject with the most modalities, so that every modality can be shown against the real one.
         masks = getattr(dataset, "masks", None)
         if masks:

@@ -8,7 +8,7 @@ import torch
 from core.data.dataset import IncompleteDataset
 from core.models import build_model
 from core.workflows.impute import FieldsOfView
-from workbench.workers import synthesis_preview
+from workbench.workers import SynthesisPreview, synthesis_preview
 
 SHAPE = (1, 8, 8, 8)
 
@@ -22,7 +22,7 @@ def _cohort() -> IncompleteDataset:
     return IncompleteDataset(data, masks, ids=["with-us", "without-us"], observation_masks={"US": sector})
 
 
-def _generated(preview, modality: str) -> np.ndarray:
+def _generated(preview: SynthesisPreview, modality: str) -> np.ndarray:
     return next(row[2] for row in preview.rows if row[0] == modality)
 
 
