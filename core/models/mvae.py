@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -133,48 +134,82 @@ class MVAE(MultimodalVAE):
                 subsets += random_subsets(self.modalities, self.k, generator)
         return subsets
 
-    def subset_elbo_terms(
-        self, batch: DatasetOutput, subset: Sequence[str], experts: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample reconstruction log-likelihood and KL of ELBO_S, and which samples it covers."""
-        mu, logvar = self.compute_mu_log_var_subset(batch, subset, experts)
-        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
-        recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in subset)
-        kl = kl_standard_normal(mu, logvar)
-        covered = torch.stack([batch.masks[m] for m in subset]).any(0)
-        return recon, kl, covered
+    def subset_posteriors(
+        self, batch: DatasetOutput, subsets: Sequence[Sequence[str]], experts: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | x_S) of every subset in one product of experts: ``(S, B, *D)`` means and log-variances.
+
+        Each subset's product keeps the experts that are in it and observed (the others are masked out,
+        which leaves the product unchanged), so one batched call replaces one call per subset."""
+        n_subsets, n = len(subsets), batch.batch_size
+        in_subset = torch.tensor([[m in subset for subset in subsets] for m in self.modalities], device=self.device)
+        present = torch.stack([batch.masks[m] for m in self.modalities])  # (M, B)
+        keep = (in_subset.unsqueeze(-1) & present.unsqueeze(1)).reshape(len(self.modalities), n_subsets * n)
+
+        def for_every_subset(i: int) -> torch.Tensor:  # (M, S * B, *D): each expert repeated per subset
+            params = torch.stack([experts[m][i] for m in self.modalities])  # (M, B, *D)
+            repeated = params.unsqueeze(1).expand(-1, n_subsets, *params.shape[1:])
+            return repeated.reshape(len(self.modalities), n_subsets * n, *params.shape[2:])
+
+        mu, logvar = product_of_experts(for_every_subset(0), for_every_subset(1), keep, with_prior=True)
+        return mu.reshape(n_subsets, n, *mu.shape[1:]), logvar.reshape(n_subsets, n, *logvar.shape[1:])
+
+    def decode_subsets(self, z: torch.Tensor, subsets: Sequence[Sequence[str]]) -> dict[str, dict[int, torch.Tensor]]:
+        """modality -> subset index -> decoder output, for the modalities of each subset.
+
+        Each decoder runs once on the latents of every subset that holds its modality (fewer, larger
+        passes; the per-step cost of small networks is mostly per call). A decoder with batch
+        normalisation runs once per subset instead, so its batch statistics stay those of one subset."""
+        out: dict[str, dict[int, torch.Tensor]] = {}
+        for m in self.modalities:
+            rows = [s for s, subset in enumerate(subsets) if m in subset]
+            if not rows:
+                continue
+            if self._decoders_normalise_over_batch:
+                out[m] = {s: self.decoder_output(m, z[s]) for s in rows}
+            else:
+                x_hat = self.decoder_output(m, z[rows])
+                out[m] = dict(zip(rows, x_hat.unbind(0), strict=True))
+        return out
+
+    @functools.cached_property
+    def _decoders_normalise_over_batch(self) -> bool:
+        return any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in self.decoders.modules())
 
     def forward(self, inputs: Any, progress: TrainingProgress | None = None) -> LossOutput:
         batch = self.prepare_batch(inputs)
         beta = linear_warmup_per_step(progress, self.model_config.warmup, self.model_config.beta)
+        subsets = self.subsets_for_step()
         experts = {m: self.encoder_gaussian(m, batch.data[m]) for m in self.modalities}
-        loss = torch.zeros((), device=self.device)
-        terms: dict[str, torch.Tensor] = {}
-        total_recon = torch.zeros((), device=self.device)
-        total_kl = torch.zeros((), device=self.device)
-        random_elbo = torch.zeros((), device=self.device)
+        mu, logvar = self.subset_posteriors(batch, subsets, experts)
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+        x_hats = self.decode_subsets(z, subsets)
+        # Likelihoods per subset and modality, in the order of the unbatched objective (a calibrated
+        # scale is fitted to each subset's reconstruction, and its running mean updated in that order).
+        recon = torch.stack(
+            [sum(self.reconstruction_log_likelihood(batch, m, x_hats[m][s]) for m in subset) for s, subset in enumerate(subsets)]
+        )  # (S, B)
+        kl = kl_standard_normal(mu, logvar)  # (S, B)
+        covered = torch.stack([torch.stack([batch.masks[m] for m in subset]).any(0) for subset in subsets])  # (S, B)
+        n_covered = covered.sum(1)
+        # A subset no sample covers has weight 0 everywhere: it adds nothing to the loss or its gradient.
+        weight = covered.float() / n_covered.clamp(min=1).unsqueeze(1)
+        neg_recon = -(recon * weight).sum(1)
+        kl_mean = (kl * weight).sum(1)
+        subset_loss = neg_recon + beta * kl_mean  # (S,)
+        loss = subset_loss.sum()
+
+        is_covered = (n_covered > 0).tolist()  # one host read per step, for the terms only
         n_joint_and_singletons = 1 + (len(self.modalities) if self.model_config.use_subsampling and len(self.modalities) > 1 else 0)
-        for index, subset in enumerate(self.subsets_for_step()):
-            recon, kl, covered = self.subset_elbo_terms(batch, subset, experts)
-            n_covered = covered.sum()
-            if int(n_covered) == 0:
-                continue
-            weight = covered.float() / n_covered
-            neg_recon = -(recon * weight).sum()
-            kl_mean = (kl * weight).sum()
-            subset_loss = neg_recon + beta * kl_mean
-            loss = loss + subset_loss
-            total_recon = total_recon + neg_recon.detach()
-            total_kl = total_kl + kl_mean.detach()
-            if index == 0:  # the joint posterior: is the latent used at all?
-                terms[kl_per_dimension_term("z")] = kl_mean.detach() / self.latent_dim
-            if index < n_joint_and_singletons:
-                terms[f"elbo[{subset_name(subset)}]"] = subset_loss.detach()
-            else:
-                random_elbo = random_elbo + subset_loss.detach()
+        terms: dict[str, torch.Tensor] = {}
+        if is_covered[0]:  # the joint posterior: is the latent used at all?
+            terms[kl_per_dimension_term("z")] = kl_mean[0].detach() / self.latent_dim
+        for index, subset in enumerate(subsets[:n_joint_and_singletons]):
+            if is_covered[index]:
+                terms[f"elbo[{subset_name(subset)}]"] = subset_loss[index].detach()
         if self.training and self.k > 0:
-            terms["elbo[random subsets]"] = random_elbo
-        terms.update(recon=total_recon, kl=total_kl, beta=torch.tensor(beta))
+            terms["elbo[random subsets]"] = subset_loss[n_joint_and_singletons:].detach().sum()
+        terms.update(recon=neg_recon.detach().sum(), kl=kl_mean.detach().sum(), beta=torch.tensor(beta))
         return LossOutput(loss=loss, terms=terms, batch_size=batch.batch_size)
 
     # ------------------------------------------------------------------ likelihood

@@ -151,3 +151,40 @@ def test_wrong_shape_is_reported_with_the_modality():
     batch.data["T1"] = torch.randn(6, 1, 9, 8)
     with pytest.raises(ValueError, match="'T1'.*\\(1, 9, 8\\)"):
         model(batch)
+
+
+def test_batched_objective_is_the_sum_of_subset_elbos_computed_one_at_a_time(under_seed):
+    """One stacked product of experts and one decoder call per modality give the paper's sum of ELBO_S."""
+    from core.models._shared.gaussian import kl_standard_normal
+
+    model = make_model(warmup=0)
+    model.eval()  # no random subsets: the noise below is the only draw
+    batch = make_batch(6, incomplete=True)
+    subsets = model.subsets_for_step()
+    torch.manual_seed(5)
+    noise = torch.randn(len(subsets), batch.batch_size, model.latent_dim)
+    expected = torch.zeros(())
+    for eps, subset in zip(noise, subsets, strict=True):
+        mu, logvar = model.compute_mu_log_var_subset(batch, subset)
+        z = mu + (0.5 * logvar).exp() * eps
+        recon = sum(model.reconstruction_log_likelihood(batch, m, model.decoder_output(m, z)) for m in subset)
+        covered = torch.stack([batch.masks[m] for m in subset]).any(0).float()
+        expected = expected + ((-recon + kl_standard_normal(mu, logvar)) * covered).sum() / covered.sum()
+    loss = under_seed(5, model, batch, TrainingProgress(3)).loss
+    assert torch.allclose(loss, expected, rtol=1e-5)
+
+
+def test_each_decoder_runs_once_per_step_unless_it_normalises_over_the_batch():
+    def count_calls(model: MVAE) -> dict[str, int]:
+        calls = dict.fromkeys(model.decoders, 0)
+        for m, decoder in model.decoders.items():
+            decoder.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+        model.train()
+        model(make_batch(), TrainingProgress(1))
+        return calls
+
+    assert count_calls(make_model()) == {"T1": 1, "T2": 1, "age": 1}
+    with_batch_norm = make_model()
+    with_batch_norm.decoders["age"] = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    # Joint set and the singleton: age's decoder sees each subset's batch on its own.
+    assert count_calls(with_batch_norm) == {"T1": 2, "T2": 2, "age": 2}
