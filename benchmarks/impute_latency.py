@@ -1,6 +1,7 @@
 """Seconds to synthesize every missing modality of one 96x112x96 subject with N = 16 posterior samples, per model.
 
-For every registered model (default architectures, untrained weights: latency does not depend on training),
+For every registered model (default architectures, or with ``--synthesis-preset`` the architecture of the
+"Synthesis" preset the workbench trains for synthesis; untrained weights: latency does not depend on training),
 one subject of the four demo modalities (T1, T2, FLAIR, US) that has T1 only gets T2, FLAIR and US
 generated with :func:`core.workflows.impute.impute_subjects` (16 posterior samples decoded, their mean and
 voxel-wise standard deviation), the call the workbench's Synthesize page and ``mmvae impute`` make. A CVAE,
@@ -8,7 +9,7 @@ which generates only its main modality, gets it from the three others. Each mode
 (its own peak memory): one burn-in call, then ``--repeats`` timed calls.
 Results go to ``benchmarks/results/impute_latency.json``.
 
-    python benchmarks/impute_latency.py [--samples 16] [--repeats 3] [--device cpu] [--only MVAE JMVAE]
+    python benchmarks/impute_latency.py [--samples 16] [--repeats 3] [--device cpu] [--only MVAE JMVAE] [--synthesis-preset]
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ MODALITIES = ("T1", "T2", "FLAIR", "US")
 OBSERVED = ("T1",)
 
 
-def _measure(name: str, samples: int, repeats: int, device_name: str, queue: mp.Queue) -> None:
+def _measure(name: str, samples: int, repeats: int, device_name: str, use_preset: bool, queue: mp.Queue) -> None:
     try:
         import torch
 
         from core.data.dataset import IncompleteDataset
         from core.models import config_from_dict, get_model_class
+        from core.presets import synthesis_preset
         from core.training import select_device
         from core.workflows.impute import impute_subjects
 
@@ -43,7 +45,9 @@ def _measure(name: str, samples: int, repeats: int, device_name: str, queue: mp.
         device = select_device(device_name)
         dims = {m: (1, *SHAPE) for m in MODALITIES}
         cls = get_model_class(name)
-        model = cls(config_from_dict(cls.config_class, {"n_modalities": len(MODALITIES), "input_dims": dims})).to(device)
+        preset = synthesis_preset(name) if use_preset else None
+        settings = {**(preset["model"] if preset else {}), "n_modalities": len(MODALITIES), "input_dims": dims}
+        model = cls(config_from_dict(cls.config_class, settings)).to(device)
         model.eval()
         data = {m: torch.randn(1, *dims[m]) for m in MODALITIES}
         observed = OBSERVED
@@ -70,6 +74,7 @@ def _measure(name: str, samples: int, repeats: int, device_name: str, queue: mp.
         times = [once() for _ in range(repeats)]
         queue.put({
             "model": name,
+            "architecture": "Synthesis preset" if preset else "default",
             "seconds_median": round(statistics.median(times), 3),
             "seconds_min": round(min(times), 3),
             "seconds_all": [round(t, 3) for t in times],
@@ -89,6 +94,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the burn-in (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--only", nargs="*", help="model names (default: every registered model)")
+    parser.add_argument("--synthesis-preset", action="store_true", help="each model's Synthesis preset architecture (default: defaults)")
     parser.add_argument("--out", default=str(RESULTS / "impute_latency.json"))
     args = parser.parse_args()
 
@@ -99,7 +105,7 @@ def main() -> None:
     results = []
     for name in names:
         queue = context.Queue()
-        process = context.Process(target=_measure, args=(name, args.samples, args.repeats, args.device, queue))
+        process = context.Process(target=_measure, args=(name, args.samples, args.repeats, args.device, args.synthesis_preset, queue))
         process.start()
         result = queue.get()
         process.join()
@@ -111,6 +117,7 @@ def main() -> None:
         "benchmark": "impute_latency",
         "what": f"synthesize {len(MODALITIES) - len(OBSERVED)} missing modalities of one {'x'.join(map(str, SHAPE))} subject "
                 f"from {'+'.join(OBSERVED)}, N = {args.samples} posterior samples (core.workflows.impute.impute_subjects)",
+        "architecture": "each model's Synthesis preset" if args.synthesis_preset else "default architectures",
         "samples": args.samples,
         "repeats": args.repeats,
         "machine": platform.platform(),
