@@ -182,6 +182,8 @@ class MVAE(MultimodalVAE):
         subsets = self.subsets_for_step()
         experts = {m: self.encoder_gaussian(m, batch.data[m]) for m in self.modalities}
         mu, logvar = self.subset_posteriors(batch, subsets, experts)
+        # One draw for every subset: the same distribution as one draw per subset, though not always the
+        # same numbers (that depends on how torch's sampler splits the batch), so seeded runs differ.
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
         x_hats = self.decode_subsets(z, subsets)
         # Likelihoods per subset and modality, in the order of the unbatched objective (a calibrated
