@@ -66,7 +66,7 @@ from core.models._shared.gaussian import kl_per_dimension, log_normal, rsample
 from core.models._shared.importance import importance_sampled_log_px
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
-from core.models._shared.subsets import all_subsets
+from core.models._shared.subsets import all_subsets, experts_of_subsets
 from core.models.base import ModalityError, MultimodalVAE, is_mapping_like
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, ConfigError, advanced
 from core.models.registry import register_model
@@ -601,9 +601,8 @@ class MHVAE(MultimodalVAE):
         subsets = self.subsets_for_step()
         n_sub = len(subsets)
         params, skips = self.modality_encode(batch.data)
-        in_subset = torch.tensor([[m in s for s in subsets] for m in self.modalities], device=self.device)  # (M, n_sub)
         masks = torch.stack([batch.masks[m] for m in self.modalities])  # (M, B)
-        pairs = ExpertSets.of(in_subset.unsqueeze(-1) & masks.unsqueeze(1))  # the distinct (experts, sample) rows
+        pairs = ExpertSets.of(experts_of_subsets(self.modalities, subsets, batch.masks))  # the distinct (experts, sample) rows
         rows = pairs.sample
         stacked = {m: ModelOutput(embedding=p.embedding.index_select(0, rows), log_covariance=p.log_covariance.index_select(0, rows))
                    for m, p in params.items()}

@@ -20,7 +20,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ from core.models._shared.gaussian import kl_standard_normal
 from core.models._shared.importance import importance_sampled_nll
 from core.models._shared.outputs import LossOutput, ModelOutput
 from core.models._shared.poe import product_of_experts
-from core.models._shared.subsets import random_subsets, subset_name
+from core.models._shared.subsets import experts_of_subsets, random_subsets, subset_name
 from core.models.base import MultimodalVAE, sample_latent
 from core.models.config import MODEL_CONFIG_DICT, BaseMultiVAEConfig, advanced
 from core.models.registry import register_model
@@ -135,23 +134,21 @@ class MVAE(MultimodalVAE):
         return subsets
 
     def subset_posteriors(
-        self, batch: DatasetOutput, subsets: Sequence[Sequence[str]], experts: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+        self, experts: Mapping[str, tuple[torch.Tensor, torch.Tensor]], keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x_S) of every subset in one product of experts: ``(S, B, *D)`` means and log-variances.
 
-        Each subset's product keeps the experts that are in it and observed (the others are masked out,
-        which leaves the product unchanged), so one batched call replaces one call per subset."""
-        n_subsets, n = len(subsets), batch.batch_size
-        in_subset = torch.tensor([[m in subset for subset in subsets] for m in self.modalities], device=self.device)
-        present = torch.stack([batch.masks[m] for m in self.modalities])  # (M, B)
-        keep = (in_subset.unsqueeze(-1) & present.unsqueeze(1)).reshape(len(self.modalities), n_subsets * n)
+        ``keep`` (``(M, S, B)``, :func:`experts_of_subsets`) masks out the experts that are not in a subset
+        or not observed, which leaves that subset's product unchanged, so one batched call replaces one
+        call per subset."""
+        n_modalities, n_subsets, n = keep.shape
 
         def for_every_subset(i: int) -> torch.Tensor:  # (M, S * B, *D): each expert repeated per subset
             params = torch.stack([experts[m][i] for m in self.modalities])  # (M, B, *D)
             repeated = params.unsqueeze(1).expand(-1, n_subsets, *params.shape[1:])
-            return repeated.reshape(len(self.modalities), n_subsets * n, *params.shape[2:])
+            return repeated.reshape(n_modalities, n_subsets * n, *params.shape[2:])
 
-        mu, logvar = product_of_experts(for_every_subset(0), for_every_subset(1), keep, with_prior=True)
+        mu, logvar = product_of_experts(for_every_subset(0), for_every_subset(1), keep.reshape(n_modalities, -1), with_prior=True)
         return mu.reshape(n_subsets, n, *mu.shape[1:]), logvar.reshape(n_subsets, n, *logvar.shape[1:])
 
     def decode_subsets(self, z: torch.Tensor, subsets: Sequence[Sequence[str]]) -> dict[str, dict[int, torch.Tensor]]:
@@ -160,28 +157,27 @@ class MVAE(MultimodalVAE):
         Each decoder runs once on the latents of every subset that holds its modality (fewer, larger
         passes; the per-step cost of small networks is mostly per call). A decoder with batch
         normalisation runs once per subset instead, so its batch statistics stay those of one subset."""
+        # Looked up every step (a few dozen modules), so a decoder swapped in later is seen.
+        normalise_over_batch = any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in self.decoders.modules())
         out: dict[str, dict[int, torch.Tensor]] = {}
         for m in self.modalities:
             rows = [s for s, subset in enumerate(subsets) if m in subset]
             if not rows:
                 continue
-            if self._decoders_normalise_over_batch:
+            if normalise_over_batch:
                 out[m] = {s: self.decoder_output(m, z[s]) for s in rows}
             else:
                 x_hat = self.decoder_output(m, z[rows])
                 out[m] = dict(zip(rows, x_hat.unbind(0), strict=True))
         return out
 
-    @functools.cached_property
-    def _decoders_normalise_over_batch(self) -> bool:
-        return any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in self.decoders.modules())
-
     def forward(self, inputs: Any, progress: TrainingProgress | None = None) -> LossOutput:
         batch = self.prepare_batch(inputs)
         beta = linear_warmup_per_step(progress, self.model_config.warmup, self.model_config.beta)
         subsets = self.subsets_for_step()
         experts = {m: self.encoder_gaussian(m, batch.data[m]) for m in self.modalities}
-        mu, logvar = self.subset_posteriors(batch, subsets, experts)
+        keep = experts_of_subsets(self.modalities, subsets, batch.masks)  # (M, S, B)
+        mu, logvar = self.subset_posteriors(experts, keep)
         # One draw for every subset: the same distribution as one draw per subset, though not always the
         # same numbers (that depends on how torch's sampler splits the batch), so seeded runs differ.
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
@@ -192,7 +188,7 @@ class MVAE(MultimodalVAE):
             [sum(self.reconstruction_log_likelihood(batch, m, x_hats[m][s]) for m in subset) for s, subset in enumerate(subsets)]
         )  # (S, B)
         kl = kl_standard_normal(mu, logvar)  # (S, B)
-        covered = torch.stack([torch.stack([batch.masks[m] for m in subset]).any(0) for subset in subsets])  # (S, B)
+        covered = keep.any(0)  # (S, B): the samples that observe at least one of the subset's modalities
         n_covered = covered.sum(1)
         # A subset no sample covers has weight 0 everywhere: it adds nothing to the loss or its gradient.
         weight = covered.float() / n_covered.clamp(min=1).unsqueeze(1)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
+import torch
 
-__all__ = ["all_subsets", "random_subsets", "subset_name"]
+__all__ = ["all_subsets", "random_subsets", "subset_name", "experts_of_subsets"]
 
 
 def all_subsets(modalities: Sequence[str], min_size: int = 1, max_size: int | None = None) -> list[tuple[str, ...]]:
@@ -30,3 +31,11 @@ def random_subsets(
 def subset_name(subset: Sequence[str]) -> str:
     """A readable, order-independent name used in metric keys: ``T1+T2``."""
     return "+".join(sorted(subset))
+
+
+def experts_of_subsets(modalities: Sequence[str], subsets: Sequence[Sequence[str]], masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Which experts enter each subset's product for each sample: ``(M, S, B)`` bool, True where modality
+    ``m`` (in ``modalities`` order) is in subset ``s`` and observed for sample ``b`` (``masks``: ``(B,)`` each)."""
+    present = torch.stack([masks[m] for m in modalities])  # (M, B)
+    in_subset = torch.tensor([[m in subset for subset in subsets] for m in modalities], device=present.device)  # (M, S)
+    return in_subset.unsqueeze(-1) & present.unsqueeze(1)

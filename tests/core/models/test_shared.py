@@ -179,3 +179,13 @@ def test_calibrated_decoder_scale_trains_and_evaluates_deterministically(mode):
     assert first.item() == second.item()
     fixed = MVAE(MVAEConfig(n_modalities=2, input_dims=dims, latent_dim=2))
     assert fixed.decoder_log_scales is None and "decoder_log_scales.a" not in fixed.state_dict()
+
+
+def test_experts_of_subsets_keeps_the_observed_members_of_each_subset():
+    from core.models._shared.subsets import experts_of_subsets
+
+    masks = {"a": torch.tensor([True, False]), "b": torch.tensor([True, True])}
+    keep = experts_of_subsets(["a", "b"], [("a", "b"), ("a",), ("b",)], masks)
+    assert keep.shape == (2, 3, 2)
+    assert keep[0].tolist() == [[True, False], [True, False], [False, False]]  # a: observed for sample 0 only
+    assert keep[1].tolist() == [[True, True], [False, False], [True, True]]
