@@ -11,7 +11,7 @@ from core.models._shared.annealing import TrainingProgress, linear_warmup_per_ep
 from core.models._shared.gaussian import kl_normal, kl_standard_normal, log_normal, rsample
 from core.models._shared.likelihoods import reconstruction_log_likelihood
 from core.models._shared.poe import product_of_experts
-from core.models._shared.subsets import all_subsets, random_subsets
+from core.models._shared.subsets import all_subsets, experts_of_subsets, random_subsets
 
 
 def closed_form_poe(mus, variances):
@@ -182,8 +182,6 @@ def test_calibrated_decoder_scale_trains_and_evaluates_deterministically(mode):
 
 
 def test_experts_of_subsets_keeps_the_observed_members_of_each_subset():
-    from core.models._shared.subsets import experts_of_subsets
-
     masks = {"a": torch.tensor([True, False]), "b": torch.tensor([True, True])}
     keep = experts_of_subsets(["a", "b"], [("a", "b"), ("a",), ("b",)], masks)
     assert keep.shape == (2, 3, 2)
