@@ -315,15 +315,17 @@ class JNF(JointThenUnimodalStages, JointEncoderVAE):
             mu, logvar = self.joint_gaussian(batch)
             z = rsample(mu, logvar)
             log_q_joint = log_normal(z, mu, logvar)
-            recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
             kl_prior = kl_standard_normal(mu, logvar)
         log_q = {m: self.unimodal_log_prob(m, z, self.encoder_gaussian(m, batch.data[m])) for m in self.modalities}
         loss = -sum(log_q.values()).mean()
         terms = {
             **{f"nll[{m}]": -lq.mean().detach() for m, lq in log_q.items()},
             **{f"kl[{m}]": (log_q_joint - lq).mean().detach() for m, lq in log_q.items()},
-            "recon": -recon.mean(),
             "kl_prior": kl_prior.mean(),
             kl_per_dimension_term("z"): kl_prior.mean() / self.latent_dim,
         }
+        if not self.training:  # the frozen joint VAE's reconstruction, for validation; training steps skip the decoders
+            with torch.no_grad():
+                recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
+            terms["recon"] = -recon.mean()
         return LossOutput(loss=loss, terms=terms, batch_size=batch.batch_size)

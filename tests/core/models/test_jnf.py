@@ -136,6 +136,35 @@ def test_forward_enters_the_stage_of_the_epoch(make_model, make_batch):
     assert model.current_stage.name == "joint" and set(out.terms) == {"recon", "kl_prior", "kl_per_dim[z]"}
 
 
+def test_stage_two_training_steps_skip_the_frozen_decoders_and_validation_reports_their_reconstruction(make_model, make_batch):
+    model = make_model(warmup=1)
+    calls = []
+    for decoder in model.decoders.values():
+        decoder.register_forward_hook(lambda *_: calls.append(1))
+    batch = make_batch()
+    train_terms = model(batch, TrainingProgress(2)).terms
+    assert calls == [] and "recon" not in train_terms
+    model.eval()
+    eval_terms = model(batch, TrainingProgress(2)).terms
+    assert len(calls) == len(model.modalities) and torch.isfinite(eval_terms["recon"])
+    assert set(eval_terms) == set(train_terms) | {"recon"}
+
+
+def test_zuko_masks_are_stored_as_floats_with_the_same_outputs():
+    maf = zuko.flows.MAF(4, transforms=2, hidden_features=(8,))
+    flow = ZukoFlow(maf.transform)  # converts the bool masks in place
+    masks = [m.mask for m in flow.modules() if isinstance(m, zuko.nn.MaskedLinear)]
+    assert masks and all(mask.dtype == torch.float32 for mask in masks)
+    z = torch.randn(5, 4)
+    u, ladj = flow(z)
+    for module in flow.modules():
+        if isinstance(module, zuko.nn.MaskedLinear):
+            module.mask = module.mask.bool()
+    u_bool, ladj_bool = flow(z)
+    assert torch.equal(u, u_bool) and torch.equal(ladj, ladj_bool)
+    assert torch.allclose(flow.inverse(u), z, atol=1e-5)
+
+
 def test_two_stage_training_keeps_the_joint_encoder_fixed_in_stage_two(make_batch):
     dims = {"a": (8,), "b": (8,)}
     model = JNF(JNFConfig(n_modalities=2, latent_dim=4, input_dims=dims, warmup=2))
