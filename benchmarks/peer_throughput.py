@@ -16,8 +16,8 @@ MultiVae's ``BaseTrainer``/``MultistageTrainer``), from the start of an epoch to
 training step (data loading, forward, backward, optimizer, per-step logging), without the epoch-end
 work (validation, checkpoints). The first epoch (and JNF's first epoch of each stage) is a warm-up. Wall and CPU time are both recorded.
 The project's worker also times, on pre-collated batches, the model's step alone (forward, backward,
-Adam) and the bare networks (each encoder and decoder once, Gaussian reparameterisation, squared
-error): the trainer's overhead and the model's own cost.
+Adam) and the bare networks (each network the step trains called once, with a squared-error stand-in
+for its loss; see ``_bare_project``): the trainer's overhead and the model's own cost.
 
 The reference is installed in its own virtual environment, ``benchmarks/.venv-peer`` (git-ignored), never
 into the project's: ``--no-deps`` installs of multivae, pythae and torchvision 0.28 (a CUDA build that
@@ -31,6 +31,7 @@ importable, so no second torch is ever installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -275,7 +276,7 @@ def _worker(library: str, kind: str, name: str, epochs: int, threads: int) -> di
     if library == "project":
         result.update(_train_project(model, data, bs, epochs, skip))
         _, peak = _memory_mb()
-        result.update(_bare_project(model, data, bs))
+        result.update(_bare_project(model, name, data, bs))
     else:
         result.update(_train_reference(multivae, model, name, data, bs, epochs, skip))
         _, peak = _memory_mb()
@@ -327,16 +328,22 @@ def _train_reference(multivae: Any, model: Any, name: str, data: dict[str, Any],
     return _rates(times, len(dataset), bs, skip)
 
 
-def _bare_project(model: Any, data: dict[str, Any], bs: int, steps: int = 5) -> dict[str, Any]:
+def _bare_project(model: Any, name: str, data: dict[str, Any], bs: int, steps: int = 5) -> dict[str, Any]:
     """Per-step ms (wall and CPU) of the model alone and of its bare networks, on pre-collated batches
-    (medians over steps, after 2 burn-in steps)."""
+    (medians over steps, after 2 burn-in steps).
+
+    The bare networks are the ones the model's step trains, each called once with a squared-error or
+    Gaussian stand-in for its loss: every encoder and decoder; JMVAE's joint encoder too (the decoders
+    read its code); for JNF, whose timed epochs are its second stage, the frozen joint encoder without
+    gradients, the encoders and the flows. Both optimizers are the trainer's fused Adam.
+    """
     from core.data import MultimodalBaseDataset
     from core.models import TrainingProgress
 
     dataset = MultimodalBaseDataset(data)
     batches = [dataset.subset(range(s * bs, (s + 1) * bs)).as_batch() for s in range(len(dataset) // bs)]
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, fused=True)
     progress = TrainingProgress(2, 0.0)
 
     def model_step(batch: Any) -> None:
@@ -345,18 +352,31 @@ def _bare_project(model: Any, data: dict[str, Any], bs: int, steps: int = 5) -> 
         loss.backward()
         optimizer.step()
 
-    networks = torch.nn.ModuleList([model.encoders, model.decoders])
-    bare_optimizer = torch.optim.Adam(networks.parameters(), lr=LEARNING_RATE)
+    joint = getattr(model, "joint_encoder", None) if name in ("JMVAE", "JNF") else None
+    flows = model.flows if name == "JNF" and model.stage_at(progress.epoch).name != "joint" else None
+    trained = [model.encoders] + ([flows] if flows is not None else [model.decoders] + ([joint] if joint is not None else []))
+    bare_optimizer = torch.optim.Adam(torch.nn.ModuleList(trained).parameters(), lr=LEARNING_RATE, fused=True)  # as the trainer's
 
     def bare_step(batch: Any) -> None:
         loss = torch.zeros(())
+        joint_z = None
+        if joint is not None:  # JMVAE, JNF: the decoders read the joint code; frozen in JNF's second stage
+            with torch.no_grad() if flows is not None else contextlib.nullcontext():
+                mu, logvar = as_gaussian(joint(batch["data"]))
+                joint_z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
         for m, x in batch["data"].items():
             out = model.encoders[m](x)
             if hasattr(out, "dim"):  # an MHVAE feature extractor: its deepest head stands in for the Gaussian
                 out = model.bottom_up_blocks[m][-1](model.bottom_up_blocks[m][0](out))
             mu, logvar = as_gaussian(out)
-            z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+            if flows is not None:  # JNF's second stage: the flow posterior's density of the joint code
+                u, ladj = flows[m](joint_z)
+                loss = loss + ((u - mu).square() / logvar.exp() + logvar).sum() / x.shape[0] - ladj.mean()
+                continue
+            z = joint_z if joint_z is not None else mu + (0.5 * logvar).exp() * torch.randn_like(mu)
             loss = loss + (as_reconstruction(model.decoders[m](z)) - x).square().sum() / x.shape[0]
+            if joint_z is not None:  # JMVAE's unimodal encoders enter through their KL to the joint posterior
+                loss = loss + (mu.square() + logvar.exp() - logvar).sum() / x.shape[0]
         bare_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bare_optimizer.step()

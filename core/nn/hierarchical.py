@@ -14,6 +14,9 @@ Two layouts, chosen by :func:`default_mhvae_blocks`:
 * **spatial** when every modality is an image ``(C, H, W)`` or every one a volume ``(C, X, Y, Z)`` with
   the same grid: the intermediate latents z_1..z_{L-1} are feature maps (``z_channels`` channels) on
   grids that halve level by level, so the hierarchy keeps the anatomy's layout (MR/US synthesis);
+  the dense layers of the vector z_L read a map of at most ``DEEPEST_VOXELS`` voxels, halved further
+  by strided convolutions where the deepest level's grid is larger (a full-size volume with z_1 kept
+  fine would otherwise give them about a hundred million weights);
 * **vector** otherwise (vectors, or modalities of different kinds): each modality is first embedded in
   a vector of ``width`` features, and every latent is a vector of ``latent_dim``.
 
@@ -47,6 +50,9 @@ __all__ = [
 ]
 
 
+DEEPEST_VOXELS = 2048  # about 13^3: the dense layers of z_L read at most this many voxels' features at any grid
+
+
 def soft_clamp(x: torch.Tensor, bound: float = 10.0) -> torch.Tensor:
     """``bound * tanh(x / bound)``: identity near 0, smoothly limited to (-bound, bound)."""
     return bound * torch.tanh(x / bound)
@@ -77,15 +83,20 @@ class GaussianHead(nn.Module):
 
 
 class FlattenGaussianHead(nn.Module):
-    """Feature map -> (mean, log-variance) of the deepest, vector latent z_L."""
+    """Feature map -> (mean, log-variance) of the deepest, vector latent z_L.
 
-    def __init__(self, in_features: int, latent_dim: int) -> None:
+    ``reduce`` (optional) runs on the feature map first: the default blocks give it strided
+    convolutions on large grids, so that the dense layers read a bounded number of features.
+    """
+
+    def __init__(self, in_features: int, latent_dim: int, reduce: nn.Module | None = None) -> None:
         super().__init__()
+        self.reduce = reduce if reduce is not None else nn.Identity()
         self.mean = nn.Linear(in_features, latent_dim)
         self.logvar = nn.Linear(in_features, latent_dim)
 
     def forward(self, h: torch.Tensor) -> EncoderOutput:
-        h = h.flatten(1)
+        h = self.reduce(h).flatten(1)
         return EncoderOutput(embedding=soft_clamp(self.mean(h)), log_covariance=soft_clamp(self.logvar(h)))
 
 
@@ -102,15 +113,20 @@ class ConvGaussianHead(nn.Module):
 
 
 class VectorToGrid(nn.Module):
-    """Top-down block from the vector z_L to the feature map h_{L-1} of shape ``(channels, *grid)``."""
+    """Top-down block from the vector z_L to the feature map h_{L-1} of shape ``(channels, *grid)``.
 
-    def __init__(self, latent_dim: int, channels: int, grid: Sequence[int]) -> None:
+    ``expand`` (optional) takes the dense layer's map on to ``h_{L-1}``'s grid: with it the dense layer
+    writes ``(channels, *grid)`` of a coarser grid (the mirror of :class:`FlattenGaussianHead`'s ``reduce``).
+    """
+
+    def __init__(self, latent_dim: int, channels: int, grid: Sequence[int], expand: nn.Module | None = None) -> None:
         super().__init__()
         self.shape = (channels, *grid)
         self.net = nn.Sequential(nn.Linear(latent_dim, math.prod(self.shape)), nn.SiLU())
+        self.expand = expand if expand is not None else nn.Identity()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).reshape(-1, *self.shape)
+        return self.expand(self.net(z).reshape(-1, *self.shape))
 
 
 class UpsampleConvBlock(nn.Module):
@@ -152,7 +168,7 @@ class ConvStem(nn.Module):
 
     def __init__(self, dims: int, in_channels: int, channels: int, n_down: int) -> None:
         super().__init__()
-        widths = [in_channels] + [max(8, channels // 2 ** (n_down - 1 - i)) for i in range(n_down)]
+        widths = [in_channels] + [max(min(8, channels), channels // 2 ** (n_down - 1 - i)) for i in range(n_down)]
         self.net = nn.Sequential(*[_conv_block(dims, a, b, downsample=True) for a, b in zip(widths[:-1], widths[1:], strict=True)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,13 +320,20 @@ def _spatial_blocks(
         level_grids.append(_grids(level_grids[-1], 1)[0] if j < bu_down else level_grids[-1])
     widths = [min(channels * 2 ** min(j, 1), 2 * channels) for j in range(levels)]
 
+    # Grids between h_{L-1} and the dense layers of z_L, which read at most DEEPEST_VOXELS voxels.
+    deep_grids = [level_grids[-1]]
+    while math.prod(deep_grids[-1]) > DEEPEST_VOXELS and min(deep_grids[-1]) >= 2:
+        deep_grids.append(_grids(deep_grids[-1], 1)[0])
+
     def bottom_up() -> list[nn.Module]:
         blocks: list[nn.Module] = [_conv_block(dims, widths[j], widths[j + 1], downsample=j < bu_down) for j in range(levels - 1)]
-        return [*blocks, FlattenGaussianHead(widths[-1] * math.prod(level_grids[-1]), latent_dim)]
+        reduce = nn.Sequential(*[_conv_block(dims, widths[-1], widths[-1], downsample=True) for _ in deep_grids[1:]])
+        return [*blocks, FlattenGaussianHead(widths[-1] * math.prod(deep_grids[-1]), latent_dim, reduce if len(reduce) else None)]
 
+    expand = nn.Sequential(*[UpsampleConvBlock(dims, widths[-1], widths[-1], g) for g in deep_grids[-2::-1]])
     top_down: list[nn.Module] = [
         UpsampleConvBlock(dims, z_channels, widths[l], level_grids[l]) for l in range(levels - 1)  # noqa: E741
-    ] + [VectorToGrid(latent_dim, widths[-1], level_grids[-1])]
+    ] + [VectorToGrid(latent_dim, widths[-1], deep_grids[-1], expand if len(expand) else None)]
     decoder_grids = [*stem_grids[:-1][::-1], tuple(grid)]
     return {
         "encoders": {m: ConvStem(dims, shape[0], widths[0], stem_down) for m, shape in input_dims.items()},

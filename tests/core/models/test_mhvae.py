@@ -11,7 +11,7 @@ import core.models.mhvae as mhvae_module
 from core.data import DatasetOutput, IncompleteDataset, MultimodalBaseDataset
 from core.models import MHVAE, ConfigError, MHVAEConfig, TrainingProgress, load
 from core.models._shared.subsets import all_subsets
-from core.nn import MLPDecoder
+from core.nn import MLPDecoder, hierarchical
 from core.nn.hierarchical import GaussianHead, NarrowUpsampleBlock, default_mhvae_blocks
 
 
@@ -71,6 +71,22 @@ def test_spatial_data_gets_spatial_latents_and_vectors_vector_latents(shapes, ma
     assert make_model(shapes["image"], n_latent=4).latent_shapes == [(8, 8, 8), (8, 4, 4), (8, 4, 4), (4,)]
     assert make_model(shapes["vector"]).latent_shapes == [(4,), (4,), (4,)]
     assert make_model({"a": (8,), "b": (1, 16, 16)}).latent_shapes == [(4,), (4,), (4,)]
+
+
+def test_the_deepest_dense_layers_read_a_bounded_map_on_large_grids(make_model, make_batch):
+    # A fine z_1 (one halving) on a large grid: the deepest level's map (48x48 here) is halved once more
+    # before the dense layers of z_L, and grown back on the way down; smaller grids keep their blocks.
+    dims = {"a": (1, 192, 192), "b": (1, 192, 192)}
+    model = make_model(dims, spatial_downsampling=1, spatial_channels=4, spatial_latent_channels=2)
+    assert model.latent_shapes == [(2, 96, 96), (2, 48, 48), (4,)]
+    head = model.bottom_up_blocks["a"][-1]
+    assert head.mean.in_features == 8 * 24 * 24 <= 8 * hierarchical.DEEPEST_VOXELS
+    assert len(head.reduce) == 1 and len(model.top_down_blocks[-1].expand) == 1
+    batch = make_batch(dims, 2)
+    model(batch, TrainingProgress(1)).loss.backward()
+    assert all(p.grad is not None for p in [*head.reduce.parameters(), *model.top_down_blocks[-1].expand.parameters()])
+    small = make_model({"a": (1, 16, 16), "b": (1, 16, 16)})
+    assert not any("reduce" in k or "expand" in k for k in small.state_dict())
 
 
 @pytest.mark.parametrize("kind", ["volume", "image"])
