@@ -16,8 +16,8 @@ MultiVae's ``BaseTrainer``/``MultistageTrainer``), from the start of an epoch to
 training step (data loading, forward, backward, optimizer, per-step logging), without the epoch-end
 work (validation, checkpoints). The first epoch (and JNF's first epoch of each stage) is a warm-up. Wall and CPU time are both recorded.
 The project's worker also times, on pre-collated batches, the model's step alone (forward, backward,
-Adam) and the bare networks (each network the step trains called once, with a squared-error stand-in
-for its loss; see ``_bare_project``): the trainer's overhead and the model's own cost.
+Adam) and the bare networks (its encoders and decoders called once, with a squared-error stand-in for
+their loss; see ``_bare_project``): the trainer's overhead and the model's own cost.
 
 The reference is installed in its own virtual environment, ``benchmarks/.venv-peer`` (git-ignored), never
 into the project's: ``--no-deps`` installs of multivae, pythae and torchvision 0.28 (a CUDA build that
@@ -332,10 +332,11 @@ def _bare_project(model: Any, name: str, data: dict[str, Any], bs: int, steps: i
     """Per-step ms (wall and CPU) of the model alone and of its bare networks, on pre-collated batches
     (medians over steps, after 2 burn-in steps).
 
-    The bare networks are the ones the model's step trains, each called once with a squared-error or
-    Gaussian stand-in for its loss: every encoder and decoder; JMVAE's joint encoder too (the decoders
-    read its code); for JNF, whose timed epochs are its second stage, the frozen joint encoder without
-    gradients, the encoders and the flows. Both optimizers are the trainer's fused Adam.
+    The bare networks are called once each with a squared-error or Gaussian stand-in for their loss:
+    every encoder and decoder; JMVAE's joint encoder too (the decoders read its code); for JNF, whose
+    timed epochs are its second stage, the frozen joint encoder without gradients, the encoders and the
+    flows. Nexus's top networks and MHVAE's hierarchy blocks are left out, so for those two the ratio
+    also counts networks. Both optimizers are the trainer's fused Adam.
     """
     from core.data import MultimodalBaseDataset
     from core.models import TrainingProgress
