@@ -353,9 +353,12 @@ def _bare_project(model: Any, name: str, data: dict[str, Any], bs: int, steps: i
         loss.backward()
         optimizer.step()
 
-    joint = getattr(model, "joint_encoder", None) if name in ("JMVAE", "JNF") else None
+    joint = model.joint_encoder if name in ("JMVAE", "JNF") else None
     flows = model.flows if name == "JNF" and model.stage_at(progress.epoch).name != "joint" else None
-    trained = [model.encoders] + ([flows] if flows is not None else [model.decoders] + ([joint] if joint is not None else []))
+    if flows is not None:  # JNF's second stage trains the encoders and flows only
+        trained = [model.encoders, flows]
+    else:
+        trained = [model.encoders, model.decoders, *([joint] if joint is not None else [])]
     bare_optimizer = torch.optim.Adam(torch.nn.ModuleList(trained).parameters(), lr=LEARNING_RATE, fused=True)  # as the trainer's
 
     def bare_step(batch: Any) -> None:

@@ -328,12 +328,12 @@ def _spatial_blocks(
     def bottom_up() -> list[nn.Module]:
         blocks: list[nn.Module] = [_conv_block(dims, widths[j], widths[j + 1], downsample=j < bu_down) for j in range(levels - 1)]
         reduce = nn.Sequential(*[_conv_block(dims, widths[-1], widths[-1], downsample=True) for _ in deep_grids[1:]])
-        return [*blocks, FlattenGaussianHead(widths[-1] * math.prod(deep_grids[-1]), latent_dim, reduce if len(reduce) else None)]
+        return [*blocks, FlattenGaussianHead(widths[-1] * math.prod(deep_grids[-1]), latent_dim, reduce)]
 
     expand = nn.Sequential(*[UpsampleConvBlock(dims, widths[-1], widths[-1], g) for g in deep_grids[-2::-1]])
     top_down: list[nn.Module] = [
         UpsampleConvBlock(dims, z_channels, widths[l], level_grids[l]) for l in range(levels - 1)  # noqa: E741
-    ] + [VectorToGrid(latent_dim, widths[-1], deep_grids[-1], expand if len(expand) else None)]
+    ] + [VectorToGrid(latent_dim, widths[-1], deep_grids[-1], expand)]  # empty Sequentials pass the map through
     decoder_grids = [*stem_grids[:-1][::-1], tuple(grid)]
     return {
         "encoders": {m: ConvStem(dims, shape[0], widths[0], stem_down) for m, shape in input_dims.items()},
