@@ -140,6 +140,13 @@ class MHVAEConfig(BaseMultiVAEConfig):
             "head convolves at the data grid: a CPU step of the Synthesis preset at 40^3 takes about 40 % less."
         ),
     )
+    spatial_decoder_refine: bool = Field(
+        False,
+        **advanced(
+            "With spatial_decoder_channels set, add a residual 3x3 convolution block at the data grid to the "
+            "linearly resized features, starting at zero, so the decoder can sharpen edges the resize blurs."
+        ),
+    )
 
 
 def _require_gaussian_block(block: nn.Module, what: str) -> None:
@@ -279,6 +286,7 @@ class MHVAE(MultimodalVAE):
                 z_channels=cfg.spatial_latent_channels,
                 downsampling=cfg.spatial_downsampling,
                 decoder_channels=cfg.spatial_decoder_channels,
+                decoder_refine=cfg.spatial_decoder_refine,
             )
         return self._default_cache[name]
 
