@@ -357,7 +357,8 @@ def _spatial_blocks(
     return {
         "encoders": {m: ConvStem(dims, shape[0], widths[0], stem_down) for m, shape in input_dims.items()},
         "decoders": {
-            m: GridDecoder(dims, z_channels, widths[0], decoder_grids, shape[0], decoder_channels, decoder_refine) for m, shape in input_dims.items()
+            m: GridDecoder(dims, z_channels, widths[0], decoder_grids, shape[0], decoder_channels, decoder_refine)
+            for m, shape in input_dims.items()
         },
         "bottom_up_blocks": {m: bottom_up() for m in input_dims},
         "top_down_blocks": top_down,
