@@ -457,10 +457,12 @@ class MultimodalVAE(nn.Module):
         )
         return torch.where(batch.masks[modality], log_p, torch.zeros((), dtype=log_p.dtype, device=log_p.device))
 
-    def joint_log_likelihood(self, batch: DatasetOutput, z: torch.Tensor) -> torch.Tensor:
-        r"""\sum_m log p(x_m | z) over the observed modalities, without rescaling (what likelihood estimates
-        read); ``z`` ``(k, B, D)`` gives ``(k, B)``."""
-        return sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z), rescale=False) for m in self.modalities)
+    def joint_log_likelihood(self, batch: DatasetOutput, z: torch.Tensor, rescale: bool = False) -> torch.Tensor:
+        r"""\sum_m log p(x_m | z) over the observed modalities; ``z`` ``(k, B, D)`` gives ``(k, B)``.
+
+        Unweighted by default (what likelihood estimates read); ``rescale`` applies each modality's
+        lambda_m, as the training objectives do."""
+        return sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z), rescale) for m in self.modalities)
 
     # ------------------------------------------------------------------ the shared API
     def encode(

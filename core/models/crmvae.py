@@ -81,7 +81,7 @@ class CRMVAE(PriorFreeProductVAE):
         z = rsample(mu, logvar)
         observed = {m: batch.masks[m].to(mu.dtype) for m in self.modalities}
         pi = 1 / (sum(observed.values()) + 1)  # per sample: 1 / (M_i + 1)
-        recon_joint = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
+        recon_joint = self.joint_log_likelihood(batch, z, rescale=True)
         recon_unimodal = sum(
             self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, rsample(*experts[m]))) for m in self.modalities
         )

@@ -198,7 +198,7 @@ class JMVAE(JointEncoderVAE):
         anneal = linear_warmup_per_epoch(progress, cfg.warmup)
         mu, logvar = self.joint_gaussian(batch)
         z = rsample(mu, logvar)
-        recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
+        recon = self.joint_log_likelihood(batch, z, rescale=True)
         kl_prior = kl_standard_normal(mu, logvar)
         kl_unimodal = {m: kl_normal(mu, logvar, *self.encoder_gaussian(m, batch.data[m])) for m in self.modalities}
         per_sample = -recon + anneal * (cfg.beta * kl_prior + cfg.alpha * sum(kl_unimodal.values()))

@@ -300,7 +300,7 @@ class JNF(JointThenUnimodalStages, JointEncoderVAE):
     def _joint_vae_loss(self, batch: DatasetOutput) -> LossOutput:
         mu, logvar = self.joint_gaussian(batch)
         z = rsample(mu, logvar)
-        recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
+        recon = self.joint_log_likelihood(batch, z, rescale=True)
         kl_prior = kl_standard_normal(mu, logvar)
         loss = (-recon + self.model_config.beta * kl_prior).mean()
         terms = {
@@ -326,6 +326,6 @@ class JNF(JointThenUnimodalStages, JointEncoderVAE):
         }
         if not self.training:  # the frozen joint VAE's reconstruction, for validation; training steps skip the decoders
             with torch.no_grad():
-                recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
+                recon = self.joint_log_likelihood(batch, z, rescale=True)
             terms["recon"] = -recon.mean()
         return LossOutput(loss=loss, terms=terms, batch_size=batch.batch_size)

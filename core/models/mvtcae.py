@@ -156,7 +156,7 @@ class MVTCAE(PriorFreeProductVAE):
         z = rsample(mu, logvar)
         observed = {m: batch.masks[m].to(mu.dtype) for m in self.modalities}
         n_observed = sum(observed.values())  # M for each sample: the modalities it has
-        recon = sum(self.reconstruction_log_likelihood(batch, m, self.decoder_output(m, z)) for m in self.modalities)
+        recon = self.joint_log_likelihood(batch, z, rescale=True)
         kl_prior = kl_standard_normal(mu, logvar)
         kl_unimodal = {m: observed[m] * kl_normal(mu, logvar, *experts[m]) for m in self.modalities}
         per_sample = -(n_observed - cfg.alpha) / n_observed * recon + cfg.beta * (

@@ -53,7 +53,8 @@ class ZukoFlow(LatentFlow):
 
     Args:
         transform: a ``zuko.lazy.LazyTransform`` mapping data to base space (for a ``zuko.lazy.Flow``,
-            its ``.transform``).
+            its ``.transform``). Its MADE masks are converted in place to the weights' dtype (same 0/1
+            values, a faster product; see ``_float_masks``), so the caller's transform changes too.
     """
 
     def __init__(self, transform: zuko.lazy.LazyTransform) -> None:
