@@ -193,7 +193,7 @@ class GridDecoder(nn.Module):
     A 3x3 convolution, then one resize-and-convolve block per grid of ``grids`` (coarse to fine, the
     last being the data grid), then a 3x3 convolution to the modality's channels, with no squashing.
     With ``final_channels`` the last block is a :class:`NarrowUpsampleBlock` of that width (``refine``
-    adds its residual block at the data grid).
+    adds its full-resolution path).
     """
 
     def __init__(
@@ -288,7 +288,7 @@ def default_mhvae_blocks(
             about 4 voxels per axis, minus one halving per further level); at least 1.
         decoder_channels: width of the decoders' last stage, at the data grid (None: half of ``channels``,
             at least 8, resized by nearest neighbour); see :class:`NarrowUpsampleBlock`.
-        decoder_refine: with ``decoder_channels``, add the narrowed stage's residual block at the data grid.
+        decoder_refine: with ``decoder_channels``, add the full-resolution path beside the narrowed stage.
     """
     if n_latent < 2:
         raise ValueError(f"MHVAE needs n_latent >= 2 levels; got {n_latent}.")

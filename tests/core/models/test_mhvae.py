@@ -122,14 +122,17 @@ def test_the_refined_narrow_decoder_starts_as_the_narrow_one_and_learns_its_full
     assert isinstance(last.refine, hierarchical.UpsampleConvBlock) and last.refine.grid == tuple(dims["a"][1:])
     assert refined.decoders["a"].head.in_channels == 4 + last.refine.block[0].out_channels
     # The gain starts at 0, so the full-resolution features add nothing until training opens it.
-    coarse = refined.decoders["a"].start(torch.randn(2, *refined.z1_shape))
-    features = refined.decoders["a"].up(coarse)
+    decoder = refined.decoders["a"]
+    coarse = decoder.up[:-1](decoder.start(torch.randn(2, *refined.z1_shape)))
+    features = last(coarse)
     assert torch.equal(features[:, 4:], torch.zeros_like(features[:, 4:]))
     assert torch.equal(features[:, :4], nn.functional.interpolate(last.narrow(coarse), size=last.grid, mode=last.mode))
     batch = make_batch(dims, 2)
     refined(batch, TrainingProgress(1)).loss.backward()
     assert last.refine_gain.grad is not None and last.refine_gain.grad.abs() > 0
     assert set(narrow.state_dict()) < set(refined.state_dict())
+    with pytest.raises(ConfigError, match="spatial_decoder_channels"):
+        make_model(dims, spatial_decoder_refine=True)
 
 
 def test_generation_runs_the_prior_chain_and_decodes(input_dims, make_model, assert_predictions):
