@@ -16,8 +16,8 @@ MultiVae's ``BaseTrainer``/``MultistageTrainer``), from the start of an epoch to
 training step (data loading, forward, backward, optimizer, per-step logging), without the epoch-end
 work (validation, checkpoints). The first epoch (and JNF's first epoch of each stage) is a warm-up. Wall and CPU time are both recorded.
 The project's worker also times, on pre-collated batches, the model's step alone (forward, backward,
-Adam) and the bare networks (its encoders and decoders called once, with a squared-error stand-in for
-their loss; see ``_bare_project``): the trainer's overhead and the model's own cost.
+Adam) and the bare networks (every network its objective calls, on the rows it feeds them, with a
+squared-error stand-in for their loss; see ``_bare_project``): the trainer's overhead and the model's own cost.
 
 The reference is installed in its own virtual environment, ``benchmarks/.venv-peer`` (git-ignored), never
 into the project's: ``--no-deps`` installs of multivae, pythae and torchvision 0.28 (a CUDA build that
@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.nn.base import as_gaussian, as_reconstruction
+from core.nn.base import as_embedding, as_gaussian, as_reconstruction
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -332,11 +332,13 @@ def _bare_project(model: Any, name: str, data: dict[str, Any], bs: int, steps: i
     """Per-step ms (wall and CPU) of the model alone and of its bare networks, on pre-collated batches
     (medians over steps, after 2 burn-in steps).
 
-    The bare networks are called once each with a squared-error or Gaussian stand-in for their loss:
-    every encoder and decoder; JMVAE's joint encoder too (the decoders read its code); for JNF, whose
-    timed epochs are its second stage, the frozen joint encoder without gradients, the encoders and the
-    flows. Nexus's top networks and MHVAE's hierarchy blocks are left out, so for those two the ratio
-    also counts networks. Both optimizers are the trainer's fused Adam.
+    The bare networks are every network the objective calls, called on the rows it feeds them, with a
+    squared-error or Gaussian stand-in for their loss (so the ratio is what the model's code costs around
+    its networks): every encoder and decoder; JMVAE's joint encoder too (the decoders read its code); for
+    JNF, whose timed epochs are its second stage, the frozen joint encoder without gradients, the encoders
+    and the flows; Nexus's message encoders, nexus node and top decoders; MHVAE's bottom-up path once and
+    its top-down, prior and posterior blocks and decoders on one row per (subset, sample), as its stacked
+    pass runs them. Both optimizers are the trainer's fused Adam.
     """
     from core.data import MultimodalBaseDataset
     from core.models import TrainingProgress
@@ -357,30 +359,84 @@ def _bare_project(model: Any, name: str, data: dict[str, Any], bs: int, steps: i
     flows = model.flows if name == "JNF" and model.stage_at(progress.epoch).name != "joint" else None
     if flows is not None:  # JNF's second stage trains the encoders and flows only
         trained = [model.encoders, flows]
+    elif name == "Nexus":
+        trained = [model.encoders, model.decoders, model.top_encoders, model.joint_encoder, model.top_decoders]
+    elif name == "MHVAE":
+        trained = [model]  # every block takes part in the objective
     else:
         trained = [model.encoders, model.decoders, *([joint] if joint is not None else [])]
     bare_optimizer = torch.optim.Adam(torch.nn.ModuleList(trained).parameters(), lr=LEARNING_RATE, fused=True)  # as the trainer's
 
+    def sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+
+    def gaussian_stand_in(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return (mu.square() + logvar.exp() - logvar).sum() / mu.shape[0]
+
+    def nexus_top(codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The top level on the (stop-gradient) bottom codes: messages, their mean, the nexus node, t_m."""
+        hbar = torch.stack([as_embedding(model.top_encoders[m](z.detach())) for m, z in codes.items()]).mean(0)
+        mu, logvar = as_gaussian(model.joint_encoder(hbar))
+        z_sigma = sample(mu, logvar)
+        loss = gaussian_stand_in(mu, logvar)
+        for m, z in codes.items():
+            loss = loss + (as_reconstruction(model.top_decoders[m](z_sigma)) - z.detach()).square().sum() / z.shape[0]
+        return loss
+
+    def mhvae_step(batch: Any) -> torch.Tensor:
+        """Bottom-up once per modality, then the top-down pass on one row per (subset, sample)."""
+        data_ = batch["data"]
+        rows = torch.arange(bs).repeat(len(model.subsets_for_step()))
+        deepest, skips = {}, {}
+        for m, x in data_.items():
+            d = as_embedding(model.encoders[m](x))
+            skips[m] = [d]
+            for block in model.bottom_up_blocks[m][:-1]:
+                d = block(d)
+                skips[m].append(d)
+            deepest[m] = as_gaussian(model.bottom_up_blocks[m][-1](d))
+        mu = torch.stack([p[0] for p in deepest.values()]).mean(0)[rows]
+        logvar = torch.stack([p[1] for p in deepest.values()]).mean(0)[rows]
+        loss, z = gaussian_stand_in(mu, logvar), sample(mu, logvar)
+        for i in reversed(range(model.n_latent - 1)):
+            h = model.top_down_blocks[i](z)
+            p_mu, p_logvar = as_gaussian(model.prior_blocks[i](h))
+            experts = [as_gaussian(model.posterior_block(m, i)(torch.cat([h, skips[m][i][rows]], dim=1))) for m in data_]
+            q_mu = torch.stack([e[0] for e in experts]).mean(0)
+            q_logvar = torch.stack([e[1] for e in experts]).mean(0)
+            loss = loss + gaussian_stand_in(q_mu - p_mu, q_logvar - p_logvar)
+            z = sample(q_mu, q_logvar)
+        for m, x in data_.items():
+            loss = loss + (as_reconstruction(model.decoders[m](z)) - x[rows]).square().sum() / len(rows)
+        return loss
+
     def bare_step(batch: Any) -> None:
+        if name == "MHVAE":
+            loss = mhvae_step(batch)
+            bare_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            bare_optimizer.step()
+            return
         loss = torch.zeros(())
         joint_z = None
+        codes = {}
         if joint is not None:  # JMVAE, JNF: the decoders read the joint code; frozen in JNF's second stage
             with torch.no_grad() if flows is not None else contextlib.nullcontext():
                 mu, logvar = as_gaussian(joint(batch["data"]))
-                joint_z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+                joint_z = sample(mu, logvar)
         for m, x in batch["data"].items():
-            out = model.encoders[m](x)
-            if hasattr(out, "dim"):  # an MHVAE feature extractor: its deepest head stands in for the Gaussian
-                out = model.bottom_up_blocks[m][-1](model.bottom_up_blocks[m][0](out))
-            mu, logvar = as_gaussian(out)
+            mu, logvar = as_gaussian(model.encoders[m](x))
             if flows is not None:  # JNF's second stage: the flow posterior's density of the joint code
                 u, ladj = flows[m](joint_z)
                 loss = loss + ((u - mu).square() / logvar.exp() + logvar).sum() / x.shape[0] - ladj.mean()
                 continue
-            z = joint_z if joint_z is not None else mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+            z = joint_z if joint_z is not None else sample(mu, logvar)
+            codes[m] = z
             loss = loss + (as_reconstruction(model.decoders[m](z)) - x).square().sum() / x.shape[0]
             if joint_z is not None:  # JMVAE's unimodal encoders enter through their KL to the joint posterior
-                loss = loss + (mu.square() + logvar.exp() - logvar).sum() / x.shape[0]
+                loss = loss + gaussian_stand_in(mu, logvar)
+        if name == "Nexus":
+            loss = loss + nexus_top(codes)
         bare_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bare_optimizer.step()
