@@ -76,6 +76,7 @@ from core.metrics import MeanImputer, VoxelRegressionImputer, outside_fov_fracti
 from core.models import available, build_model, get_model_class  # noqa: E402
 from core.presets import SYNTHESIS_PRESET, load_presets  # noqa: E402
 from core.training import Callback, Trainer, TrainerConfig, select_device  # noqa: E402
+from core.training.health import latent_kl_per_dimension  # noqa: E402
 from core.workflows.impute import FieldsOfView, predict_with_uncertainty  # noqa: E402
 
 LOAD_AT_START = round(os.getloadavg()[0], 2)  # other work on the machine skews the timings
@@ -265,6 +266,8 @@ def run_model(name: str, settings: Settings, data: Data) -> tuple[dict[str, Any]
         "training_subjects": len(train), "status": result.status, "message": result.message,
         "epochs": result.epochs_completed, "training_seconds": round(result.seconds, 1),
         "not_served": {task: reason for task in settings.tasks if (reason := unserved_reason(model, task))},
+        # what the trainer's collapse check reads: a level near 0 nats here carries nothing about the input
+        "last_epoch_kl_per_dimension": latent_kl_per_dimension(result.history[-1].train) if result.history else {},
     }  # fmt: skip
 
     # The product's field-of-view rule: the hidden target has no field of view of its own, so synthesized

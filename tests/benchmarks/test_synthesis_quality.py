@@ -31,6 +31,8 @@ def test_quick_run_scores_a_model_and_the_baselines_on_the_same_subjects(tmp_pat
     n_test = written["data"]["n_test"]
     model = written["methods"]["MVAE"]
     assert model["preset"] in ("Synthesis", "Standard") and model["epochs"] == 1 and model["peak_rss_mb"] > 0
+    # The last epoch's KL per dimension of each latent level, what the collapse check reads.
+    assert model["last_epoch_kl_per_dimension"] and all(v >= 0 for v in model["last_epoch_kl_per_dimension"].values())
     for name, method in written["methods"].items():
         for task in ("T2<-T1", "US<-T1+T2+FLAIR"):
             entry = method["tasks"][task]
