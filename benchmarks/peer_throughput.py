@@ -383,40 +383,27 @@ def _bare_project(model: Any, name: str, data: dict[str, Any], bs: int, steps: i
             loss = loss + (as_reconstruction(model.top_decoders[m](z_sigma)) - z.detach()).square().sum() / z.shape[0]
         return loss
 
-    def mhvae_step(batch: Any) -> torch.Tensor:
-        """Bottom-up once per modality, then the top-down pass on one row per (subset, sample)."""
-        data_ = batch["data"]
+    def mhvae_loss(batch: Any) -> torch.Tensor:
+        """The bottom-up paths once per modality, then the top-down pass on one row per (subset, sample)."""
         rows = torch.arange(bs).repeat(len(model.subsets_for_step()))
-        deepest, skips = {}, {}
-        for m, x in data_.items():
-            d = as_embedding(model.encoders[m](x))
-            skips[m] = [d]
-            for block in model.bottom_up_blocks[m][:-1]:
-                d = block(d)
-                skips[m].append(d)
-            deepest[m] = as_gaussian(model.bottom_up_blocks[m][-1](d))
-        mu = torch.stack([p[0] for p in deepest.values()]).mean(0)[rows]
-        logvar = torch.stack([p[1] for p in deepest.values()]).mean(0)[rows]
+        deepest, skips = model.modality_encode(batch["data"])
+        mu = torch.stack([p.embedding for p in deepest.values()]).mean(0)[rows]
+        logvar = torch.stack([p.log_covariance for p in deepest.values()]).mean(0)[rows]
         loss, z = gaussian_stand_in(mu, logvar), sample(mu, logvar)
         for i in reversed(range(model.n_latent - 1)):
             h = model.top_down_blocks[i](z)
             p_mu, p_logvar = as_gaussian(model.prior_blocks[i](h))
-            experts = [as_gaussian(model.posterior_block(m, i)(torch.cat([h, skips[m][i][rows]], dim=1))) for m in data_]
+            experts = [as_gaussian(model.posterior_block(m, i)(torch.cat([h, skips[m][i][rows]], dim=1))) for m in deepest]
             q_mu = torch.stack([e[0] for e in experts]).mean(0)
             q_logvar = torch.stack([e[1] for e in experts]).mean(0)
             loss = loss + gaussian_stand_in(q_mu - p_mu, q_logvar - p_logvar)
             z = sample(q_mu, q_logvar)
-        for m, x in data_.items():
+        for m, x in batch["data"].items():
             loss = loss + (as_reconstruction(model.decoders[m](z)) - x[rows]).square().sum() / len(rows)
         return loss
 
-    def bare_step(batch: Any) -> None:
-        if name == "MHVAE":
-            loss = mhvae_step(batch)
-            bare_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            bare_optimizer.step()
-            return
+    def networks_loss(batch: Any) -> torch.Tensor:
+        """Every other model: its encoders and decoders (and joint encoder, flows, top networks) once each."""
         loss = torch.zeros(())
         joint_z = None
         codes = {}
@@ -437,6 +424,10 @@ def _bare_project(model: Any, name: str, data: dict[str, Any], bs: int, steps: i
                 loss = loss + gaussian_stand_in(mu, logvar)
         if name == "Nexus":
             loss = loss + nexus_top(codes)
+        return loss
+
+    def bare_step(batch: Any) -> None:
+        loss = mhvae_loss(batch) if name == "MHVAE" else networks_loss(batch)
         bare_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bare_optimizer.step()
